@@ -1,0 +1,160 @@
+//! `vswitch`: the switch daemon, a drop-in for `vde_switch`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use nix::sys::signal::{raise, signal, SigHandler, SigSet, Signal};
+use nix::unistd::{access, AccessFlags, Gid, Group, Uid};
+
+use vswitch::cli::{self, Options, USAGE, VERSION};
+use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS};
+use vswitch::mgmt::SwitchInfo;
+use vswitch::net::{self, log, modes, Access, Config, Exit};
+use vswitch::wire::Mac;
+
+/// Prints a message and the usage text, as getopt-style errors do.
+fn usage_error(program: &str, message: &str) -> ExitCode {
+    eprintln!("{program}: {message}");
+    print!("{USAGE}");
+    ExitCode::from(1)
+}
+
+fn group_id(name: &str) -> Result<Gid, String> {
+    match Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(format!("No such group '{name}'")),
+    }
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) }
+}
+
+fn readable(p: &Path) -> bool {
+    access(p, AccessFlags::R_OK).is_ok()
+}
+
+/// The rc file: `-f`, else the per-user file, else the system-wide one.
+fn rc_file(cwd: &Path, given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(absolute(cwd, p));
+    }
+    let home = env::var_os("HOME").map(|h| PathBuf::from(h).join(".vde2/vde_switch.rc"));
+    home.into_iter().chain([PathBuf::from("/etc/vde2/vde_switch.rc")]).find(|p| readable(p))
+}
+
+fn random_mac() -> Mac {
+    let mut tail = [0u8; 4];
+    // Without entropy a fixed tail still gives a valid, if less unique, MAC.
+    let _ = getrandom::fill(&mut tail);
+    Mac([0x00, 0xff, tail[0], tail[1], tail[2], tail[3]])
+}
+
+fn config(o: Options) -> Result<Config, (u8, String)> {
+    let fail = |msg: String| (1u8, msg);
+    if !o.tap.is_empty() {
+        return Err(fail("tap interfaces (-t) are not supported yet".into()));
+    }
+    if o.fstp && !o.hub {
+        return Err(fail("the fast spanning tree (-F) is not supported yet".into()));
+    }
+    let numports = o.numports.unwrap_or(i64::from(DEFAULT_NUMPORTS));
+    if numports <= 0 {
+        return Err(fail("The switch must have at least 1 port\n".into()));
+    }
+    let numports = u32::try_from(numports).map_err(|_| fail(format!("Too many ports: {numports}")))?;
+    let hash_size = match o.hashsize {
+        None => DEFAULT_BUCKETS,
+        Some(n) if n <= 0 || n > 1 << 30 => return Err(fail(format!("Invalid hash size {n}"))),
+        Some(n) => {
+            let rounded = (n as u32).next_power_of_two();
+            if rounded != n as u32 {
+                log::log(&format!("Hash size must be a power of 2. {n} rounded to {rounded}"));
+            }
+            rounded
+        }
+    };
+    let group = o.group.as_deref().map(group_id).transpose().map_err(fail)?;
+    let mgmt_group = o.mgmtgroup.as_deref().map(group_id).transpose().map_err(fail)?;
+    let (ctl_mode, dir_mode) = modes(o.mode, o.dirmode);
+    let mgmt_mode = o.mgmtmode.unwrap_or(0o600);
+    let cwd = env::current_dir().map_err(|e| fail(format!("current directory: {e}")))?;
+    let ctl_dir = o.sock.clone().unwrap_or_else(|| {
+        PathBuf::from(if Uid::effective().is_root() { "/var/run/vde.ctl" } else { "/tmp/vde.ctl" })
+    });
+    let info = SwitchInfo {
+        pid: std::process::id(),
+        mac: random_mac(),
+        priority: o.priority.map_or(0x8000, |p| p as u16),
+        mgmt: o.mgmt.clone().map(|given| (given, mgmt_mode)),
+        ctl_dir: String::new(),
+        ctl_mode,
+    };
+    Ok(Config {
+        ctl_dir: absolute(&cwd, &ctl_dir),
+        access: Access { ctl_mode, dir_mode, group, mgmt_mode, mgmt_group },
+        numports,
+        hub: o.hub,
+        hash_size,
+        info,
+        daemon: o.daemon,
+        pidfile: o.pidfile.as_deref().map(|p| absolute(&cwd, p)),
+        rcfile: rc_file(&cwd, o.rcfile.as_deref()),
+        mgmt: o.mgmt.as_deref().map(|p| absolute(&cwd, Path::new(p))),
+    })
+}
+
+fn main() -> ExitCode {
+    let mut args = env::args_os();
+    let program = args.next().map_or("vswitch".into(), |a| a.to_string_lossy().into_owned());
+    log::init(&program);
+    let options = match cli::parse(args) {
+        Ok(o) => o,
+        Err(message) => return usage_error(&program, &message),
+    };
+    if options.help {
+        print!("{USAGE}");
+        return ExitCode::from(1);
+    }
+    if options.version {
+        print!("{VERSION}");
+        return ExitCode::SUCCESS;
+    }
+    let macaddr = options.macaddr.clone();
+    let mut config = match config(options) {
+        Ok(c) => c,
+        Err((code, message)) => {
+            eprintln!("{message}");
+            return ExitCode::from(code);
+        }
+    };
+    if let Some(text) = macaddr {
+        match text.parse::<Mac>() {
+            Ok(mac) => config.info.mac = mac,
+            Err(_) => return usage_error(&program, &format!("Invalid MAC Addr {text}")),
+        }
+    }
+    if let Err(e) = net::prepare_signals() {
+        eprintln!("{program}: cannot set up signals: {e}");
+        return ExitCode::from(1);
+    }
+    match net::run(config) {
+        Ok(Exit::Signal(Signal::SIGINT)) => {
+            // Die by the signal, so the parent sees how we ended.
+            #[allow(unsafe_code)]
+            // SAFETY: restoring the default disposition installs no handler.
+            unsafe {
+                let _ = signal(Signal::SIGINT, SigHandler::SigDfl);
+            }
+            let _ = SigSet::from(Signal::SIGINT).thread_unblock();
+            let _ = raise(Signal::SIGINT);
+            ExitCode::from(130)
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            log::log(&fatal.message);
+            ExitCode::from(fatal.code as u8)
+        }
+    }
+}

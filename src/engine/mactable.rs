@@ -1,0 +1,282 @@
+//! The MAC learning table: (MAC, VLAN) → port, with vde_switch's ageing
+//! rules (GC interval, expiry, minimum persistence before a station may move).
+
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+
+use super::{Event, PortId, VlanId};
+use crate::wire::Mac;
+
+pub const DEFAULT_BUCKETS: u32 = 128;
+pub const DEFAULT_GC_INTERVAL: u64 = 2;
+pub const DEFAULT_EXPIRE: u64 = 100;
+pub const DEFAULT_MIN_PERSISTENCE: u64 = 3;
+/// Upper bound on learned stations, so random source MACs cannot exhaust
+/// memory; beyond it the least recently seen station is forgotten.
+pub const DEFAULT_CAPACITY: usize = 1 << 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    port: PortId,
+    last_seen: u64,
+    /// Insertion order, so listings can show newest-first within a bucket
+    /// as the reference's chained buckets do.
+    seq: u64,
+}
+
+/// One row of `hash/print`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Station {
+    pub bucket: u32,
+    pub mac: Mac,
+    pub vlan: VlanId,
+    pub port: PortId,
+    pub age: u64,
+}
+
+/// The reference switch's key layout; only `hash/print` ordering depends on it.
+fn key(mac: Mac, vlan: VlanId) -> u64 {
+    let m = mac.0;
+    u64::from(u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
+        | u64::from(u16::from_le_bytes([m[4], m[5]])) << 32
+        | u64::from(vlan) << 48
+}
+
+fn unkey(k: u64) -> (Mac, VlanId) {
+    let b = k.to_le_bytes();
+    (Mac([b[0], b[1], b[2], b[3], b[4], b[5]]), (k >> 48) as VlanId)
+}
+
+fn bucket_of(k: u64, buckets: u32) -> u32 {
+    let mut k = k ^ (k >> 33);
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    (k & u64::from(buckets - 1)) as u32
+}
+
+pub struct MacTable {
+    buckets: u32,
+    pub gc_interval: u64,
+    pub expire: u64,
+    pub min_persistence: u64,
+    /// Least recently refreshed first: ageing sweeps pop from that end only.
+    entries: LruCache<u64, Entry>,
+    next_seq: u64,
+    last_gc: u64,
+    gc_due: bool,
+}
+
+impl MacTable {
+    pub fn new(buckets: u32, capacity: usize) -> Self {
+        MacTable {
+            buckets: buckets.max(1).next_power_of_two(),
+            gc_interval: DEFAULT_GC_INTERVAL,
+            expire: DEFAULT_EXPIRE,
+            min_persistence: DEFAULT_MIN_PERSISTENCE,
+            entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("nonzero")),
+            next_seq: 0,
+            last_gc: 0,
+            gc_due: false,
+        }
+    }
+
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Changes the bucket count (a power of two) and forgets every station.
+    pub fn resize(&mut self, buckets: u32, events: &mut Vec<Event>) {
+        self.buckets = buckets;
+        self.retain(|_| false, events);
+    }
+
+    /// Called once per second. Like the Debian build of vde_switch, the GC
+    /// interval only arms a sweep; it runs at the next lookup a frame causes.
+    pub fn tick(&mut self, now: u64) {
+        if now.saturating_sub(self.last_gc) >= self.gc_interval {
+            self.last_gc = now;
+            self.gc_due = true;
+        }
+    }
+
+    fn collect_if_due(&mut self, now: u64, events: &mut Vec<Event>) {
+        if !self.gc_due {
+            return;
+        }
+        self.gc_due = false;
+        while let Some((&k, e)) = self.entries.peek_lru() {
+            if e.last_seen + self.expire >= now {
+                break;
+            }
+            let port = e.port;
+            self.entries.pop_lru();
+            let (mac, vlan) = unkey(k);
+            events.push(Event::HashDel { mac, vlan, port });
+        }
+    }
+
+    /// Records that `mac` was seen on `port` in `vlan`.
+    pub fn learn(&mut self, mac: Mac, vlan: VlanId, port: PortId, now: u64, events: &mut Vec<Event>) {
+        self.collect_if_due(now, events);
+        let k = key(mac, vlan);
+        if let Some(e) = self.entries.peek_mut(&k) {
+            if e.port != port {
+                events.push(Event::MacMoved { mac, from: e.port, to: port });
+                if now.saturating_sub(e.last_seen) <= self.min_persistence {
+                    return;
+                }
+                e.port = port;
+            }
+            e.last_seen = now;
+            self.entries.promote(&k);
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Entry { port, last_seen: now, seq };
+        if let Some((old_k, old)) = self.entries.push(k, entry) {
+            if old_k != k {
+                let (mac, vlan) = unkey(old_k);
+                events.push(Event::HashDel { mac, vlan, port: old.port });
+            }
+        }
+        events.push(Event::HashAdd { mac, vlan, port });
+    }
+
+    /// The port `mac` was learned on in `vlan`, if any.
+    pub fn lookup(&mut self, mac: Mac, vlan: VlanId, now: u64, events: &mut Vec<Event>) -> Option<PortId> {
+        self.collect_if_due(now, events);
+        self.entries.peek(&key(mac, vlan)).map(|e| e.port)
+    }
+
+    /// Forgets every station for which `keep` is false.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Station) -> bool, events: &mut Vec<Event>) {
+        let doomed: Vec<(u64, PortId)> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| !keep(&self.station(**k, e, 0)))
+            .map(|(k, e)| (*k, e.port))
+            .collect();
+        for (k, port) in doomed {
+            self.entries.pop(&k);
+            let (mac, vlan) = unkey(k);
+            events.push(Event::HashDel { mac, vlan, port });
+        }
+    }
+
+    fn station(&self, k: u64, e: &Entry, now: u64) -> Station {
+        let (mac, vlan) = unkey(k);
+        Station { bucket: bucket_of(k, self.buckets), mac, vlan, port: e.port, age: now.saturating_sub(e.last_seen) }
+    }
+
+    /// All stations in `hash/print` order: bucket ascending, newest first.
+    pub fn stations(&self, now: u64) -> Vec<Station> {
+        let mut rows: Vec<(u64, Station)> =
+            self.entries.iter().map(|(k, e)| (e.seq, self.station(*k, e, now))).collect();
+        rows.sort_by(|a, b| a.1.bucket.cmp(&b.1.bucket).then(b.0.cmp(&a.0)));
+        rows.into_iter().map(|(_, s)| s).collect()
+    }
+
+    pub fn find(&self, mac: Mac, vlan: VlanId, now: u64) -> Option<Station> {
+        let k = key(mac, vlan);
+        self.entries.peek(&k).map(|e| self.station(k, e, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(last: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, last])
+    }
+
+    #[test]
+    fn buckets_match_reference() {
+        assert_eq!(bucket_of(key(mac(0x0a), 0), 128), 9);
+        assert_eq!(bucket_of(key(mac(0x0b), 0), 128), 26);
+        assert_eq!(bucket_of(key(Mac([0x52, 0x54, 0, 0, 0, 1]), 0), 128), 30);
+        assert_eq!(bucket_of(key(Mac([0x52, 0x54, 0, 0, 0, 2]), 0), 128), 67);
+    }
+
+    #[test]
+    fn key_round_trips() {
+        let m = Mac([1, 2, 3, 4, 5, 6]);
+        assert_eq!(unkey(key(m, 4093)), (m, 4093));
+    }
+
+    #[test]
+    fn move_needs_more_than_min_persistence() {
+        let mut t = MacTable::new(128, 16);
+        let mut ev = Vec::new();
+        t.learn(mac(1), 0, 1, 10, &mut ev);
+        t.learn(mac(1), 0, 2, 13, &mut ev);
+        assert_eq!(t.lookup(mac(1), 0, 13, &mut ev), Some(1));
+        t.learn(mac(1), 0, 2, 14, &mut ev);
+        assert_eq!(t.lookup(mac(1), 0, 14, &mut ev), Some(2));
+        let moves = ev.iter().filter(|e| matches!(e, Event::MacMoved { .. })).count();
+        assert_eq!(moves, 2, "a refused move is still reported");
+    }
+
+    #[test]
+    fn expiry_waits_for_gc_and_traffic() {
+        let mut t = MacTable::new(128, 16);
+        let mut ev = Vec::new();
+        t.expire = 3;
+        t.learn(mac(1), 0, 1, 0, &mut ev);
+        t.learn(mac(2), 0, 1, 5, &mut ev);
+        for now in 1..=9 {
+            t.tick(now);
+        }
+        assert_eq!(t.len(), 2, "ticks alone never sweep");
+        ev.clear();
+        assert_eq!(t.lookup(mac(9), 0, 9, &mut ev), None);
+        assert_eq!(t.len(), 0);
+        assert_eq!(ev.len(), 2);
+    }
+
+    #[test]
+    fn expiry_is_strict() {
+        let mut t = MacTable::new(128, 16);
+        let mut ev = Vec::new();
+        t.expire = 3;
+        t.learn(mac(1), 0, 1, 0, &mut ev);
+        t.tick(3);
+        assert_eq!(t.lookup(mac(1), 0, 3, &mut ev), Some(1));
+        t.tick(5);
+        assert_eq!(t.lookup(mac(1), 0, 5, &mut ev), None);
+    }
+
+    #[test]
+    fn capacity_evicts_least_recently_seen() {
+        let mut t = MacTable::new(128, 2);
+        let mut ev = Vec::new();
+        t.learn(mac(1), 0, 1, 0, &mut ev);
+        t.learn(mac(2), 0, 1, 1, &mut ev);
+        t.learn(mac(1), 0, 1, 2, &mut ev);
+        t.learn(mac(3), 0, 1, 3, &mut ev);
+        assert_eq!(t.lookup(mac(2), 0, 3, &mut ev), None);
+        assert_eq!(t.lookup(mac(1), 0, 3, &mut ev), Some(1));
+        assert!(ev.contains(&Event::HashDel { mac: mac(2), vlan: 0, port: 1 }));
+    }
+
+    #[test]
+    fn listing_is_bucket_then_newest_first() {
+        let mut t = MacTable::new(1, 16);
+        let mut ev = Vec::new();
+        t.learn(mac(1), 0, 1, 0, &mut ev);
+        t.learn(mac(2), 0, 2, 0, &mut ev);
+        let rows: Vec<u8> = t.stations(0).iter().map(|s| s.mac.0[5]).collect();
+        assert_eq!(rows, vec![2, 1]);
+    }
+}

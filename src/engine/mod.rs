@@ -1,0 +1,640 @@
+//! The switching engine: ports, endpoints, VLANs, the MAC table and the
+//! forwarding decision. It performs no I/O and reads no clock; callers pass
+//! the current time (whole seconds since start) and move the bytes.
+
+mod mactable;
+mod port;
+mod vlan;
+
+use std::collections::BTreeMap;
+
+pub use mactable::{MacTable, Station, DEFAULT_BUCKETS, DEFAULT_CAPACITY};
+pub use port::{Acl, Counters, Credentials, DropReason, Port};
+pub use vlan::Vlan;
+
+use crate::wire::{Frame, FrameError, Mac};
+
+pub type PortId = u32;
+pub type VlanId = u16;
+
+/// The untagged VLAN of a port that accepts no untagged frames.
+pub const VLAN_NONE: VlanId = 4095;
+/// Highest VLAN id that can be created.
+pub const VLAN_MAX: VlanId = 4093;
+pub const DEFAULT_NUMPORTS: u32 = 32;
+
+/// Handle of an attached endpoint; stable while it stays attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey(pub u32);
+
+/// How an endpoint moves bytes, shown as the `module` in port listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    UnixProg,
+    TunTap,
+}
+
+impl Module {
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::UnixProg => "unix prog",
+            Module::TunTap => "tuntap",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub port: PortId,
+    /// The number shown as `endpoint ID` and used by `port/epclose`.
+    pub id: u32,
+    pub module: Module,
+    pub description: String,
+}
+
+/// Which port a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRequest {
+    Any,
+    Port(PortId),
+    /// The management port 0.
+    Zero,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attach {
+    pub request: PortRequest,
+    pub id: u32,
+    pub module: Module,
+    pub description: String,
+    /// The identity that owns a port while attached (the owner of the
+    /// client's socket file, `None` for abstract addresses).
+    pub user: Option<u32>,
+    /// The peer's kernel credentials, checked against port ACLs.
+    pub credentials: Credentials,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error("port {0} out of range")]
+    OutOfRange(PortId),
+    #[error("no free port")]
+    NoFreePort,
+    #[error("port {0} access denied")]
+    AccessDenied(PortId),
+    #[error("port {0} is in use by another user")]
+    InUseByOtherUser(PortId),
+}
+
+/// What the console and the logs are told about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    HashAdd { mac: Mac, vlan: VlanId, port: PortId },
+    HashDel { mac: Mac, vlan: VlanId, port: PortId },
+    PortAdd(PortId),
+    PortDel(PortId),
+    PortDescr { port: PortId, id: u32, description: String },
+    EndpointAdd { port: PortId, id: u32 },
+    EndpointDel { port: PortId, id: u32 },
+    MacMoved { mac: Mac, from: PortId, to: PortId },
+}
+
+/// How a frame must be rewritten for one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    AsIs,
+    /// Remove the 802.1Q tag.
+    Untag,
+    /// Insert an 802.1Q tag with this TCI.
+    Tag(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub endpoint: EndpointKey,
+    pub edit: Edit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid argument")]
+    Invalid,
+    #[error("no such port or VLAN")]
+    Missing,
+    #[error("already exists")]
+    Exists,
+    #[error("in use")]
+    InUse,
+    #[error("no space left")]
+    Full,
+}
+
+pub struct Switch {
+    ports: Vec<Option<Port>>,
+    endpoints: Vec<Option<Endpoint>>,
+    free_keys: Vec<u32>,
+    vlans: BTreeMap<VlanId, Vlan>,
+    macs: MacTable,
+    hub: bool,
+    events: Vec<Event>,
+}
+
+fn grow<T>(v: &mut Vec<Option<T>>, len: usize) {
+    if v.len() < len {
+        v.resize_with(len, || None);
+    }
+}
+
+impl Switch {
+    pub fn new(numports: u32, hub: bool, buckets: u32) -> Self {
+        let mut vlans = BTreeMap::new();
+        vlans.insert(0, Vlan::default());
+        let mut ports = Vec::new();
+        grow(&mut ports, numports as usize);
+        Switch {
+            ports,
+            endpoints: Vec::new(),
+            free_keys: Vec::new(),
+            vlans,
+            macs: MacTable::new(buckets, DEFAULT_CAPACITY),
+            hub,
+            events: Vec::new(),
+        }
+    }
+
+    // ----- endpoints -------------------------------------------------------
+
+    fn pick_port(&self, request: PortRequest) -> Result<PortId, AttachError> {
+        match request {
+            PortRequest::Zero => Ok(0),
+            PortRequest::Port(p) if (p as usize) < self.ports.len() => Ok(p),
+            PortRequest::Port(p) => Err(AttachError::OutOfRange(p)),
+            PortRequest::Any => self.free_port().ok_or(AttachError::NoFreePort),
+        }
+    }
+
+    /// The lowest port ≥ 1 that automatic allocation may hand out.
+    fn free_port(&self) -> Option<PortId> {
+        (1..self.ports.len()).find_map(|i| match &self.ports[i] {
+            None => Some(i as PortId),
+            Some(p) if !p.is_active() && p.allocatable => Some(i as PortId),
+            Some(_) => None,
+        })
+    }
+
+    /// Creates port `p` as a fresh untagged member of VLAN 0.
+    fn create_port(&mut self, p: PortId, allocatable: bool) -> &mut Port {
+        self.vlans.entry(0).or_default().set_member(p, false);
+        self.events.push(Event::PortAdd(p));
+        self.ports[p as usize].insert(Port::new(allocatable))
+    }
+
+    /// Attaches a new endpoint, creating its port if needed.
+    pub fn attach(&mut self, a: Attach) -> Result<(EndpointKey, PortId), AttachError> {
+        let p = self.pick_port(a.request)?;
+        if let Some(port) = &self.ports[p as usize] {
+            if !port.is_active() && !port.acl.admits(&a.credentials) {
+                return Err(AttachError::AccessDenied(p));
+            }
+            if port.is_active() && port.current_user != a.user {
+                return Err(AttachError::InUseByOtherUser(p));
+            }
+        }
+        let key = match self.free_keys.pop() {
+            Some(k) => k,
+            None => {
+                self.endpoints.push(None);
+                (self.endpoints.len() - 1) as u32
+            }
+        };
+        let key = EndpointKey(key);
+        if self.ports[p as usize].is_none() {
+            self.create_port(p, true);
+        }
+        let port = self.ports[p as usize].as_mut().expect("created above");
+        let activated = !port.is_active();
+        port.current_user = a.user;
+        port.endpoints.push(key);
+        self.endpoints[key.0 as usize] =
+            Some(Endpoint { port: p, id: a.id, module: a.module, description: a.description.clone() });
+        self.events.push(Event::EndpointAdd { port: p, id: a.id });
+        self.events.push(Event::PortDescr { port: p, id: a.id, description: a.description });
+        if activated {
+            self.refresh_vlans_of(p);
+        }
+        Ok((key, p))
+    }
+
+    /// Detaches an endpoint. A port losing its last endpoint turns inactive
+    /// and forgets the stations learned on it, and nothing else.
+    pub fn detach(&mut self, key: EndpointKey) -> Option<Endpoint> {
+        let ep = self.endpoints.get_mut(key.0 as usize)?.take()?;
+        self.free_keys.push(key.0);
+        let port = self.ports[ep.port as usize].as_mut().expect("endpoint's port exists");
+        port.endpoints.retain(|&k| k != key);
+        self.events.push(Event::EndpointDel { port: ep.port, id: ep.id });
+        if !port.is_active() {
+            port.current_user = None;
+            self.events.push(Event::PortDel(ep.port));
+            let gone = ep.port;
+            self.macs.retain(|s| s.port != gone, &mut self.events);
+            self.refresh_vlans_of(gone);
+        }
+        Some(ep)
+    }
+
+    pub fn endpoint(&self, key: EndpointKey) -> Option<&Endpoint> {
+        self.endpoints.get(key.0 as usize)?.as_ref()
+    }
+
+    /// The endpoint of `port` shown with `id`.
+    pub fn find_endpoint(&self, port: PortId, id: u32) -> Option<EndpointKey> {
+        self.port(port)?.endpoints().find(|&k| self.endpoint(k).is_some_and(|e| e.id == id))
+    }
+
+    // ----- forwarding ------------------------------------------------------
+
+    fn count_drop(&mut self, port: PortId, reason: DropReason) {
+        if let Some(p) = self.ports[port as usize].as_mut() {
+            p.counters.drops[reason as usize] += 1;
+        }
+    }
+
+    /// Counts a frame the I/O layer could not hand to `key`.
+    pub fn count_egress_drop(&mut self, key: EndpointKey, reason: DropReason) {
+        if let Some(port) = self.endpoint(key).map(|e| e.port) {
+            self.count_drop(port, reason);
+        }
+    }
+
+    /// Decides where a frame received from `from` goes, appending one
+    /// [`Delivery`] per destination endpoint to `out`. The source endpoint's
+    /// port never receives its own frame.
+    pub fn ingress(
+        &mut self,
+        from: EndpointKey,
+        bytes: &[u8],
+        now: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), DropReason> {
+        let Some(src) = self.endpoint(from).map(|e| e.port) else {
+            return Ok(());
+        };
+        let frame = match Frame::new_checked(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                let reason = match e {
+                    FrameError::Runt => DropReason::Runt,
+                    FrameError::Oversize => DropReason::Oversize,
+                };
+                self.count_drop(src, reason);
+                return Err(reason);
+            }
+        };
+        let len = frame.len() as u64;
+        let port = self.ports[src as usize].as_mut().expect("endpoint's port exists");
+        port.counters.in_pkts += 1;
+        port.counters.in_bytes += len;
+        if self.hub {
+            self.flood_hub(src, len, out);
+            return Ok(());
+        }
+        let tci = frame.tci();
+        let vlan = match tci {
+            Some(tci) => tci & 0x0fff,
+            None => port.untagged_vlan,
+        };
+        let admitted = match tci {
+            Some(_) => port.is_member(vlan) && self.vlans.contains_key(&vlan),
+            None => vlan != VLAN_NONE,
+        };
+        if !admitted {
+            let reason = if tci.is_some() { DropReason::NotMember } else { DropReason::NoUntaggedVlan };
+            self.count_drop(src, reason);
+            return Err(reason);
+        }
+        let src_mac = frame.src();
+        if !src_mac.is_multicast() {
+            self.macs.learn(src_mac, vlan, src, now, &mut self.events);
+        }
+        let dst_mac = frame.dst();
+        let known = if dst_mac.is_multicast() {
+            None
+        } else {
+            self.macs.lookup(dst_mac, vlan, now, &mut self.events)
+        };
+        match known {
+            Some(dst) if dst == src => {
+                self.count_drop(src, DropReason::SamePort);
+                Err(DropReason::SamePort)
+            }
+            Some(dst) => {
+                let untagged_there = self.ports[dst as usize].as_ref().is_some_and(|p| p.untagged_vlan == vlan);
+                let edit = match (tci.is_some(), untagged_there) {
+                    (true, true) => Edit::Untag,
+                    (false, false) => Edit::Tag(vlan),
+                    _ => Edit::AsIs,
+                };
+                self.deliver(dst, edit, len, out);
+                Ok(())
+            }
+            None => {
+                self.flood_vlan(src, vlan, tci.is_some(), len, out);
+                Ok(())
+            }
+        }
+    }
+
+    fn flood_vlan(&mut self, src: PortId, vlan: VlanId, tagged_input: bool, len: u64, out: &mut Vec<Delivery>) {
+        let Some(v) = self.vlans.get(&vlan) else { return };
+        // Split borrows: the member lists are read while ports are counted.
+        let (same, other, other_edit) = if tagged_input {
+            (&v.active_tagged, &v.active_untagged, Edit::Untag)
+        } else {
+            (&v.active_untagged, &v.active_tagged, Edit::Tag(vlan))
+        };
+        let batches = [(same.as_slice(), Edit::AsIs), (other.as_slice(), other_edit)];
+        for (ports, edit) in batches {
+            for &p in ports.iter().filter(|&&p| p != src) {
+                Self::deliver_to(&mut self.ports, p, edit, len, out);
+            }
+        }
+    }
+
+    fn flood_hub(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
+        for p in 1..self.ports.len() as PortId {
+            if p != src && self.ports[p as usize].is_some() {
+                Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
+            }
+        }
+    }
+
+    fn deliver(&mut self, port: PortId, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
+        Self::deliver_to(&mut self.ports, port, edit, len, out);
+    }
+
+    /// Sends to every endpoint of `port`, counted once for the port.
+    fn deliver_to(
+        ports: &mut [Option<Port>],
+        port: PortId,
+        edit: Edit,
+        len: u64,
+        out: &mut Vec<Delivery>,
+    ) {
+        let Some(p) = ports[port as usize].as_mut() else { return };
+        let sent = match edit {
+            Edit::AsIs => len,
+            Edit::Untag => len.saturating_sub(4),
+            Edit::Tag(_) => len + 4,
+        };
+        p.counters.out_pkts += 1;
+        p.counters.out_bytes += sent;
+        out.extend(p.endpoints.iter().map(|&endpoint| Delivery { endpoint, edit }));
+    }
+
+    /// Advances the clock by one tick (called once a second).
+    pub fn tick(&mut self, now: u64) {
+        self.macs.tick(now);
+    }
+
+    /// Takes the events produced since the last call.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    // ----- VLAN bookkeeping ------------------------------------------------
+
+    fn refresh_vlans_of(&mut self, p: PortId) {
+        let Some(port) = self.ports[p as usize].as_ref() else { return };
+        let mut ids: Vec<VlanId> = port.tagged_vlans.iter().copied().collect();
+        ids.push(port.untagged_vlan);
+        for id in ids {
+            self.refresh_vlan(id);
+        }
+    }
+
+    fn refresh_vlan(&mut self, id: VlanId) {
+        let ports = &self.ports;
+        if let Some(v) = self.vlans.get_mut(&id) {
+            v.refresh(|p| ports[p as usize].as_ref().is_some_and(Port::is_active));
+        }
+    }
+
+    // ----- queries and configuration (the console's view) ---------------------
+
+    pub fn numports(&self) -> u32 {
+        self.ports.len() as u32
+    }
+
+    pub fn is_hub(&self) -> bool {
+        self.hub
+    }
+
+    pub fn port(&self, p: PortId) -> Option<&Port> {
+        self.ports.get(p as usize)?.as_ref()
+    }
+
+    /// Existing ports in ascending order.
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &Port)> {
+        self.ports.iter().enumerate().filter_map(|(i, p)| Some((i as PortId, p.as_ref()?)))
+    }
+
+    pub fn vlan(&self, id: VlanId) -> Option<&Vlan> {
+        self.vlans.get(&id)
+    }
+
+    pub fn vlans(&self) -> impl Iterator<Item = (VlanId, &Vlan)> {
+        self.vlans.iter().map(|(&id, v)| (id, v))
+    }
+
+    pub fn mac_table(&self) -> &MacTable {
+        &self.macs
+    }
+
+    pub fn mac_table_mut(&mut self) -> &mut MacTable {
+        &mut self.macs
+    }
+
+    /// Changes the MAC table's bucket count, forgetting every station.
+    pub fn resize_mac_table(&mut self, buckets: u32) {
+        self.macs.resize(buckets, &mut self.events);
+    }
+
+    fn existing_port_mut(&mut self, p: PortId) -> Result<&mut Port, ConfigError> {
+        if p as usize >= self.ports.len() {
+            return Err(ConfigError::Invalid);
+        }
+        self.ports[p as usize].as_mut().ok_or(ConfigError::Missing)
+    }
+
+    pub fn set_numports(&mut self, n: u32) -> Result<(), ConfigError> {
+        if n == 0 {
+            return Err(ConfigError::Invalid);
+        }
+        if self.ports.iter().skip(n as usize).any(Option::is_some) {
+            return Err(ConfigError::InUse);
+        }
+        self.ports.truncate(n as usize);
+        grow(&mut self.ports, n as usize);
+        Ok(())
+    }
+
+    pub fn set_hub(&mut self, hub: bool) {
+        self.hub = hub;
+    }
+
+    pub fn create_explicit_port(&mut self, p: PortId) -> Result<(), ConfigError> {
+        match self.ports.get(p as usize) {
+            None => Err(ConfigError::Invalid),
+            Some(Some(_)) => Err(ConfigError::Exists),
+            Some(None) => {
+                self.create_port(p, false);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reserves the lowest allocatable port (creating it if needed) and
+    /// marks it not allocatable.
+    pub fn create_auto_port(&mut self) -> Result<PortId, ConfigError> {
+        let p = self.free_port().ok_or(ConfigError::Full)?;
+        match self.ports[p as usize].as_mut() {
+            Some(port) => port.allocatable = false,
+            None => {
+                self.create_port(p, false);
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn remove_port(&mut self, p: PortId) -> Result<(), ConfigError> {
+        let port = self.existing_port_mut(p)?;
+        if port.is_active() {
+            return Err(ConfigError::InUse);
+        }
+        let port = self.ports[p as usize].take().expect("exists");
+        for id in port.tagged_vlans.iter().chain([&port.untagged_vlan]) {
+            if let Some(v) = self.vlans.get_mut(id) {
+                v.remove_member(p);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_allocatable(&mut self, p: PortId, allocatable: bool) -> Result<(), ConfigError> {
+        self.existing_port_mut(p)?.allocatable = allocatable;
+        Ok(())
+    }
+
+    pub fn set_acl_user(&mut self, p: PortId, user: Option<u32>) -> Result<(), ConfigError> {
+        self.existing_port_mut(p)?.acl.user = user;
+        Ok(())
+    }
+
+    pub fn set_acl_group(&mut self, p: PortId, group: Option<u32>) -> Result<(), ConfigError> {
+        self.existing_port_mut(p)?.acl.group = group;
+        Ok(())
+    }
+
+    /// Zeroes the counters of `p`, or of every port.
+    pub fn reset_counters(&mut self, p: Option<PortId>) -> Result<(), ConfigError> {
+        match p {
+            Some(p) if p as usize >= self.ports.len() => Err(ConfigError::Invalid),
+            Some(p) => {
+                if let Some(port) = self.ports[p as usize].as_mut() {
+                    port.counters = Counters::default();
+                }
+                Ok(())
+            }
+            None => {
+                self.ports.iter_mut().flatten().for_each(|port| port.counters = Counters::default());
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes `vlan` the untagged VLAN of `p` (`VLAN_NONE` for none).
+    pub fn set_port_vlan(&mut self, p: PortId, vlan: VlanId) -> Result<(), ConfigError> {
+        if p as usize >= self.ports.len() || vlan > VLAN_NONE {
+            return Err(ConfigError::Invalid);
+        }
+        if vlan != VLAN_NONE && !self.vlans.contains_key(&vlan) {
+            return Err(ConfigError::Missing);
+        }
+        let port = self.existing_port_mut(p)?;
+        let old = std::mem::replace(&mut port.untagged_vlan, vlan);
+        port.tagged_vlans.remove(&vlan);
+        if let Some(v) = self.vlans.get_mut(&old) {
+            v.remove_member(p);
+        }
+        if let Some(v) = self.vlans.get_mut(&vlan) {
+            v.set_member(p, false);
+        }
+        self.macs.retain(|s| s.port != p, &mut self.events);
+        self.refresh_vlan(old);
+        self.refresh_vlan(vlan);
+        Ok(())
+    }
+
+    pub fn create_vlan(&mut self, id: VlanId) -> Result<(), ConfigError> {
+        if !(1..=VLAN_MAX).contains(&id) {
+            return Err(ConfigError::Invalid);
+        }
+        if self.vlans.contains_key(&id) {
+            return Err(ConfigError::Exists);
+        }
+        self.vlans.insert(id, Vlan::default());
+        Ok(())
+    }
+
+    pub fn remove_vlan(&mut self, id: VlanId) -> Result<(), ConfigError> {
+        if id >= VLAN_NONE {
+            return Err(ConfigError::Invalid);
+        }
+        let v = self.vlans.get(&id).ok_or(ConfigError::Missing)?;
+        if v.has_members() {
+            return Err(ConfigError::InUse);
+        }
+        self.vlans.remove(&id);
+        Ok(())
+    }
+
+    fn check_vlan_port(&self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
+        if id > VLAN_MAX || p as usize >= self.ports.len() {
+            return Err(ConfigError::Invalid);
+        }
+        if !self.vlans.contains_key(&id) || self.ports[p as usize].is_none() {
+            return Err(ConfigError::Missing);
+        }
+        Ok(())
+    }
+
+    /// Adds `p` to VLAN `id` as a tagged member.
+    pub fn add_tagged(&mut self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
+        self.check_vlan_port(id, p)?;
+        let port = self.ports[p as usize].as_mut().expect("checked");
+        if port.untagged_vlan != id {
+            port.tagged_vlans.insert(id);
+            self.vlans.get_mut(&id).expect("checked").set_member(p, true);
+            self.refresh_vlan(id);
+        }
+        Ok(())
+    }
+
+    pub fn remove_tagged(&mut self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
+        self.check_vlan_port(id, p)?;
+        let port = self.ports[p as usize].as_mut().expect("checked");
+        if port.untagged_vlan == id {
+            return Err(ConfigError::InUse);
+        }
+        if port.tagged_vlans.remove(&id) {
+            self.vlans.get_mut(&id).expect("checked").remove_member(p);
+            self.macs.retain(|s| !(s.port == p && s.vlan == id), &mut self.events);
+            self.refresh_vlan(id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

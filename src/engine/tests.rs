@@ -1,0 +1,392 @@
+//! Engine behaviour, driven with a virtual clock and no sockets.
+
+use super::*;
+
+fn mac(n: u8) -> Mac {
+    Mac([2, 0, 0, 0, 0, n])
+}
+
+fn frame(dst: Mac, src: Mac, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&dst.0);
+    f[6..12].copy_from_slice(&src.0);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f
+}
+
+fn tagged(dst: Mac, src: Mac, tci: u16, len: usize) -> Vec<u8> {
+    let mut f = frame(dst, src, len);
+    f[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+    f[14..16].copy_from_slice(&tci.to_be_bytes());
+    f
+}
+
+struct Lab {
+    sw: Switch,
+    now: u64,
+    next_id: u32,
+}
+
+impl Lab {
+    fn new() -> Self {
+        Lab { sw: Switch::new(DEFAULT_NUMPORTS, false, DEFAULT_BUCKETS), now: 0, next_id: 3 }
+    }
+
+    fn hub() -> Self {
+        Lab { sw: Switch::new(DEFAULT_NUMPORTS, true, DEFAULT_BUCKETS), ..Lab::new() }
+    }
+
+    fn plug(&mut self, request: PortRequest) -> EndpointKey {
+        self.next_id += 1;
+        let a = Attach {
+            request,
+            id: self.next_id,
+            module: Module::UnixProg,
+            description: format!("ep{}", self.next_id),
+            user: Some(0),
+            credentials: Credentials::default(),
+        };
+        self.sw.attach(a).unwrap().0
+    }
+
+    fn port_of(&self, k: EndpointKey) -> PortId {
+        self.sw.endpoint(k).unwrap().port
+    }
+
+    fn send(&mut self, from: EndpointKey, bytes: &[u8]) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let _ = self.sw.ingress(from, bytes, self.now, &mut out);
+        out
+    }
+
+    fn targets(&mut self, from: EndpointKey, bytes: &[u8]) -> Vec<EndpointKey> {
+        let mut t: Vec<_> = self.send(from, bytes).iter().map(|d| d.endpoint).collect();
+        t.sort();
+        t
+    }
+
+    fn advance(&mut self, secs: u64) {
+        for _ in 0..secs {
+            self.now += 1;
+            self.sw.tick(self.now);
+        }
+    }
+}
+
+#[test]
+fn auto_allocation_is_lowest_free_port_from_one() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Any);
+    let b = lab.plug(PortRequest::Any);
+    assert_eq!((lab.port_of(a), lab.port_of(b)), (1, 2));
+    lab.sw.detach(a);
+    let c = lab.plug(PortRequest::Any);
+    assert_eq!(lab.port_of(c), 1, "an inactive allocatable port is reused");
+    lab.sw.create_explicit_port(3).unwrap();
+    let d = lab.plug(PortRequest::Any);
+    assert_eq!(lab.port_of(d), 4, "explicitly created ports are skipped");
+    let e = lab.plug(PortRequest::Port(3));
+    assert_eq!(lab.port_of(e), 3, "but can be asked for by number");
+    let z = lab.plug(PortRequest::Zero);
+    assert_eq!(lab.port_of(z), 0);
+}
+
+#[test]
+fn port_range_and_exhaustion() {
+    let mut lab = Lab { sw: Switch::new(3, false, 128), ..Lab::new() };
+    let req = |request| Attach {
+        request,
+        id: 1,
+        module: Module::UnixProg,
+        description: String::new(),
+        user: None,
+        credentials: Credentials::default(),
+    };
+    assert_eq!(lab.sw.attach(req(PortRequest::Port(3))).unwrap_err(), AttachError::OutOfRange(3));
+    lab.plug(PortRequest::Any);
+    lab.plug(PortRequest::Any);
+    assert_eq!(lab.sw.attach(req(PortRequest::Any)).unwrap_err(), AttachError::NoFreePort);
+}
+
+#[test]
+fn another_user_cannot_join_an_active_port() {
+    let mut lab = Lab::new();
+    lab.plug(PortRequest::Port(5));
+    let stranger = Attach {
+        request: PortRequest::Port(5),
+        id: 99,
+        module: Module::UnixProg,
+        description: String::new(),
+        user: Some(1000),
+        credentials: Credentials { uid: 1000, gids: vec![1000] },
+    };
+    assert_eq!(lab.sw.attach(stranger).unwrap_err(), AttachError::InUseByOtherUser(5));
+}
+
+#[test]
+fn acl_is_checked_with_kernel_credentials() {
+    let mut lab = Lab::new();
+    lab.sw.create_explicit_port(5).unwrap();
+    lab.sw.set_acl_user(5, Some(0)).unwrap();
+    let abstract_client = Attach {
+        request: PortRequest::Port(5),
+        id: 9,
+        module: Module::UnixProg,
+        description: String::new(),
+        user: None,
+        credentials: Credentials { uid: 1000, gids: vec![1000] },
+    };
+    assert_eq!(lab.sw.attach(abstract_client.clone()).unwrap_err(), AttachError::AccessDenied(5));
+    lab.sw.set_acl_group(5, Some(1000)).unwrap();
+    assert!(lab.sw.attach(abstract_client).is_ok());
+}
+
+#[test]
+fn broadcast_floods_every_other_port_once_per_endpoint() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(1));
+    let a2 = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    let c = lab.plug(PortRequest::Port(3));
+    let c2 = lab.plug(PortRequest::Port(3));
+    let mut expect = vec![b, c, c2];
+    expect.sort();
+    assert_eq!(lab.targets(a, &frame(Mac::BROADCAST, mac(1), 60)), expect);
+    assert!(!lab.targets(b, &frame(Mac::BROADCAST, mac(2), 60)).contains(&b));
+    let out3 = lab.sw.port(3).unwrap().counters();
+    assert_eq!((out3.out_pkts, out3.out_bytes), (2, 120), "counted once per port");
+    let _ = a2;
+}
+
+#[test]
+fn learned_unicast_goes_to_one_port_unknown_floods() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Any);
+    let b = lab.plug(PortRequest::Any);
+    let c = lab.plug(PortRequest::Any);
+    assert_eq!(lab.targets(a, &frame(mac(2), mac(1), 60)), vec![b, c], "unknown floods");
+    assert_eq!(lab.targets(b, &frame(mac(1), mac(2), 60)), vec![a]);
+    assert_eq!(lab.targets(a, &frame(mac(2), mac(1), 60)), vec![b]);
+}
+
+#[test]
+fn multicast_source_is_not_learned() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Any);
+    let b = lab.plug(PortRequest::Any);
+    let group = Mac([3, 0, 0, 0, 0, 1]);
+    lab.send(a, &frame(Mac::BROADCAST, group, 60));
+    assert!(lab.sw.mac_table().is_empty());
+    assert_eq!(lab.targets(b, &frame(group, mac(2), 60)), vec![a]);
+}
+
+#[test]
+fn no_hairpin_for_station_on_own_port() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(1));
+    let a2 = lab.plug(PortRequest::Port(1));
+    lab.plug(PortRequest::Port(2));
+    lab.send(a, &frame(Mac::BROADCAST, mac(1), 60));
+    let mut out = Vec::new();
+    let r = lab.sw.ingress(a2, &frame(mac(1), mac(9), 60), 0, &mut out);
+    assert_eq!(r, Err(DropReason::SamePort));
+    assert!(out.is_empty());
+    assert_eq!(lab.sw.port(1).unwrap().counters().drops(DropReason::SamePort), 1);
+}
+
+#[test]
+fn runts_and_oversize_are_dropped_and_counted() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Any);
+    lab.plug(PortRequest::Any);
+    assert!(lab.send(a, &[0u8; 13]).is_empty());
+    assert!(lab.send(a, &frame(Mac::BROADCAST, mac(1), 1519)).is_empty());
+    assert_eq!(lab.send(a, &frame(Mac::BROADCAST, mac(1), 14)).len(), 1);
+    assert_eq!(lab.send(a, &frame(Mac::BROADCAST, mac(1), 1518)).len(), 1);
+    let c = lab.sw.port(1).unwrap().counters();
+    assert_eq!((c.drops(DropReason::Runt), c.drops(DropReason::Oversize)), (1, 1));
+    assert_eq!((c.in_pkts, c.in_bytes), (2, 14 + 1518), "only accepted frames count as IN");
+}
+
+#[test]
+fn station_moves_only_after_min_persistence() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    let c = lab.plug(PortRequest::Port(3));
+    lab.send(a, &frame(Mac::BROADCAST, mac(1), 60));
+    lab.advance(3);
+    lab.send(b, &frame(Mac::BROADCAST, mac(1), 60));
+    assert_eq!(lab.targets(c, &frame(mac(1), mac(3), 60)), vec![a]);
+    lab.advance(4);
+    lab.send(b, &frame(Mac::BROADCAST, mac(1), 60));
+    assert_eq!(lab.targets(c, &frame(mac(1), mac(3), 60)), vec![b]);
+}
+
+#[test]
+fn stations_age_out_at_the_next_frame_after_gc() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Any);
+    let b = lab.plug(PortRequest::Any);
+    lab.sw.mac_table_mut().expire = 3;
+    lab.send(a, &frame(Mac::BROADCAST, mac(1), 60));
+    lab.advance(9);
+    assert_eq!(lab.sw.mac_table().len(), 1, "no sweep without traffic");
+    lab.sw.drain_events().count();
+    assert_eq!(lab.targets(b, &frame(mac(1), mac(2), 60)), vec![a], "expired: flooded");
+    let events: Vec<Event> = lab.sw.drain_events().collect();
+    assert_eq!(events[0], Event::HashDel { mac: mac(1), vlan: 0, port: 1 });
+}
+
+#[test]
+fn unrelated_port_changes_keep_learning() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Any);
+    let b = lab.plug(PortRequest::Any);
+    let c = lab.plug(PortRequest::Any);
+    lab.send(a, &frame(Mac::BROADCAST, mac(1), 60));
+    lab.send(b, &frame(Mac::BROADCAST, mac(2), 60));
+    lab.send(c, &frame(Mac::BROADCAST, mac(3), 60));
+    lab.plug(PortRequest::Any);
+    lab.sw.detach(c);
+    assert_eq!(lab.sw.mac_table().len(), 2, "only port 3's station is forgotten");
+    assert_eq!(lab.targets(b, &frame(mac(1), mac(2), 60)), vec![a]);
+}
+
+#[test]
+fn last_endpoint_leaving_deactivates_port_but_keeps_it() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(4));
+    let a2 = lab.plug(PortRequest::Port(4));
+    lab.sw.drain_events().count();
+    lab.sw.detach(a2);
+    assert!(lab.sw.port(4).unwrap().is_active());
+    lab.sw.detach(a);
+    let port = lab.sw.port(4).expect("port kept");
+    assert!(!port.is_active());
+    let events: Vec<Event> = lab.sw.drain_events().collect();
+    assert_eq!(events.last(), Some(&Event::PortDel(4)));
+}
+
+#[test]
+fn endpoint_listing_is_newest_first() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(1));
+    let order: Vec<EndpointKey> = lab.sw.port(1).unwrap().endpoints().collect();
+    assert_eq!(order, vec![b, a]);
+}
+
+#[test]
+fn hub_repeats_to_every_existing_port_but_zero() {
+    let mut lab = Lab::hub();
+    let zero = lab.plug(PortRequest::Zero);
+    let a = lab.plug(PortRequest::Any);
+    let b = lab.plug(PortRequest::Any);
+    lab.sw.create_explicit_port(7).unwrap();
+    lab.send(a, &frame(mac(2), mac(1), 60));
+    assert_eq!(lab.targets(a, &frame(mac(2), mac(1), 60)), vec![b]);
+    assert!(lab.sw.mac_table().is_empty(), "a hub learns nothing");
+    assert_eq!(lab.sw.port(7).unwrap().counters().out_pkts, 2, "inactive ports still count");
+    assert_eq!(lab.sw.port(0).unwrap().counters().out_pkts, 0);
+    assert_eq!(lab.targets(zero, &frame(Mac::BROADCAST, mac(9), 60)), vec![a, b]);
+}
+
+#[test]
+fn vlans_isolate_and_retag() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    let h1 = lab.plug(PortRequest::Port(1));
+    let h2 = lab.plug(PortRequest::Port(2));
+    let trunk = lab.plug(PortRequest::Port(3));
+    lab.sw.set_port_vlan(2, 10).unwrap();
+    lab.sw.add_tagged(10, 3).unwrap();
+
+    let out = lab.send(h2, &frame(Mac::BROADCAST, mac(2), 60));
+    assert_eq!(out, vec![Delivery { endpoint: trunk, edit: Edit::Tag(10) }]);
+    assert_eq!(lab.sw.port(3).unwrap().counters().out_bytes, 64);
+
+    let out = lab.send(trunk, &tagged(Mac::BROADCAST, mac(3), 0xb00a, 64));
+    assert_eq!(out, vec![Delivery { endpoint: h2, edit: Edit::Untag }]);
+    let out = lab.send(trunk, &tagged(mac(2), mac(3), 10, 64));
+    assert_eq!(out, vec![Delivery { endpoint: h2, edit: Edit::Untag }]);
+    let out = lab.send(h2, &frame(mac(3), mac(2), 60));
+    assert_eq!(out, vec![Delivery { endpoint: trunk, edit: Edit::Tag(10) }]);
+
+    assert!(lab.targets(h1, &frame(Mac::BROADCAST, mac(1), 60)).contains(&trunk));
+    assert!(!lab.targets(h1, &frame(Mac::BROADCAST, mac(1), 60)).contains(&h2));
+}
+
+#[test]
+fn tagged_to_tagged_keeps_priority_bits() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    lab.sw.add_tagged(10, 1).unwrap();
+    lab.sw.add_tagged(10, 2).unwrap();
+    let out = lab.send(a, &tagged(Mac::BROADCAST, mac(1), 0xb00a, 64));
+    assert_eq!(out, vec![Delivery { endpoint: b, edit: Edit::AsIs }]);
+}
+
+#[test]
+fn foreign_and_missing_vlans_are_dropped_but_counted_in() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    let a = lab.plug(PortRequest::Port(1));
+    lab.plug(PortRequest::Port(2));
+    let mut out = Vec::new();
+    assert_eq!(lab.sw.ingress(a, &tagged(Mac::BROADCAST, mac(1), 10, 64), 0, &mut out), Err(DropReason::NotMember));
+    assert_eq!(lab.sw.ingress(a, &tagged(Mac::BROADCAST, mac(1), 20, 64), 0, &mut out), Err(DropReason::NotMember));
+    assert_eq!(lab.sw.ingress(a, &tagged(Mac::BROADCAST, mac(1), 4095, 64), 0, &mut out), Err(DropReason::NotMember));
+    lab.sw.set_port_vlan(1, VLAN_NONE).unwrap();
+    assert_eq!(lab.sw.ingress(a, &frame(Mac::BROADCAST, mac(1), 60), 0, &mut out), Err(DropReason::NoUntaggedVlan));
+    assert!(out.is_empty());
+    assert_eq!(lab.sw.port(1).unwrap().counters().in_pkts, 4);
+}
+
+#[test]
+fn priority_tagged_frame_in_vlan0_is_delivered_untagged() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    let out = lab.send(a, &tagged(Mac::BROADCAST, mac(1), 0x6000, 64));
+    assert_eq!(out, vec![Delivery { endpoint: b, edit: Edit::Untag }]);
+}
+
+#[test]
+fn vlan_rules() {
+    let mut lab = Lab::new();
+    assert_eq!(lab.sw.create_vlan(0), Err(ConfigError::Invalid));
+    assert_eq!(lab.sw.create_vlan(4094), Err(ConfigError::Invalid));
+    assert_eq!(lab.sw.create_vlan(4093), Ok(()));
+    assert_eq!(lab.sw.create_vlan(4093), Err(ConfigError::Exists));
+    lab.sw.create_explicit_port(2).unwrap();
+    assert_eq!(lab.sw.remove_vlan(0), Err(ConfigError::InUse), "inactive members count");
+    lab.sw.add_tagged(4093, 2).unwrap();
+    assert_eq!(lab.sw.remove_vlan(4093), Err(ConfigError::InUse));
+    assert_eq!(lab.sw.remove_tagged(0, 2), Err(ConfigError::InUse), "untagged VLAN");
+    lab.sw.remove_tagged(4093, 2).unwrap();
+    lab.sw.remove_tagged(4093, 2).unwrap();
+    assert_eq!(lab.sw.remove_vlan(4093), Ok(()));
+    assert_eq!(lab.sw.remove_vlan(4093), Err(ConfigError::Missing));
+}
+
+#[test]
+fn port_configuration_rules() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(1));
+    assert_eq!(lab.sw.remove_port(1), Err(ConfigError::InUse));
+    assert_eq!(lab.sw.remove_port(9), Err(ConfigError::Missing));
+    assert_eq!(lab.sw.remove_port(99), Err(ConfigError::Invalid));
+    assert_eq!(lab.sw.create_explicit_port(1), Err(ConfigError::Exists));
+    assert_eq!(lab.sw.set_numports(1), Err(ConfigError::InUse));
+    assert_eq!(lab.sw.set_numports(0), Err(ConfigError::Invalid));
+    assert_eq!(lab.sw.create_auto_port(), Ok(2));
+    assert!(!lab.sw.port(2).unwrap().allocatable());
+    lab.sw.detach(a);
+    assert_eq!(lab.sw.remove_port(1), Ok(()));
+    assert_eq!(lab.sw.set_numports(2), Err(ConfigError::InUse));
+    lab.sw.remove_port(2).unwrap();
+    assert_eq!(lab.sw.set_numports(2), Ok(()));
+}

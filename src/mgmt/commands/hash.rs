@@ -1,0 +1,73 @@
+use std::fmt::Write as _;
+
+use nix::errno::Errno;
+
+use crate::engine::Station;
+use crate::mgmt::args::atoi;
+use crate::mgmt::Context;
+use crate::wire::Mac;
+
+pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+    let t = ctx.switch.mac_table();
+    let _ = writeln!(
+        out,
+        "Hash size {}\nGC interval {} secs\nGC expire {} secs\nMin persistence {} secs",
+        t.buckets(),
+        t.gc_interval,
+        t.expire,
+        t.min_persistence
+    );
+    Ok(())
+}
+
+pub fn setsize(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    match atoi(args)? {
+        0 => Err(Errno::EINVAL),
+        n => {
+            ctx.switch.resize_mac_table(n.next_power_of_two());
+            Ok(())
+        }
+    }
+}
+
+pub fn setgcint(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.mac_table_mut().gc_interval = atoi(args)?.into();
+    Ok(())
+}
+
+pub fn setexpire(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.mac_table_mut().expire = atoi(args)?.into();
+    Ok(())
+}
+
+pub fn setminper(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.mac_table_mut().min_persistence = atoi(args)?.into();
+    Ok(())
+}
+
+/// `shown_port` is what the line prints as the port: `hash/find` prints the
+/// port plus one, as the reference does.
+fn station_line(out: &mut String, s: &Station, shown_port: u32) {
+    let _ = writeln!(
+        out,
+        "Hash: {:04} Addr: {} VLAN {:04} to port: {:03}  age {} secs",
+        s.bucket, s.mac, s.vlan, shown_port, s.age
+    );
+}
+
+pub fn print(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+    for s in ctx.switch.mac_table().stations(ctx.now) {
+        station_line(out, &s, s.port);
+    }
+    Ok(())
+}
+
+pub fn find(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+    let mut words = args.split_whitespace();
+    let mac: Mac = words.next().unwrap_or("").parse().map_err(|_| Errno::EINVAL)?;
+    let vlan = words.next().map(atoi).transpose()?.unwrap_or(0);
+    let vlan = u16::try_from(vlan).map_err(|_| Errno::EINVAL)?;
+    let s = ctx.switch.mac_table().find(mac, vlan, ctx.now).ok_or(Errno::ENODEV)?;
+    station_line(out, &s, s.port + 1);
+    Ok(())
+}

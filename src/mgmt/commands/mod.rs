@@ -1,0 +1,112 @@
+//! The command table. Order matters: it is both the `help` listing order
+//! and the lookup order (first path that prefixes the input line wins).
+
+mod debug;
+mod fstp;
+mod global;
+mod hash;
+mod port;
+mod vlan;
+
+use nix::errno::Errno;
+
+pub use global::read_script;
+
+use super::Context;
+
+/// Runs a command with its argument text, writing output to the buffer.
+pub type Handler = fn(&mut Context, &str, &mut String) -> Result<(), Errno>;
+
+pub struct Command {
+    pub path: &'static str,
+    pub syntax: &'static str,
+    pub help: &'static str,
+    /// `None` for menu headers, which are listed but cannot be run.
+    pub handler: Option<Handler>,
+    /// Output is wrapped in a `0000 DATA END WITH '.'` block.
+    pub data: bool,
+}
+
+const fn menu(path: &'static str, help: &'static str) -> Command {
+    Command { path, syntax: "============", help, handler: None, data: false }
+}
+
+const fn cmd(path: &'static str, syntax: &'static str, help: &'static str, handler: Handler) -> Command {
+    Command { path, syntax, help, handler: Some(handler), data: false }
+}
+
+const fn data(path: &'static str, syntax: &'static str, help: &'static str, handler: Handler) -> Command {
+    Command { path, syntax, help, handler: Some(handler), data: true }
+}
+
+pub static COMMANDS: &[Command] = &[
+    menu("ds", "DATA SOCKET MENU"),
+    data("ds/showinfo", "", "show ds info", global::ds_showinfo),
+    data("help", "[arg]", "Help (limited to arg when specified)", global::help),
+    cmd("logout", "", "logout from this mgmt terminal", global::logout),
+    cmd("shutdown", "", "shutdown of the switch", global::shutdown),
+    data("showinfo", "", "show switch version and info", global::showinfo),
+    cmd("load", "path", "load a configuration script", global::load),
+    menu("debug", "DEBUG MENU"),
+    data("debug/list", "", "list debug categories", debug::list),
+    cmd("debug/add", "dbgpath", "enable debug info for a given category", debug::add),
+    cmd("debug/del", "dbgpath", "disable debug info for a given category", debug::del),
+    menu("plugin", "PLUGINS MENU"),
+    data("plugin/list", "", "list plugins", global::plugin_list),
+    cmd("plugin/add", "library", "load a plugin", global::plugin_unavailable),
+    cmd("plugin/del", "name", "unload a plugin", global::plugin_unavailable),
+    menu("hash", "HASH TABLE MENU"),
+    data("hash/showinfo", "", "show hash info", hash::showinfo),
+    cmd("hash/setsize", "N", "change hash size", hash::setsize),
+    cmd("hash/setgcint", "N", "change garbage collector interval", hash::setgcint),
+    cmd("hash/setexpire", "N", "change hash entries expire time", hash::setexpire),
+    cmd("hash/setminper", "N", "minimum persistence time", hash::setminper),
+    data("hash/print", "", "print the hash table", hash::print),
+    data("hash/find", "MAC [VLAN]", "MAC lookup", hash::find),
+    menu("fstp", "FAST SPANNING TREE MENU"),
+    data("fstp/showinfo", "", "show fstp info", fstp::showinfo),
+    data("fstp/setfstp", "0/1", "Fast spanning tree protocol 1=ON 0=OFF", fstp::setfstp),
+    cmd("fstp/setedge", "VLAN PORT 1/0", "Define an edge port for a vlan 1=Y 0=N", fstp::setedge),
+    cmd("fstp/bonus", "VLAN PORT COST", "set the port bonus for a vlan", fstp::bonus),
+    data("fstp/print", "[N]", "print fst data for the defined vlan", fstp::print),
+    menu("port", "PORT STATUS MENU"),
+    data("port/showinfo", "", "show port info", port::showinfo),
+    cmd("port/setnumports", "N", "set the number of ports", port::setnumports),
+    cmd("port/sethub", "0/1", "1=HUB 0=switch", port::sethub),
+    cmd("port/setvlan", "N VLAN", "set port VLAN (untagged)", port::setvlan),
+    data(
+        "port/createauto",
+        "",
+        "create a port with an automatically allocated id (inactive|notallocatable)",
+        port::createauto,
+    ),
+    cmd("port/create", "N", "create the port N (inactive|notallocatable)", port::create),
+    cmd("port/remove", "N", "remove the port N", port::remove),
+    cmd("port/allocatable", "N 0/1", "Is the port allocatable as unnamed? 1=Y 0=N", port::allocatable),
+    cmd("port/setuser", "N user", "access control: set user", port::setuser),
+    cmd("port/setgroup", "N user", "access control: set group", port::setgroup),
+    cmd("port/epclose", "N ID", "remove the endpoint port N/id ID", port::epclose),
+    cmd("port/resetcounter", "[N]", "reset the port (N) counters", port::resetcounter),
+    data("port/print", "[N]", "print the port/endpoint table", port::print),
+    data("port/allprint", "[N]", "print the port/endpoint table (including inactive port)", port::allprint),
+    menu("vlan", "VLAN MANAGEMENT MENU"),
+    cmd("vlan/create", "N", "create the VLAN with tag N", vlan::create),
+    cmd("vlan/remove", "N", "remove the VLAN with tag N", vlan::remove),
+    cmd("vlan/addport", "N PORT", "add port to the vlan N (tagged)", vlan::addport),
+    // The reference's help text for delport really says "add".
+    cmd("vlan/delport", "N PORT", "add port to the vlan N (tagged)", vlan::delport),
+    data("vlan/print", "[N]", "print the list of defined vlan", vlan::print),
+    data("vlan/allprint", "[N]", "print the list of defined vlan (including inactive port)", vlan::allprint),
+];
+
+/// Maps engine configuration errors to the errno the reference reports.
+fn errno(e: crate::engine::ConfigError) -> Errno {
+    use crate::engine::ConfigError::*;
+    match e {
+        Invalid => Errno::EINVAL,
+        Missing => Errno::ENXIO,
+        Exists => Errno::EEXIST,
+        InUse => Errno::EADDRINUSE,
+        Full => Errno::ENOSPC,
+    }
+}

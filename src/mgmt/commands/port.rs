@@ -1,0 +1,151 @@
+use std::fmt::Write as _;
+
+use nix::errno::Errno;
+use nix::unistd::{Gid, Group, Uid, User};
+
+use super::errno;
+use crate::engine::{Port, PortId, Switch};
+use crate::mgmt::args::{atoi, int_and_word, ints, optional};
+use crate::mgmt::{Context, Effect};
+
+pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+    let sw = &ctx.switch;
+    let _ = writeln!(out, "Numports={}\nHUB={}\ncounters=true", sw.numports(), sw.is_hub());
+    Ok(())
+}
+
+pub fn setnumports(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.set_numports(atoi(args)?).map_err(errno)
+}
+
+pub fn sethub(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.set_hub(atoi(args)? != 0);
+    Ok(())
+}
+
+pub fn setvlan(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    let [port, vlan] = ints::<2>(args)?;
+    let vlan = u16::try_from(vlan).map_err(|_| Errno::EINVAL)?;
+    ctx.switch.set_port_vlan(port, vlan).map_err(errno)
+}
+
+pub fn createauto(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+    let p = ctx.switch.create_auto_port().map_err(errno)?;
+    let _ = writeln!(out, "Port {p:04}");
+    Ok(())
+}
+
+pub fn create(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.create_explicit_port(atoi(args)?).map_err(errno)
+}
+
+pub fn remove(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.remove_port(atoi(args)?).map_err(errno)
+}
+
+pub fn allocatable(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    let [port, flag] = ints::<2>(args)?;
+    ctx.switch.set_allocatable(port, flag != 0).map_err(errno)
+}
+
+/// A user or group given by name or number; `NONE`/`ANY` lift the restriction.
+fn principal(word: &str, by_name: impl Fn(&str) -> Option<u32>) -> Result<Option<u32>, Errno> {
+    if word == "NONE" || word == "ANY" {
+        return Ok(None);
+    }
+    match word.parse::<u32>() {
+        Ok(id) => Ok(Some(id)),
+        Err(_) => by_name(word).map(Some).ok_or(Errno::EINVAL),
+    }
+}
+
+pub fn setuser(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    let (port, word) = int_and_word(args)?;
+    let user = principal(word, |n| User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()))?;
+    ctx.switch.set_acl_user(port, user).map_err(errno)
+}
+
+pub fn setgroup(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    let (port, word) = int_and_word(args)?;
+    let group = principal(word, |n| Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()))?;
+    ctx.switch.set_acl_group(port, group).map_err(errno)
+}
+
+pub fn epclose(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    let [port, id] = ints::<2>(args)?;
+    if port >= ctx.switch.numports() {
+        return Err(Errno::EINVAL);
+    }
+    let key = ctx.switch.find_endpoint(port, id).ok_or(Errno::ENXIO)?;
+    ctx.effects.push(Effect::CloseEndpoint(key));
+    Ok(())
+}
+
+pub fn resetcounter(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    ctx.switch.reset_counters(optional(args)?).map_err(errno)
+}
+
+fn user_name(uid: Option<u32>) -> String {
+    match uid {
+        None => "NONE".into(),
+        Some(id) => User::from_uid(Uid::from_raw(id)).ok().flatten().map_or(id.to_string(), |u| u.name),
+    }
+}
+
+fn group_name(gid: Option<u32>) -> String {
+    match gid {
+        None => "NONE".into(),
+        Some(id) => Group::from_gid(Gid::from_raw(id)).ok().flatten().map_or(id.to_string(), |g| g.name),
+    }
+}
+
+fn port_block(out: &mut String, sw: &Switch, id: PortId, port: &Port) {
+    let c = port.counters();
+    let acl = port.acl();
+    let _ = writeln!(
+        out,
+        "Port {id:04} untagged_vlan={:04} {} - {}Unnamed Allocatable",
+        port.untagged_vlan().unwrap_or(crate::engine::VLAN_NONE),
+        if port.is_active() { "ACTIVE" } else { "INACTIVE" },
+        if port.allocatable() { "" } else { "NOT " },
+    );
+    let _ = writeln!(
+        out,
+        " Current User: {} Access Control: (User: {} - Group: {})",
+        user_name(port.current_user()),
+        user_name(acl.user),
+        group_name(acl.group)
+    );
+    let _ = writeln!(out, " IN:  pkts {:10}          bytes {:20}", c.in_pkts, c.in_bytes);
+    let _ = writeln!(out, " OUT: pkts {:10}          bytes {:20}", c.out_pkts, c.out_bytes);
+    for ep in port.endpoints().filter_map(|k| sw.endpoint(k)) {
+        let _ = writeln!(out, "  -- endpoint ID {:04} module {:<12}: {}", ep.id, ep.module.name(), ep.description);
+    }
+}
+
+fn print_ports(ctx: &mut Context, args: &str, out: &mut String, inactive_too: bool) -> Result<(), Errno> {
+    let sw = &ctx.switch;
+    let shown = |port: &Port| inactive_too || port.is_active();
+    match optional(args)? {
+        Some(p) if p >= sw.numports() => Err(Errno::EINVAL),
+        Some(p) => {
+            let port = sw.port(p).filter(|port| shown(port)).ok_or(Errno::ENXIO)?;
+            port_block(out, sw, p, port);
+            Ok(())
+        }
+        None => {
+            for (id, port) in sw.ports().filter(|(_, port)| shown(port)) {
+                port_block(out, sw, id, port);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn print(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+    print_ports(ctx, args, out, false)
+}
+
+pub fn allprint(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+    print_ports(ctx, args, out, true)
+}

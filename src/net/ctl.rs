@@ -1,0 +1,255 @@
+//! The control directory: its `ctl` listener, the handshake that turns a
+//! control connection into an endpoint, and the per-endpoint data sockets.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::unistd::{Gid, Uid};
+
+use super::{sys, Fatal};
+use crate::engine::{Attach, AttachError, Credentials, EndpointKey, Module, PortRequest, Switch};
+use crate::wire::{reply_for_path, Request, RequestError, RequestKind};
+
+/// Permissions and ownership requested on the command line.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub ctl_mode: u32,
+    pub dir_mode: u32,
+    pub group: Option<Gid>,
+    /// Mode and group of the management socket, also given to port-0 data sockets.
+    pub mgmt_mode: u32,
+    pub mgmt_group: Option<Gid>,
+}
+
+/// The `ctl` and directory modes for `-m` / `--dirmode`, as vde_switch
+/// derives one from the other.
+pub fn modes(mode: Option<u32>, dirmode: Option<u32>) -> (u32, u32) {
+    match (mode, dirmode) {
+        (None, None) => (0o600, 0o2700),
+        (Some(m), None) => {
+            let dir = [0o700, 0o070, 0o007].iter().fold(0o2000, |dir, &class| {
+                let rw = m & class & 0o666;
+                if rw != 0 { dir | rw | (class & 0o111) } else { dir }
+            });
+            (m, dir)
+        }
+        (None, Some(d)) => (d & 0o666, d),
+        (Some(m), Some(d)) => (m, d),
+    }
+}
+
+pub struct CtlDir {
+    /// Canonical path of the directory.
+    pub dir: PathBuf,
+    pub listener: UnixListener,
+    pub access: Access,
+}
+
+fn errno_text(e: &io::Error) -> String {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc().to_string()
+}
+
+fn set_group(path: &Path, group: Option<Gid>) -> io::Result<()> {
+    match group {
+        Some(g) => chown(path, None, Some(g.as_raw())),
+        None => Ok(()),
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+impl CtlDir {
+    /// Creates (or reuses) the directory and listens on its `ctl` socket,
+    /// replacing a stale socket but never a live switch's.
+    pub fn open(path: &Path, access: Access) -> Result<CtlDir, Fatal> {
+        match fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Fatal::new(
+                    255,
+                    format!("Cannot create ctl directory '{}': {}", path.display(), errno_text(&e)),
+                ));
+            }
+        }
+        let dir = fs::canonicalize(path).map_err(|e| {
+            Fatal::new(1, format!("Cannot resolve ctl directory '{}': {}", path.display(), errno_text(&e)))
+        })?;
+        let _ = set_group(&dir, access.group);
+        let _ = set_mode(&dir, access.dir_mode);
+        let ctl = dir.join("ctl");
+        let listener = match UnixListener::bind(&ctl) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if UnixStream::connect(&ctl).is_ok() {
+                    return Err(Fatal::new(
+                        255,
+                        format!("Could not bind to socket '{}': Address already in use", ctl.display()),
+                    ));
+                }
+                let _ = fs::remove_file(&ctl);
+                UnixListener::bind(&ctl).map_err(|e| Self::bind_error(&ctl, &e))?
+            }
+            Err(_) => UnixListener::bind(&ctl).map_err(|e| Self::bind_error(&ctl, &e))?,
+        };
+        listener.set_nonblocking(true).map_err(|e| Self::bind_error(&ctl, &e))?;
+        let _ = set_group(&ctl, access.group);
+        let _ = set_mode(&ctl, access.ctl_mode);
+        Ok(CtlDir { dir, listener, access })
+    }
+
+    fn bind_error(ctl: &Path, e: &io::Error) -> Fatal {
+        Fatal::new(255, format!("Could not bind to socket '{}' (second attempt): {}", ctl.display(), errno_text(e)))
+    }
+
+    /// Stops listening, then removes `ctl` and the directory unless another
+    /// switch listens there now. Returns a warning to log, if any.
+    pub fn cleanup(self) -> Option<String> {
+        let ctl = self.dir.join("ctl");
+        drop(self.listener);
+        if UnixStream::connect(&ctl).is_ok() {
+            return Some("Cleanup not removing files".into());
+        }
+        let _ = fs::remove_file(&ctl);
+        fs::remove_dir(&self.dir)
+            .err()
+            .map(|e| format!("Cannot remove ctl directory '{}': {}", self.dir.display(), errno_text(&e)))
+    }
+}
+
+/// Why a control connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    /// The client's socket path cannot be reached; refused without a log line.
+    #[error("client socket not accessible")]
+    Inaccessible,
+    #[error("Connecting to client data socket {}", errno_text(.0))]
+    Connect(io::Error),
+    #[error("Refusing client: {0}")]
+    Attach(#[from] AttachError),
+    #[error("Cannot create data socket: {}", errno_text(.0))]
+    DataSocket(io::Error),
+}
+
+impl HandshakeError {
+    pub fn is_silent(&self) -> bool {
+        matches!(self, HandshakeError::Inaccessible)
+    }
+}
+
+/// An endpoint the handshake created.
+pub struct NewEndpoint {
+    pub key: EndpointKey,
+    pub socket: OwnedFd,
+    pub path: PathBuf,
+}
+
+fn io_err(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Serves one port request read from a control connection: checks the
+/// client, attaches it to a port, creates and binds its data socket and
+/// writes the reply naming that socket.
+pub fn handshake(
+    ctl: &CtlDir,
+    stream: &UnixStream,
+    request: &[u8],
+    switch: &mut Switch,
+) -> Result<NewEndpoint, HandshakeError> {
+    let req = Request::parse(request)?;
+    let credentials = peer_credentials(stream);
+    let owner = match req.addr.path() {
+        None => None,
+        Some(path) => {
+            let path = Path::new(std::ffi::OsStr::from_bytes(path));
+            Some(fs::metadata(path).map_err(|_| HandshakeError::Inaccessible)?.uid())
+        }
+    };
+    let socket = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| HandshakeError::DataSocket(io_err(e)))?;
+    sys::connect_raw(socket.as_fd(), &req.addr).map_err(HandshakeError::Connect)?;
+    let request = match req.kind {
+        RequestKind::NewPort0 => PortRequest::Zero,
+        RequestKind::NewControl if req.port == 0 => PortRequest::Any,
+        RequestKind::NewControl => PortRequest::Port(req.port),
+    };
+    let (key, port) = switch.attach(Attach {
+        request,
+        id: stream.as_raw_fd() as u32,
+        module: Module::UnixProg,
+        description: String::from_utf8_lossy(req.description).into_owned(),
+        user: owner,
+        credentials,
+    })?;
+    let path = ctl.dir.join(format!("{port:03}.{}", socket.as_raw_fd()));
+    let finish = || -> io::Result<()> {
+        let _ = fs::remove_file(&path);
+        let addr = UnixAddr::new(&path).map_err(io_err)?;
+        bind(socket.as_raw_fd(), &addr).map_err(io_err)?;
+        let a = &ctl.access;
+        let (mode, group) = match (request, owner) {
+            (PortRequest::Zero, _) => (a.mgmt_mode, a.mgmt_group),
+            (_, Some(uid)) if Uid::effective().is_root() => {
+                chown(&path, Some(uid), None)?;
+                (a.ctl_mode & 0o700, a.group)
+            }
+            _ => (a.ctl_mode, a.group),
+        };
+        set_mode(&path, mode)?;
+        set_group(&path, group)?;
+        let reply = reply_for_path(path.as_os_str().as_encoded_bytes())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        let written = nix::unistd::write(stream, &reply.0).map_err(io_err)?;
+        if written != reply.0.len() {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        switch.detach(key);
+        let _ = fs::remove_file(&path);
+        return Err(HandshakeError::DataSocket(e));
+    }
+    Ok(NewEndpoint { key, socket, path })
+}
+
+/// The connecting process's uid and groups, from the kernel.
+fn peer_credentials(stream: &UnixStream) -> Credentials {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let Ok(cred) = getsockopt(stream, PeerCredentials) else {
+        return Credentials { uid: u32::MAX, gids: Vec::new() };
+    };
+    let gid = Gid::from_raw(cred.gid());
+    let gids = nix::unistd::User::from_uid(Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .and_then(|u| nix::unistd::getgrouplist(&std::ffi::CString::new(u.name).ok()?, gid).ok())
+        .unwrap_or_else(|| vec![gid]);
+    Credentials { uid: cred.uid(), gids: gids.into_iter().map(Gid::as_raw).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::modes;
+
+    #[test]
+    fn mode_derivation_matches_reference() {
+        assert_eq!(modes(None, None), (0o600, 0o2700));
+        assert_eq!(modes(Some(0o660), None), (0o660, 0o2770));
+        assert_eq!(modes(Some(0o666), None), (0o666, 0o2777));
+        assert_eq!(modes(Some(0o640), None), (0o640, 0o2750));
+        assert_eq!(modes(None, Some(0o750)), (0o640, 0o750));
+        assert_eq!(modes(Some(0o600), Some(0o755)), (0o600, 0o755));
+    }
+}

@@ -1,0 +1,33 @@
+//! Log lines go to stderr as `<program>: <message>` until the switch
+//! daemonises, then to syslog, as vde_switch does.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use super::sys;
+
+static PROGRAM: OnceLock<String> = OnceLock::new();
+static TO_SYSLOG: AtomicBool = AtomicBool::new(false);
+
+/// Sets the name log lines are prefixed with (`argv[0]`).
+pub fn init(program: &str) {
+    let _ = PROGRAM.set(program.to_string());
+}
+
+/// From now on, log to syslog under the program's base name.
+pub fn switch_to_syslog() {
+    let program = PROGRAM.get().map_or("vswitch", String::as_str);
+    let base = program.rsplit('/').next().unwrap_or(program);
+    sys::open_syslog(base);
+    TO_SYSLOG.store(true, Ordering::Relaxed);
+}
+
+pub fn log(message: &str) {
+    if TO_SYSLOG.load(Ordering::Relaxed) {
+        sys::syslog(message);
+    } else {
+        let program = PROGRAM.get().map_or("vswitch", String::as_str);
+        let _ = writeln!(std::io::stderr(), "{program}: {message}");
+    }
+}

@@ -1,0 +1,639 @@
+//! Sockets, files and the event loop. This layer moves bytes and time into
+//! the engine and the console and carries their decisions out; it decides
+//! nothing about switching itself.
+
+mod console;
+mod ctl;
+mod data;
+pub mod log;
+mod sys;
+
+use std::fs;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use slab::Slab;
+
+pub use ctl::{modes, Access};
+
+use crate::engine::{EndpointKey, Switch};
+use crate::mgmt::{self, format_event, Context, Effect, Session, SessionKind, SwitchInfo, BANNER, PROMPT};
+use console::{Line, LineSplitter, MgmtListener, SocketSession};
+use ctl::CtlDir;
+use data::{DataPlane, Link, Links};
+
+/// A start-up failure: the message to log and the exit status.
+#[derive(Debug)]
+pub struct Fatal {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Fatal {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Fatal { code, message: message.into() }
+    }
+}
+
+/// Everything the command line decided.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub ctl_dir: PathBuf,
+    pub access: Access,
+    pub numports: u32,
+    pub hub: bool,
+    pub hash_size: u32,
+    pub info: SwitchInfo,
+    pub daemon: bool,
+    /// Absolute paths: the daemon changes directory before using them.
+    pub pidfile: Option<PathBuf>,
+    pub rcfile: Option<PathBuf>,
+    pub mgmt: Option<PathBuf>,
+}
+
+/// Why the switch stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Shutdown,
+    StdinClosed,
+    Signal(Signal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Ctl,
+    Signals,
+    Mgmt,
+    Stdin,
+    Conn(usize),
+    Data(u32),
+    Session(usize),
+}
+
+impl Token {
+    fn encode(self) -> u64 {
+        let (kind, index) = match self {
+            Token::Ctl => (0, 0),
+            Token::Signals => (1, 0),
+            Token::Mgmt => (2, 0),
+            Token::Stdin => (3, 0),
+            Token::Conn(i) => (4, i as u64),
+            Token::Data(k) => (5, u64::from(k)),
+            Token::Session(i) => (6, i as u64),
+        };
+        kind << 32 | index
+    }
+
+    fn decode(raw: u64) -> Token {
+        let index = raw & 0xffff_ffff;
+        match raw >> 32 {
+            0 => Token::Ctl,
+            1 => Token::Signals,
+            2 => Token::Mgmt,
+            3 => Token::Stdin,
+            4 => Token::Conn(index as usize),
+            5 => Token::Data(index as u32),
+            _ => Token::Session(index as usize),
+        }
+    }
+}
+
+/// A control connection: a pending handshake, or an endpoint's lifeline.
+struct Conn {
+    stream: UnixStream,
+    endpoint: Option<EndpointKey>,
+}
+
+struct StdinConsole {
+    state: Session,
+    lines: LineSplitter,
+}
+
+/// The signals handled through the event loop rather than by default action.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks the handled signals (so they queue for the loop) and ignores
+/// those vde_switch ignores. Call before anything else starts.
+pub fn prepare_signals() -> nix::Result<()> {
+    use nix::sys::signal::{signal, SigHandler};
+    handled_signals().thread_block()?;
+    for s in [Signal::SIGPIPE, Signal::SIGALRM, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPROF, Signal::SIGVTALRM, Signal::SIGIO, Signal::SIGPWR, Signal::SIGSTKFLT] {
+        // SAFETY-free: setting SIG_IGN installs no handler code.
+        #[allow(unsafe_code)]
+        unsafe {
+            signal(s, SigHandler::SigIgn)?;
+        }
+    }
+    Ok(())
+}
+
+struct Server {
+    epoll: Epoll,
+    switch: Switch,
+    info: SwitchInfo,
+    started: Instant,
+    now: u64,
+    ctl: CtlDir,
+    /// The listener stops being watched while descriptors are exhausted.
+    ctl_paused: bool,
+    conns: Slab<Conn>,
+    links: Links,
+    data: DataPlane,
+    mgmt: Option<MgmtListener>,
+    sessions: Slab<SocketSession>,
+    stdin: Option<StdinConsole>,
+    signals: SignalFd,
+    pidfile: Option<PathBuf>,
+    exit: Option<Exit>,
+}
+
+fn interest(token: Token, flags: EpollFlags) -> EpollEvent {
+    EpollEvent::new(flags, token.encode())
+}
+
+fn io_error(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Starts the switch and runs it until it is told to stop.
+pub fn run(config: Config) -> Result<Exit, Fatal> {
+    let ctl = CtlDir::open(&config.ctl_dir, config.access.clone())?;
+    let mut info = config.info.clone();
+    info.ctl_dir = ctl.dir.display().to_string();
+    info.ctl_mode = config.access.ctl_mode;
+    if config.daemon {
+        if let Err(e) = nix::unistd::daemon(false, false) {
+            return Err(Fatal::new(1, format!("daemon: {}", e.desc())));
+        }
+        log::switch_to_syslog();
+        log::log("VDE_SWITCH started");
+    }
+    info.pid = std::process::id();
+    let mut server = Server::new(config.clone(), ctl, info).map_err(|e| Fatal::new(1, e.to_string()))?;
+    if let Err(fatal) = server.start(&config) {
+        server.cleanup();
+        return Err(fatal);
+    }
+    let exit = server.serve();
+    server.cleanup();
+    Ok(exit)
+}
+
+impl Server {
+    fn new(config: Config, ctl: CtlDir, info: SwitchInfo) -> io::Result<Server> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_error)?;
+        let signals =
+            SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io_error)?;
+        epoll.add(&ctl.listener, interest(Token::Ctl, EpollFlags::EPOLLIN)).map_err(io_error)?;
+        epoll.add(&signals, interest(Token::Signals, EpollFlags::EPOLLIN)).map_err(io_error)?;
+        Ok(Server {
+            epoll,
+            switch: Switch::new(config.numports, config.hub, config.hash_size),
+            info,
+            started: Instant::now(),
+            now: 0,
+            ctl,
+            ctl_paused: false,
+            conns: Slab::new(),
+            links: Vec::new(),
+            data: DataPlane::default(),
+            mgmt: None,
+            sessions: Slab::new(),
+            stdin: None,
+            signals: signals,
+            pidfile: None,
+            exit: None,
+        })
+    }
+
+    /// Pid file, management socket, rc file and stdin console, in
+    /// vde_switch's order.
+    fn start(&mut self, config: &Config) -> Result<(), Fatal> {
+        if let Some(path) = &config.pidfile {
+            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
+                let text = Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc();
+                Fatal::new(1, format!("Error in pidfile creation: {text}"))
+            })?;
+            self.pidfile = Some(path.clone());
+            writeln!(file, "{}", self.info.pid)
+                .map_err(|e| Fatal::new(1, format!("Error writing pidfile {}: {e}", path.display())))?;
+        }
+        if let Some(path) = &config.mgmt {
+            let a = &config.access;
+            match MgmtListener::open(path, a.mgmt_mode, a.mgmt_group) {
+                Ok(Some(m)) => {
+                    self.epoll
+                        .add(&m.listener, interest(Token::Mgmt, EpollFlags::EPOLLIN))
+                        .map_err(|e| Fatal::new(1, format!("epoll: {}", e.desc())))?;
+                    self.mgmt = Some(m);
+                }
+                Ok(None) => self.info.mgmt = None,
+                Err(e) => return Err(Fatal::new(1, format!("mgmt socket {}: {e}", path.display()))),
+            }
+        }
+        if let Some(path) = &config.rcfile {
+            self.run_rc_file(path);
+        }
+        if !config.daemon {
+            self.start_stdin();
+        }
+        Ok(())
+    }
+
+    fn run_rc_file(&mut self, path: &std::path::Path) {
+        let Ok(text) = mgmt::read_script(&path.to_string_lossy()) else {
+            return;
+        };
+        let mut session = Session::new(SessionKind::RcFile);
+        let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
+        let mut discarded = String::new();
+        let _ = mgmt::run_script(&mut ctx, &path.to_string_lossy(), &text, &mut discarded);
+        let effects = std::mem::take(&mut ctx.effects);
+        self.apply_effects(None, &effects);
+        self.publish_events();
+    }
+
+    fn start_stdin(&mut self) {
+        let stdin = io::stdin();
+        let registered = self.epoll.add(stdin.as_fd(), interest(Token::Stdin, EpollFlags::EPOLLIN));
+        self.stdin = Some(StdinConsole { state: Session::new(SessionKind::Stdin), lines: LineSplitter::default() });
+        if registered.is_err() {
+            // Regular files and /dev/null cannot be polled, and never block:
+            // run them to the end now.
+            while self.stdin.is_some() && self.exit.is_none() {
+                self.read_stdin();
+            }
+        }
+    }
+
+    fn serve(&mut self) -> Exit {
+        let mut events = vec![EpollEvent::empty(); 256];
+        while self.exit.is_none() {
+            let elapsed = self.started.elapsed();
+            let to_next_tick = Duration::from_secs(elapsed.as_secs() + 1) - elapsed;
+            let timeout = EpollTimeout::try_from(to_next_tick + Duration::from_millis(1)).unwrap_or(EpollTimeout::NONE);
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => {
+                    log::log(&format!("epoll_wait: {}", e.desc()));
+                    return Exit::Shutdown;
+                }
+            };
+            self.advance_clock();
+            for ev in &events[..n] {
+                self.dispatch(Token::decode(ev.data()), ev.events());
+                if self.exit.is_some() {
+                    break;
+                }
+            }
+            self.publish_events();
+        }
+        self.exit.expect("loop ends on exit")
+    }
+
+    fn advance_clock(&mut self) {
+        let now = self.started.elapsed().as_secs();
+        while self.now < now {
+            self.now += 1;
+            self.switch.tick(self.now);
+            if self.ctl_paused {
+                self.ctl_paused = false;
+                let _ = self.epoll.modify(&self.ctl.listener, &mut interest(Token::Ctl, EpollFlags::EPOLLIN));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: Token, flags: EpollFlags) {
+        match token {
+            Token::Ctl => self.accept_ctl(),
+            Token::Signals => self.readsignals(),
+            Token::Mgmt => self.accept_mgmt(),
+            Token::Stdin => self.read_stdin(),
+            Token::Conn(slot) => self.read_conn(slot),
+            Token::Data(key) => {
+                let key = EndpointKey(key);
+                if let Err(e) = self.data.pump(key, &mut self.switch, &mut self.links, self.now) {
+                    if e.raw_os_error() != Some(libc::ECONNREFUSED) {
+                        log::log(&format!("recv from endpoint: {e}"));
+                    }
+                }
+            }
+            Token::Session(slot) => {
+                if flags.contains(EpollFlags::EPOLLOUT) {
+                    self.flush_session(slot);
+                }
+                if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+                    self.read_session(slot);
+                }
+            }
+        }
+    }
+
+    // ----- control connections -------------------------------------------
+
+    fn accept_ctl(&mut self) {
+        loop {
+            match self.ctl.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let slot = self.conns.vacant_key();
+                    let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+                    if self.epoll.add(&stream, interest(Token::Conn(slot), flags)).is_ok() {
+                        self.conns.insert(Conn { stream, endpoint: None });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors: stop watching the listener until
+                    // the next tick instead of spinning on it.
+                    log::log(&format!("accept on ctl socket: {e}"));
+                    self.ctl_paused = true;
+                    let _ = self.epoll.modify(&self.ctl.listener, &mut interest(Token::Ctl, EpollFlags::empty()));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_conn(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let mut buf = [0u8; crate::wire::REQUEST_MAX];
+        let n = match conn.stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            self.close_conn(slot);
+            return;
+        }
+        if conn.endpoint.is_some() {
+            // Only EOF matters once attached; stray bytes are ignored.
+            while matches!(conn.stream.read(&mut buf), Ok(n) if n > 0) {}
+            return;
+        }
+        match ctl::handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
+            Ok(new) => {
+                let flags = EpollFlags::EPOLLIN;
+                if let Err(e) = self.epoll.add(&new.socket, interest(Token::Data(new.key.0), flags)) {
+                    log::log(&format!("epoll add data socket: {}", e.desc()));
+                    self.switch.detach(new.key);
+                    let _ = fs::remove_file(&new.path);
+                    self.close_conn(slot);
+                    return;
+                }
+                conn.endpoint = Some(new.key);
+                let index = new.key.0 as usize;
+                if self.links.len() <= index {
+                    self.links.resize_with(index + 1, || None);
+                }
+                self.links[index] = Some(Link { socket: new.socket, path: new.path, conn: slot, send_error_logged: false });
+            }
+            Err(e) => {
+                if !e.is_silent() {
+                    log::log(&e.to_string());
+                }
+                self.close_conn(slot);
+            }
+        }
+    }
+
+    /// Closes a control connection, detaching its endpoint if it has one.
+    fn close_conn(&mut self, slot: usize) {
+        let Some(conn) = self.conns.try_remove(slot) else { return };
+        let _ = self.epoll.delete(&conn.stream);
+        if let Some(key) = conn.endpoint {
+            self.switch.detach(key);
+            if let Some(link) = self.links.get_mut(key.0 as usize).and_then(Option::take) {
+                let _ = self.epoll.delete(&link.socket);
+                let _ = fs::remove_file(&link.path);
+            }
+        }
+    }
+
+    // ----- consoles -------------------------------------------------------
+
+    fn accept_mgmt(&mut self) {
+        let Some(m) = &self.mgmt else { return };
+        loop {
+            match m.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let slot = self.sessions.vacant_key();
+                    if self.epoll.add(&stream, interest(Token::Session(slot), EpollFlags::EPOLLIN)).is_err() {
+                        continue;
+                    }
+                    let mut session = SocketSession::new(stream, Session::new(SessionKind::Socket));
+                    let greeting = format!("{BANNER}{PROMPT}");
+                    session.send(greeting.as_bytes());
+                    self.sessions.insert(session);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn read_session(&mut self, slot: usize) {
+        let Some(session) = self.sessions.get_mut(slot) else { return };
+        let (lines, eof) = session.read();
+        for line in lines {
+            let reply = match line {
+                Line::Command(text) => self.run_command(Some(slot), &text),
+                Line::TooLong => "1022 Invalid argument\n".to_string(),
+            };
+            let Some(session) = self.sessions.get_mut(slot) else { return };
+            let mut bytes = reply.into_bytes();
+            if !session.closing {
+                bytes.extend_from_slice(PROMPT.as_bytes());
+            }
+            if !session.send(&bytes) {
+                self.drop_session(slot);
+                return;
+            }
+            if session.closing || self.exit.is_some() {
+                break;
+            }
+        }
+        if eof {
+            self.drop_session(slot);
+            return;
+        }
+        self.update_session_interest(slot);
+    }
+
+    fn flush_session(&mut self, slot: usize) {
+        let Some(session) = self.sessions.get_mut(slot) else { return };
+        if !session.flush() {
+            self.drop_session(slot);
+            return;
+        }
+        self.update_session_interest(slot);
+    }
+
+    fn update_session_interest(&mut self, slot: usize) {
+        let Some(session) = self.sessions.get(slot) else { return };
+        if session.closing && !session.has_pending_output() {
+            self.drop_session(slot);
+            return;
+        }
+        let mut flags = EpollFlags::EPOLLIN;
+        if session.has_pending_output() {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        let _ = self.epoll.modify(&session.stream, &mut interest(Token::Session(slot), flags));
+    }
+
+    fn drop_session(&mut self, slot: usize) {
+        if let Some(session) = self.sessions.try_remove(slot) {
+            let _ = self.epoll.delete(&session.stream);
+        }
+    }
+
+    fn read_stdin(&mut self) {
+        let Some(console) = &mut self.stdin else { return };
+        let mut buf = [0u8; 2 * console::MAX_LINE];
+        let n = match io::stdin().lock().read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            log::log("EOF on stdin, cleaning up and exiting");
+            let _ = self.epoll.delete(io::stdin().as_fd());
+            self.stdin = None;
+            self.exit.get_or_insert(Exit::StdinClosed);
+            return;
+        }
+        for line in console.lines.split(&buf[..n]) {
+            let reply = match line {
+                Line::Command(text) => self.run_command(None, &text),
+                Line::TooLong => "1022 Invalid argument\n".to_string(),
+            };
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(reply.as_bytes());
+            let _ = out.flush();
+            // The reference writes its prompt to descriptor 0, which on a
+            // terminal is the terminal itself.
+            let _ = nix::unistd::write(io::stdin().as_fd(), PROMPT.as_bytes());
+            if self.exit.is_some() {
+                break;
+            }
+        }
+    }
+
+    /// Runs one line for a session (`None`: the stdin console) and returns
+    /// its reply. Events the command caused are published first, so they
+    /// reach subscribers before the command's own status line.
+    fn run_command(&mut self, slot: Option<usize>, line: &str) -> String {
+        let state = match slot {
+            Some(s) => &mut self.sessions[s].state,
+            None => &mut self.stdin.as_mut().expect("stdin console is open").state,
+        };
+        let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
+        let reply = mgmt::execute(&mut ctx, line);
+        let effects = std::mem::take(&mut ctx.effects);
+        self.publish_events();
+        self.apply_effects(slot, &effects);
+        reply
+    }
+
+    fn apply_effects(&mut self, slot: Option<usize>, effects: &[Effect]) {
+        for effect in effects {
+            match *effect {
+                Effect::Logout => {
+                    if let Some(session) = slot.and_then(|s| self.sessions.get_mut(s)) {
+                        session.closing = true;
+                    }
+                }
+                Effect::Shutdown => {
+                    log::log("Shutdown from mgmt command");
+                    self.exit.get_or_insert(Exit::Shutdown);
+                }
+                Effect::CloseEndpoint(key) => {
+                    if let Some(conn) = self.links.get(key.0 as usize).and_then(Option::as_ref).map(|l| l.conn) {
+                        self.close_conn(conn);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands the engine's events to the log and to subscribed sessions.
+    fn publish_events(&mut self) {
+        let events: Vec<_> = self.switch.drain_events().collect();
+        for event in events {
+            if let crate::engine::Event::MacMoved { mac, from, to } = event {
+                log::log(&format!("MAC {mac} moved from port {from} to port {to}"));
+                continue;
+            }
+            let Some((category, line)) = format_event(&event) else { continue };
+            let mut dead = Vec::new();
+            for (slot, session) in self.sessions.iter_mut() {
+                if session.state.wants(category) && !session.send(line.as_bytes()) {
+                    dead.push(slot);
+                }
+            }
+            for slot in dead {
+                self.drop_session(slot);
+            }
+            if self.stdin.as_ref().is_some_and(|c| c.state.wants(category)) {
+                let _ = io::stdout().write_all(line.as_bytes());
+            }
+        }
+        let pending: Vec<usize> =
+            self.sessions.iter().filter(|(_, s)| s.has_pending_output()).map(|(slot, _)| slot).collect();
+        for slot in pending {
+            self.update_session_interest(slot);
+        }
+    }
+
+    fn readsignals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            if signal == Signal::SIGHUP {
+                continue;
+            }
+            log::log(&format!("Caught signal {}, cleaning up and exiting", signal as i32));
+            self.exit.get_or_insert(Exit::Signal(signal));
+        }
+    }
+
+    fn cleanup(mut self) {
+        for link in self.links.iter().flatten() {
+            let _ = fs::remove_file(&link.path);
+        }
+        self.links.clear();
+        self.conns.clear();
+        self.sessions.clear();
+        if let Some(m) = self.mgmt.take() {
+            let _ = fs::remove_file(&m.path);
+        }
+        if let Some(path) = self.pidfile.take() {
+            let _ = fs::remove_file(path);
+        }
+        let Server { ctl, .. } = self;
+        if let Some(warning) = ctl.cleanup() {
+            log::log(&warning);
+        }
+    }
+}

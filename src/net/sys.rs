@@ -1,0 +1,133 @@
+//! The system calls the safe wrappers do not cover in the form the hot path
+//! needs: batched datagram I/O on caller-owned buffers, connecting to a raw
+//! 110-byte `sockaddr_un`, and syslog. Every `unsafe` block in vswitch is
+//! here; each one passes pointers to memory that outlives the call.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::wire::ClientAddr;
+
+/// Most datagrams one batched call moves.
+pub const BATCH: usize = 64;
+
+/// Receives up to `bufs.len()` (at most [`BATCH`]) datagrams without
+/// blocking; `lens[i]` gets the length of datagram `i` (clipped to the
+/// buffer). Returns how many arrived; `Ok(0)` when none was waiting.
+pub fn recv_batch<const N: usize>(
+    fd: BorrowedFd,
+    bufs: &mut [[u8; N]],
+    lens: &mut [usize],
+) -> io::Result<usize> {
+    let count = bufs.len().min(BATCH).min(lens.len());
+    let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
+    let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
+    for (i, buf) in bufs.iter_mut().take(count).enumerate() {
+        let iov = iovs[i].write(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: N });
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
+        let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_hdr.msg_iov = iov;
+        hdr.msg_hdr.msg_iovlen = 1;
+        hdrs[i].write(hdr);
+    }
+    // SAFETY: the first `count` headers are initialised and point at live
+    // iovecs, which point at `count` distinct buffers of N bytes.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr().cast(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(err) };
+    }
+    let n = n as usize;
+    for (i, len) in lens.iter_mut().take(n).enumerate() {
+        // SAFETY: recvmmsg filled in the first n headers.
+        *len = (unsafe { hdrs[i].assume_init_ref() }.msg_len as usize).min(N);
+    }
+    Ok(n)
+}
+
+/// Sends `frames` (at most [`BATCH`]) on a connected datagram socket without
+/// blocking. Returns how many were sent before the first failure, and that
+/// failure if any.
+pub fn send_batch(fd: BorrowedFd, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+    let count = frames.len().min(BATCH);
+    let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
+    let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
+    for (i, frame) in frames.iter().take(count).enumerate() {
+        let iov = iovs[i].write(libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() });
+        // SAFETY: as in recv_batch.
+        let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_hdr.msg_iov = iov;
+        hdr.msg_hdr.msg_iovlen = 1;
+        hdrs[i].write(hdr);
+    }
+    let mut sent = 0;
+    while sent < count {
+        // SAFETY: headers sent..count are initialised and point at iovecs
+        // over the caller's frames, which the kernel only reads.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                hdrs.as_mut_ptr().add(sent).cast(),
+                (count - sent) as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (sent, Some(err));
+        }
+        sent += n as usize;
+    }
+    (sent, None)
+}
+
+/// Connects a datagram socket to a client address exactly as the client
+/// sent it: all 110 bytes, so abstract names with trailing bytes match.
+pub fn connect_raw(fd: BorrowedFd, addr: &ClientAddr) -> io::Result<()> {
+    let mut raw: libc::sockaddr_un = unsafe {
+        // SAFETY: sockaddr_un is plain old data.
+        std::mem::zeroed()
+    };
+    raw.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in raw.sun_path.iter_mut().zip(&addr.0[2..]) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `raw` is a valid sockaddr_un of exactly the length passed.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Routes later [`syslog`] calls to the system log under `ident`.
+pub fn open_syslog(ident: &str) {
+    let ident = CString::new(ident).unwrap_or_default();
+    // openlog keeps the pointer: the identity must live for the process.
+    let ident: &'static CString = Box::leak(Box::new(ident));
+    // SAFETY: ident is a valid NUL-terminated string with static lifetime.
+    unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+}
+
+pub fn syslog(message: &str) {
+    let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: both strings are valid and NUL-terminated; "%s" consumes one.
+    unsafe { libc::syslog(libc::LOG_INFO, c"%s".as_ptr(), message.as_ptr()) };
+}
