@@ -236,7 +236,11 @@ mod tests {
         assert_eq!((o.numports, o.mode), (Some(4), Some(0o660)));
         assert_eq!(o.sock, Some(PathBuf::from("/a")));
         assert_eq!(p(&["-unix=/b"]).unwrap().sock, Some(PathBuf::from("/b")));
-        assert!(p(&["--mgm", "x"]).unwrap_err().contains("is ambiguous; possibilities: '--mgmt' '--mgmtmode' '--mgmtgroup'"));
+        assert!(
+            p(&["--mgm", "x"])
+                .unwrap_err()
+                .contains("is ambiguous; possibilities: '--mgmt' '--mgmtmode' '--mgmtgroup'")
+        );
     }
 
     #[test]

@@ -4,13 +4,13 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nix::sys::signal::{raise, signal, SigHandler, SigSet, Signal};
-use nix::unistd::{access, AccessFlags, Gid, Group, Uid};
+use nix::sys::signal::{SigHandler, SigSet, Signal, raise, signal};
+use nix::unistd::{AccessFlags, Gid, Group, Uid, access};
 
 use vswitch::cli::{self, Options, USAGE, VERSION};
 use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS};
 use vswitch::mgmt::SwitchInfo;
-use vswitch::net::{self, log, modes, Access, Config, Exit};
+use vswitch::net::{self, Access, Config, Exit, log, modes};
 use vswitch::wire::Mac;
 
 /// Prints a message and the usage text, as getopt-style errors do.
@@ -80,9 +80,10 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
     let (ctl_mode, dir_mode) = modes(o.mode, o.dirmode);
     let mgmt_mode = o.mgmtmode.unwrap_or(0o600);
     let cwd = env::current_dir().map_err(|e| fail(format!("current directory: {e}")))?;
-    let ctl_dir = o.sock.clone().unwrap_or_else(|| {
-        PathBuf::from(if Uid::effective().is_root() { "/var/run/vde.ctl" } else { "/tmp/vde.ctl" })
-    });
+    let ctl_dir = o
+        .sock
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(if Uid::effective().is_root() { "/var/run/vde.ctl" } else { "/tmp/vde.ctl" }));
     let info = SwitchInfo {
         pid: std::process::id(),
         mac: random_mac(),

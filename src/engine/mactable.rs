@@ -144,11 +144,11 @@ impl MacTable {
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = Entry { port, last_seen: now, seq };
-        if let Some((old_k, old)) = self.entries.push(k, entry) {
-            if old_k != k {
-                let (mac, vlan) = unkey(old_k);
-                events.push(Event::HashDel { mac, vlan, port: old.port });
-            }
+        if let Some((old_k, old)) = self.entries.push(k, entry)
+            && old_k != k
+        {
+            let (mac, vlan) = unkey(old_k);
+            events.push(Event::HashDel { mac, vlan, port: old.port });
         }
         events.push(Event::HashAdd { mac, vlan, port });
     }
@@ -161,12 +161,8 @@ impl MacTable {
 
     /// Forgets every station for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&Station) -> bool, events: &mut Vec<Event>) {
-        let doomed: Vec<(u64, PortId)> = self
-            .entries
-            .iter()
-            .filter(|(k, e)| !keep(&self.station(**k, e, 0)))
-            .map(|(k, e)| (*k, e.port))
-            .collect();
+        let doomed: Vec<(u64, PortId)> =
+            self.entries.iter().filter(|(k, e)| !keep(&self.station(**k, e, 0))).map(|(k, e)| (*k, e.port)).collect();
         for (k, port) in doomed {
             self.entries.pop(&k);
             let (mac, vlan) = unkey(k);

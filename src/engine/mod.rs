@@ -8,7 +8,7 @@ mod vlan;
 
 use std::collections::BTreeMap;
 
-pub use mactable::{MacTable, Station, DEFAULT_BUCKETS, DEFAULT_CAPACITY};
+pub use mactable::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, MacTable, Station};
 pub use port::{Acl, Counters, Credentials, DropReason, Port};
 pub use vlan::Vlan;
 
@@ -318,11 +318,7 @@ impl Switch {
             self.macs.learn(src_mac, vlan, src, now, &mut self.events);
         }
         let dst_mac = frame.dst();
-        let known = if dst_mac.is_multicast() {
-            None
-        } else {
-            self.macs.lookup(dst_mac, vlan, now, &mut self.events)
-        };
+        let known = if dst_mac.is_multicast() { None } else { self.macs.lookup(dst_mac, vlan, now, &mut self.events) };
         match known {
             Some(dst) if dst == src => {
                 self.count_drop(src, DropReason::SamePort);
@@ -374,13 +370,7 @@ impl Switch {
     }
 
     /// Sends to every endpoint of `port`, counted once for the port.
-    fn deliver_to(
-        ports: &mut [Option<Port>],
-        port: PortId,
-        edit: Edit,
-        len: u64,
-        out: &mut Vec<Delivery>,
-    ) {
+    fn deliver_to(ports: &mut [Option<Port>], port: PortId, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
         let Some(p) = ports[port as usize].as_mut() else { return };
         let sent = match edit {
             Edit::AsIs => len,

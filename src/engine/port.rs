@@ -1,6 +1,6 @@
 use std::collections::BTreeSet;
 
-use super::{EndpointKey, VlanId, VLAN_NONE};
+use super::{EndpointKey, VLAN_NONE, VlanId};
 
 /// Why a frame was not delivered. Doubles as the index of the per-port drop
 /// counters.
@@ -82,9 +82,7 @@ impl Acl {
         if self.user.is_none() && self.group.is_none() {
             return true;
         }
-        who.uid == 0
-            || self.user == Some(who.uid)
-            || self.group.is_some_and(|g| who.gids.contains(&g))
+        who.uid == 0 || self.user == Some(who.uid) || self.group.is_some_and(|g| who.gids.contains(&g))
     }
 }
 

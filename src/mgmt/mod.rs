@@ -14,14 +14,13 @@ use std::fmt::Write as _;
 
 use nix::errno::Errno;
 
-pub use commands::{read_script, Command, COMMANDS};
-pub use events::{format_event, Category, CATEGORIES};
+pub use commands::{COMMANDS, Command, read_script};
+pub use events::{CATEGORIES, Category, format_event};
 
 use crate::engine::{EndpointKey, Switch};
 use crate::wire::Mac;
 
-pub const BANNER: &str =
-    "VDE switch V.2.3.2\n(C) Virtual Square Team (coord. R. Davoli) 2005,2006,2007 - GPLv2\n";
+pub const BANNER: &str = "VDE switch V.2.3.2\n(C) Virtual Square Team (coord. R. Davoli) 2005,2006,2007 - GPLv2\n";
 pub const PROMPT: &str = "\nvde$ ";
 pub const END_OF_SESSION: &str = "9999 END OF SESSION";
 const DATA_HEADER: &str = "0000 DATA END WITH '.'\n";

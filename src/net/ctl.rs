@@ -5,16 +5,16 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 use nix::unistd::{Gid, Uid};
 
-use super::{sys, Fatal};
+use super::{Fatal, sys};
 use crate::engine::{Attach, AttachError, Credentials, EndpointKey, Module, PortRequest, Switch};
-use crate::wire::{reply_for_path, Request, RequestError, RequestKind};
+use crate::wire::{Request, RequestError, RequestKind, reply_for_path};
 
 /// Permissions and ownership requested on the command line.
 #[derive(Debug, Clone)]
@@ -176,8 +176,9 @@ pub fn handshake(
             Some(fs::metadata(path).map_err(|_| HandshakeError::Inaccessible)?.uid())
         }
     };
-    let socket = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| HandshakeError::DataSocket(io_err(e)))?;
+    let socket =
+        socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| HandshakeError::DataSocket(io_err(e)))?;
     sys::connect_raw(socket.as_fd(), &req.addr).map_err(HandshakeError::Connect)?;
     let request = match req.kind {
         RequestKind::NewPort0 => PortRequest::Zero,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::sys::{self, BATCH};
 use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Switch};
-use crate::wire::{pop_tag, push_tag, MAX_FRAME, VLAN_TAG_LEN};
+use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 
 /// Receive buffer size: larger than any frame the switch carries, so an
 /// oversized datagram shows as too long instead of being cut to size.

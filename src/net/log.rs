@@ -2,8 +2,8 @@
 //! daemonises, then to syslog, as vde_switch does.
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::sys;
 

@@ -6,7 +6,7 @@ mod console;
 mod ctl;
 mod data;
 pub mod log;
-mod sys;
+pub mod sys;
 
 use std::fs;
 use std::io::{self, Read as _, Write as _};
@@ -21,10 +21,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use slab::Slab;
 
-pub use ctl::{modes, Access};
+pub use ctl::{Access, modes};
 
 use crate::engine::{EndpointKey, Switch};
-use crate::mgmt::{self, format_event, Context, Effect, Session, SessionKind, SwitchInfo, BANNER, PROMPT};
+use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Session, SessionKind, SwitchInfo, format_event};
 use console::{Line, LineSplitter, MgmtListener, SocketSession};
 use ctl::CtlDir;
 use data::{DataPlane, Link, Links};
@@ -128,9 +128,19 @@ fn handled_signals() -> SigSet {
 /// Blocks the handled signals (so they queue for the loop) and ignores
 /// those vde_switch ignores. Call before anything else starts.
 pub fn prepare_signals() -> nix::Result<()> {
-    use nix::sys::signal::{signal, SigHandler};
+    use nix::sys::signal::{SigHandler, signal};
     handled_signals().thread_block()?;
-    for s in [Signal::SIGPIPE, Signal::SIGALRM, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPROF, Signal::SIGVTALRM, Signal::SIGIO, Signal::SIGPWR, Signal::SIGSTKFLT] {
+    for s in [
+        Signal::SIGPIPE,
+        Signal::SIGALRM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPROF,
+        Signal::SIGVTALRM,
+        Signal::SIGIO,
+        Signal::SIGPWR,
+        Signal::SIGSTKFLT,
+    ] {
         // SAFETY-free: setting SIG_IGN installs no handler code.
         #[allow(unsafe_code)]
         unsafe {
@@ -195,8 +205,8 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
 impl Server {
     fn new(config: Config, ctl: CtlDir, info: SwitchInfo) -> io::Result<Server> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_error)?;
-        let signals =
-            SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io_error)?;
+        let signals = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io_error)?;
         epoll.add(&ctl.listener, interest(Token::Ctl, EpollFlags::EPOLLIN)).map_err(io_error)?;
         epoll.add(&signals, interest(Token::Signals, EpollFlags::EPOLLIN)).map_err(io_error)?;
         Ok(Server {
@@ -213,7 +223,7 @@ impl Server {
             mgmt: None,
             sessions: Slab::new(),
             stdin: None,
-            signals: signals,
+            signals,
             pidfile: None,
             exit: None,
         })
@@ -326,10 +336,10 @@ impl Server {
             Token::Conn(slot) => self.read_conn(slot),
             Token::Data(key) => {
                 let key = EndpointKey(key);
-                if let Err(e) = self.data.pump(key, &mut self.switch, &mut self.links, self.now) {
-                    if e.raw_os_error() != Some(libc::ECONNREFUSED) {
-                        log::log(&format!("recv from endpoint: {e}"));
-                    }
+                if let Err(e) = self.data.pump(key, &mut self.switch, &mut self.links, self.now)
+                    && e.raw_os_error() != Some(libc::ECONNREFUSED)
+                {
+                    log::log(&format!("recv from endpoint: {e}"));
                 }
             }
             Token::Session(slot) => {
@@ -404,7 +414,8 @@ impl Server {
                 if self.links.len() <= index {
                     self.links.resize_with(index + 1, || None);
                 }
-                self.links[index] = Some(Link { socket: new.socket, path: new.path, conn: slot, send_error_logged: false });
+                self.links[index] =
+                    Some(Link { socket: new.socket, path: new.path, conn: slot, send_error_logged: false });
             }
             Err(e) => {
                 if !e.is_silent() {

@@ -17,11 +17,7 @@ pub const BATCH: usize = 64;
 /// Receives up to `bufs.len()` (at most [`BATCH`]) datagrams without
 /// blocking; `lens[i]` gets the length of datagram `i` (clipped to the
 /// buffer). Returns how many arrived; `Ok(0)` when none was waiting.
-pub fn recv_batch<const N: usize>(
-    fd: BorrowedFd,
-    bufs: &mut [[u8; N]],
-    lens: &mut [usize],
-) -> io::Result<usize> {
+pub fn recv_batch<const N: usize>(fd: BorrowedFd, bufs: &mut [[u8; N]], lens: &mut [usize]) -> io::Result<usize> {
     let count = bufs.len().min(BATCH).min(lens.len());
     let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
     let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];

@@ -117,12 +117,7 @@ impl<'a> Request<'a> {
             1 => RequestKind::NewPort0,
             other => return Err(RequestError::BadType(other)),
         };
-        Ok(Request {
-            kind,
-            port: ty >> 8,
-            addr: client_addr(bytes, addr_at),
-            description: description(bytes, fixed),
-        })
+        Ok(Request { kind, port: ty >> 8, addr: client_addr(bytes, addr_at), description: description(bytes, fixed) })
     }
 
     /// Serialises a v3 request (used by tests and the benchmark clients).

@@ -7,10 +7,6 @@ mod ethernet;
 mod handshake;
 mod mac;
 
-pub use ethernet::{
-    pop_tag, push_tag, Frame, FrameError, ETHERTYPE_VLAN, MAX_FRAME, MIN_FRAME, VLAN_TAG_LEN,
-};
-pub use handshake::{
-    reply_for_path, ClientAddr, Request, RequestError, RequestKind, REQUEST_MAX, SOCKADDR_UN_LEN,
-};
+pub use ethernet::{ETHERTYPE_VLAN, Frame, FrameError, MAX_FRAME, MIN_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
+pub use handshake::{ClientAddr, REQUEST_MAX, Request, RequestError, RequestKind, SOCKADDR_UN_LEN, reply_for_path};
 pub use mac::{Mac, MacParseError};

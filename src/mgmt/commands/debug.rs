@@ -2,19 +2,16 @@ use std::fmt::Write as _;
 
 use nix::errno::Errno;
 
-use crate::mgmt::{Context, SessionKind, CATEGORIES};
+use crate::mgmt::{CATEGORIES, Context, SessionKind};
 
 /// Bit mask of the categories whose path starts with `prefix`.
 fn matching(prefix: &str) -> u32 {
-    CATEGORIES
-        .iter()
-        .filter(|c| c.path.starts_with(prefix.trim()))
-        .fold(0, |mask, c| mask | 1 << c.category as u32)
+    CATEGORIES.iter().filter(|c| c.path.starts_with(prefix.trim())).fold(0, |mask, c| mask | 1 << c.category as u32)
 }
 
 pub fn list(ctx: &mut Context, prefix: &str, out: &mut String) -> Result<(), Errno> {
-    let _ = writeln!(out, "{:<22} {:<3} {:<6} {}", "CATEGORY", "TAG", "STATUS", "HELP");
-    let _ = writeln!(out, "{:<22} {:<3} {:<6} {}", "------------", "---", "------", "----");
+    out.push_str("CATEGORY               TAG STATUS HELP\n");
+    out.push_str("------------           --- ------ ----\n");
     let mask = matching(prefix);
     for c in CATEGORIES.iter().filter(|c| mask & 1 << c.category as u32 != 0) {
         let status = if ctx.session.wants(c.category) { "ON" } else { "OFF" };

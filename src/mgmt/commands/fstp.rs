@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use nix::errno::Errno;
 
 use crate::engine::VLAN_MAX;
-use crate::mgmt::args::{atoi, ints};
 use crate::mgmt::Context;
+use crate::mgmt::args::{atoi, ints};
 
 pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
     let p = ctx.info.priority;

@@ -4,7 +4,7 @@ use std::io::Read as _;
 use nix::errno::Errno;
 
 use super::COMMANDS;
-use crate::mgmt::{run_script, Context, Effect, SessionKind, BANNER};
+use crate::mgmt::{BANNER, Context, Effect, SessionKind, run_script};
 
 /// Scripts larger than this are refused rather than read into memory.
 const MAX_SCRIPT_BYTES: u64 = 1 << 20;
@@ -70,7 +70,7 @@ pub fn load(ctx: &mut Context, path: &str, out: &mut String) -> Result<(), Errno
 }
 
 pub fn plugin_list(_: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
-    let _ = writeln!(out, "{:<22} {}\n{:<22} {}", "NAME", "HELP", "------------", "----");
+    out.push_str("NAME                   HELP\n------------           ----\n");
     Err(Errno::ENOENT)
 }
 

@@ -3,8 +3,8 @@ use std::fmt::Write as _;
 use nix::errno::Errno;
 
 use crate::engine::Station;
-use crate::mgmt::args::atoi;
 use crate::mgmt::Context;
+use crate::mgmt::args::atoi;
 use crate::wire::Mac;
 
 pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {

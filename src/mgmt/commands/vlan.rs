@@ -3,9 +3,9 @@ use std::fmt::Write as _;
 use nix::errno::Errno;
 
 use super::errno;
-use crate::engine::{Switch, VlanId, VLAN_MAX};
-use crate::mgmt::args::{atoi, ints, optional};
+use crate::engine::{Switch, VLAN_MAX, VlanId};
 use crate::mgmt::Context;
+use crate::mgmt::args::{atoi, ints, optional};
 
 fn vlan_id(n: u32) -> Result<VlanId, Errno> {
     VlanId::try_from(n).map_err(|_| Errno::EINVAL)
