@@ -1,0 +1,145 @@
+//! `vswitch-bench`: vswitch against the reference `vde_switch` and against
+//! a floor forwarder with no switching logic, side by side on this machine,
+//! in interleaved runs, with real VDE clients.
+
+mod load;
+mod report;
+mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use report::{Measurement, Record};
+use target::{Fanout, Kind, Switch};
+
+#[derive(Parser)]
+#[command(about = "Benchmark vswitch against vde_switch and a floor forwarder")]
+struct Args {
+    /// Seconds of traffic per measured run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Interleaved repetitions of every run.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Where results.json and idle-ports.svg are written.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Idle-port counts for the scaling sweep.
+    #[arg(long, value_delimiter = ',', default_value = "0,100,1000,5000")]
+    idle: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Workload {
+    Pair64,
+    Pairs8,
+    Pair1500,
+    Broadcast8,
+    Idle(usize),
+    Latency,
+    Rss1000,
+}
+
+impl Workload {
+    pub fn label(self) -> String {
+        match self {
+            Workload::Pair64 => "unicast pair, 64 B".into(),
+            Workload::Pairs8 => "8 unicast pairs, 64 B".into(),
+            Workload::Pair1500 => "unicast pair, 1500 B".into(),
+            Workload::Broadcast8 => "broadcast to 8, 64 B".into(),
+            Workload::Idle(n) => format!("unicast pair + {n} idle ports"),
+            Workload::Latency => "round trip at low rate".into(),
+            Workload::Rss1000 => "RSS with 1000 endpoints".into(),
+        }
+    }
+
+    pub fn targets(self) -> &'static [Kind] {
+        match self {
+            Workload::Idle(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
+            _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
+        }
+    }
+}
+
+/// Rates for a traffic run; `base` is the switch's CPU time before it, so
+/// attaching idle clients does not count.
+fn traffic(sw: &Switch, base: Duration, t: load::Traffic) -> Measurement {
+    let cpu = sw.cpu_time().saturating_sub(base);
+    Measurement {
+        frames_per_s: t.received as f64 / t.seconds,
+        loss_pct: 100.0 * t.expected.saturating_sub(t.received) as f64 / t.expected.max(1) as f64,
+        // Every frame sent entered the switch (senders wait rather than
+        // lose), so the switch's CPU is shared over the frames sent.
+        cpu_ns_per_frame: cpu.as_nanos() as f64 / t.sent.max(1) as f64,
+        ..Measurement::default()
+    }
+}
+
+fn run(workload: Workload, kind: Kind, duration: Duration) -> Result<Measurement> {
+    let fanout = if workload == Workload::Broadcast8 { Fanout::All } else { Fanout::Pair };
+    let idle = match workload {
+        Workload::Idle(n) => n,
+        Workload::Rss1000 => 1000,
+        _ => 0,
+    };
+    let sw = Switch::start(kind, (idle + 32) as u32, fanout)?;
+    let dir = sw.ctl_dir();
+    let _idle_clients = load::attach(&dir, idle, "idle")?;
+    let base_cpu = sw.cpu_time();
+    let measured = match workload {
+        Workload::Pair64 | Workload::Idle(_) => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 64, duration)?),
+        Workload::Pairs8 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 8, 64, duration)?),
+        Workload::Pair1500 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 1500, duration)?),
+        Workload::Broadcast8 => traffic(&sw, base_cpu, load::broadcast(&dir, 8, duration)?),
+        Workload::Latency => {
+            let rtts = load::round_trips(&dir, 2000)?;
+            let pick =
+                |q: f64| rtts.get(((rtts.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+            Measurement { p50_us: pick(0.5), p99_us: pick(0.99), ..Measurement::default() }
+        }
+        Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
+    };
+    Ok(measured)
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    raise_fd_limit();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
+    workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
+    workloads.extend([Workload::Latency, Workload::Rss1000]);
+    let total: usize = args.reps * workloads.iter().map(|w| w.targets().len()).sum::<usize>();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"));
+    let mut records = Vec::new();
+    for rep in 0..args.reps {
+        for &workload in &workloads {
+            for &kind in workload.targets() {
+                bar.set_message(format!("{} on {}", workload.label(), kind.name()));
+                let m = run(workload, kind, duration)
+                    .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
+                records.push(Record { workload, target: kind, rep, m });
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    print!("{}", report::table(&workloads, &records));
+    std::fs::create_dir_all(&args.out)?;
+    report::write_json(&args.out.join("results.json"), &records)?;
+    report::plot_idle(&args.out.join("idle-ports.svg"), &args.idle, &records)?;
+    println!("\nwrote {}/results.json and {}/idle-ports.svg", args.out.display(), args.out.display());
+    Ok(())
+}

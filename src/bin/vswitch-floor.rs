@@ -1,0 +1,92 @@
+//! `vswitch-floor`: the benchmark's floor. It speaks the VDE handshake but
+//! has no switching logic: endpoint 2k and 2k+1 are wired to each other
+//! (`--fanout pair`), or every frame goes to every other endpoint
+//! (`--fanout all`), with the same batched system calls vswitch uses. What
+//! it achieves is what any switch on this machine can hope for.
+//!
+//! Usage: `vswitch-floor DIR [--fanout pair|all]` (runs in the foreground
+//! until SIGTERM; creates DIR and DIR/ctl).
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+
+use vswitch::net::sys::{BATCH, connect_raw, recv_batch, send_batch};
+use vswitch::wire::{Request, reply_for_path};
+
+const LISTENER: u64 = u64::MAX;
+
+struct Endpoint {
+    _control: UnixStream,
+    data: OwnedFd,
+}
+
+fn attach(dir: &std::path::Path, mut stream: UnixStream, index: usize) -> Result<Endpoint> {
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf)?;
+    let req = Request::parse(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK, None)?;
+    connect_raw(data.as_fd(), &req.addr)?;
+    let path = dir.join(format!("{index:03}.floor"));
+    let _ = fs::remove_file(&path);
+    bind(data.as_raw_fd(), &UnixAddr::new(&path)?)?;
+    let reply = reply_for_path(path.as_os_str().as_encoded_bytes()).context("path too long")?;
+    nix::unistd::write(&stream, &reply.0)?;
+    Ok(Endpoint { _control: stream, data })
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(args.next().context("usage: vswitch-floor DIR [--fanout pair|all]")?);
+    let pairwise = match (args.next().as_deref(), args.next().as_deref()) {
+        (None, _) | (Some("--fanout"), Some("pair")) => true,
+        (Some("--fanout"), Some("all")) => false,
+        _ => bail!("usage: vswitch-floor DIR [--fanout pair|all]"),
+    };
+    fs::create_dir_all(&dir)?;
+    let ctl = dir.join("ctl");
+    let _ = fs::remove_file(&ctl);
+    let listener = UnixListener::bind(&ctl)?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut bufs = vec![[0u8; 2048]; BATCH];
+    let mut lens = [0usize; BATCH];
+    let mut events = vec![EpollEvent::empty(); 64];
+    loop {
+        let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
+            nix::errno::Errno::EINTR => Ok(0),
+            e => Err(e),
+        })?;
+        for ev in &events[..n] {
+            if ev.data() == LISTENER {
+                let (stream, _) = listener.accept()?;
+                // Probes that connect and hang up are not endpoints.
+                let Ok(ep) = attach(&dir, stream, endpoints.len()) else { continue };
+                epoll.add(&ep.data, EpollEvent::new(EpollFlags::EPOLLIN, endpoints.len() as u64))?;
+                endpoints.push(ep);
+                continue;
+            }
+            let from = ev.data() as usize;
+            let got = recv_batch(endpoints[from].data.as_fd(), &mut bufs, &mut lens)?;
+            let frames: Vec<&[u8]> = bufs[..got].iter().zip(&lens).map(|(b, &l)| &b[..l]).collect();
+            if pairwise {
+                if let Some(peer) = endpoints.get(from ^ 1) {
+                    send_batch(peer.data.as_fd(), &frames);
+                }
+            } else {
+                for (i, peer) in endpoints.iter().enumerate() {
+                    if i != from {
+                        send_batch(peer.data.as_fd(), &frames);
+                    }
+                }
+            }
+        }
+    }
+}
