@@ -254,16 +254,20 @@ impl Switch {
 
     // ----- forwarding ------------------------------------------------------
 
-    fn count_drop(&mut self, port: PortId, reason: DropReason) {
+    fn count_drops(&mut self, port: PortId, reason: DropReason, frames: u64) {
         if let Some(p) = self.ports[port as usize].as_mut() {
-            p.counters.drops[reason as usize] += 1;
+            p.counters.drops[reason as usize] += frames;
         }
     }
 
-    /// Counts a frame the I/O layer could not hand to `key`.
-    pub fn count_egress_drop(&mut self, key: EndpointKey, reason: DropReason) {
+    fn count_drop(&mut self, port: PortId, reason: DropReason) {
+        self.count_drops(port, reason, 1);
+    }
+
+    /// Counts frames the I/O layer could not hand to `key`.
+    pub fn count_egress_drops(&mut self, key: EndpointKey, reason: DropReason, frames: u64) {
         if let Some(port) = self.endpoint(key).map(|e| e.port) {
-            self.count_drop(port, reason);
+            self.count_drops(port, reason, frames);
         }
     }
 

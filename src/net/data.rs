@@ -1,11 +1,25 @@
 //! The data plane: read a batch of frames from one endpoint, let the engine
 //! decide each, then send every destination its share in one batched call.
+//!
+//! A destination whose socket is full does not lose the frames at once:
+//! they wait in a short queue while the sources feeding it stop being read,
+//! so the kernel pushes back on the senders instead of the switch dropping
+//! (a live but momentarily slower receiver paces its senders, losslessly).
+//! A destination that stays full past [`STALL_LIMIT`] is marked congested:
+//! from then until it drains and a tick passes, frames beyond its queue are
+//! dropped and counted without holding anyone back, so a client that never
+//! reads costs the others one short stall at most.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollFlags};
 
 use super::sys::{self, BATCH};
+use super::{Token, interest};
 use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 
@@ -14,19 +28,46 @@ use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 const BUF: usize = 2048;
 /// Batches read from one endpoint before others get their turn.
 const ROUNDS_PER_WAKEUP: usize = 8;
+/// Frames held for a full destination before further ones are dropped.
+const QUEUE_LIMIT: usize = BATCH;
+/// How long a full destination may hold its senders back.
+pub const STALL_LIMIT: Duration = Duration::from_millis(10);
 
-/// One attached endpoint's data socket.
+/// One attached endpoint's data socket and its flow-control state.
 pub struct Link {
-    pub socket: OwnedFd,
+    socket: OwnedFd,
     /// The `NNN.M` file the socket is bound to.
     pub path: PathBuf,
     /// Slot of the control connection that keeps the endpoint alive.
     pub conn: usize,
     /// Send errors other than a full buffer are logged once per endpoint.
-    pub send_error_logged: bool,
+    send_error_logged: bool,
+    /// Frames waiting for room in this endpoint's socket.
+    queue: VecDeque<Vec<u8>>,
+    /// Since when the queue has been waiting.
+    stalled_since: Option<Instant>,
+    /// Stayed full too long: its senders are no longer held back.
+    congested: bool,
+    /// Sources not being read until this endpoint drains.
+    waiters: Vec<EndpointKey>,
+    /// How many destinations hold this endpoint back as a source.
+    held_by: u32,
+    /// The epoll interest currently registered.
+    registered: EpollFlags,
 }
 
-pub type Links = Vec<Option<Link>>;
+impl Link {
+    fn wanted(&self) -> EpollFlags {
+        let mut flags = EpollFlags::empty();
+        if self.held_by == 0 {
+            flags |= EpollFlags::EPOLLIN;
+        }
+        if !self.queue.is_empty() {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        flags
+    }
+}
 
 /// One frame of the current batch, queued for one endpoint.
 #[derive(Clone, Copy)]
@@ -37,6 +78,7 @@ struct Queued {
 }
 
 pub struct DataPlane {
+    links: Vec<Option<Link>>,
     bufs: Box<[[u8; BUF]; BATCH]>,
     lens: [usize; BATCH],
     /// The retagged copy of each frame, when some destination needs one.
@@ -44,35 +86,133 @@ pub struct DataPlane {
     edited_len: [usize; BATCH],
     decisions: Vec<Delivery>,
     queue: Vec<Queued>,
+    /// Buffers of drained queue entries, reused for the next ones.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Default for DataPlane {
     fn default() -> Self {
         DataPlane {
+            links: Vec::new(),
             bufs: Box::new([[0; BUF]; BATCH]),
             lens: [0; BATCH],
             edited: Box::new([[0; MAX_FRAME + VLAN_TAG_LEN]; BATCH]),
             edited_len: [0; BATCH],
             decisions: Vec::with_capacity(BATCH * 4),
             queue: Vec::with_capacity(BATCH * 4),
+            spare: Vec::new(),
         }
     }
 }
 
+fn error_text(e: &io::Error) -> &'static str {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc()
+}
+
 impl DataPlane {
-    /// Moves the frames waiting on `from`'s socket. Returns an error only
-    /// when the socket itself failed.
-    pub fn pump(&mut self, from: EndpointKey, switch: &mut Switch, links: &mut Links, now: u64) -> io::Result<()> {
+    fn link(&self, key: EndpointKey) -> Option<&Link> {
+        self.links.get(key.0 as usize)?.as_ref()
+    }
+
+    fn link_mut(&mut self, key: EndpointKey) -> Option<&mut Link> {
+        self.links.get_mut(key.0 as usize)?.as_mut()
+    }
+
+    /// Starts moving frames for a new endpoint.
+    pub fn add(&mut self, epoll: &Epoll, key: EndpointKey, socket: OwnedFd, path: PathBuf, conn: usize) -> io::Result<()> {
+        let flags = EpollFlags::EPOLLIN;
+        epoll.add(&socket, interest(Token::Data(key.0), flags)).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        let index = key.0 as usize;
+        if self.links.len() <= index {
+            self.links.resize_with(index + 1, || None);
+        }
+        self.links[index] = Some(Link {
+            socket,
+            path,
+            conn,
+            send_error_logged: false,
+            queue: VecDeque::new(),
+            stalled_since: None,
+            congested: false,
+            waiters: Vec::new(),
+            held_by: 0,
+            registered: flags,
+        });
+        Ok(())
+    }
+
+    /// Forgets an endpoint, releasing the sources it held back and its own
+    /// place in other endpoints' waiting lists.
+    pub fn remove(&mut self, epoll: &Epoll, key: EndpointKey) -> Option<Link> {
+        let mut link = self.links.get_mut(key.0 as usize)?.take()?;
+        let _ = epoll.delete(&link.socket);
+        self.release(epoll, std::mem::take(&mut link.waiters));
+        for other in self.links.iter_mut().flatten() {
+            other.waiters.retain(|&w| w != key);
+        }
+        Some(link)
+    }
+
+    pub fn conn_of(&self, key: EndpointKey) -> Option<usize> {
+        self.link(key).map(|l| l.conn)
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.links.iter().flatten().map(|l| &l.path)
+    }
+
+    fn sync_interest(&mut self, epoll: &Epoll, key: EndpointKey) {
+        let Some(link) = self.link_mut(key) else { return };
+        let wanted = link.wanted();
+        if wanted != link.registered {
+            link.registered = wanted;
+            let _ = epoll.modify(&link.socket, &mut interest(Token::Data(key.0), wanted));
+        }
+    }
+
+    /// Lets held-back sources be read again.
+    fn release(&mut self, epoll: &Epoll, waiters: Vec<EndpointKey>) {
+        for source in waiters {
+            if let Some(s) = self.link_mut(source) {
+                s.held_by = s.held_by.saturating_sub(1);
+            }
+            self.sync_interest(epoll, source);
+        }
+    }
+
+    /// Handles readiness of `key`'s socket.
+    pub fn ready(&mut self, epoll: &Epoll, key: EndpointKey, flags: EpollFlags, switch: &mut Switch, now: u64) {
+        if flags.contains(EpollFlags::EPOLLERR)
+            && let Some(link) = self.link(key)
+        {
+            // A pending socket error keeps a level-triggered wait firing even
+            // while the socket is not being read: consume it.
+            let _ = nix::sys::socket::getsockopt(&link.socket, nix::sys::socket::sockopt::SocketError);
+        }
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.drain_queue(epoll, key, switch);
+        }
+        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR)
+            && let Err(e) = self.pump(epoll, key, switch, now)
+            && e.raw_os_error() != Some(libc::ECONNREFUSED)
+        {
+            super::log::log(&format!("recv from endpoint: {e}"));
+        }
+    }
+
+    /// Moves the frames waiting on `from`'s socket.
+    fn pump(&mut self, epoll: &Epoll, from: EndpointKey, switch: &mut Switch, now: u64) -> io::Result<()> {
         for _ in 0..ROUNDS_PER_WAKEUP {
-            let Some(link) = links.get(from.0 as usize).and_then(Option::as_ref) else {
+            let Some(link) = self.links.get(from.0 as usize).and_then(Option::as_ref) else { return Ok(()) };
+            if link.held_by > 0 {
                 return Ok(());
-            };
+            }
             let n = sys::recv_batch(link.socket.as_fd(), &mut self.bufs[..], &mut self.lens)?;
             if n == 0 {
                 return Ok(());
             }
             self.decide(from, n, switch, now);
-            self.send(switch, links);
+            self.send(epoll, from, switch);
             if n < BATCH {
                 return Ok(());
             }
@@ -101,39 +241,154 @@ impl DataPlane {
         self.queue.sort_by_key(|q| q.endpoint);
     }
 
-    fn send(&mut self, switch: &mut Switch, links: &mut Links) {
-        let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-        for run in self.queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
-            let endpoint = run[0].endpoint;
-            let Some(link) = links.get_mut(endpoint.0 as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            for (slot, q) in frames.iter_mut().zip(run) {
-                let i = q.frame as usize;
-                *slot = match q.edit {
-                    Edit::AsIs => &self.bufs[i][..self.lens[i]],
-                    Edit::Tag(_) | Edit::Untag => &self.edited[i][..self.edited_len[i]],
-                };
-            }
-            let (sent, error) = sys::send_batch(link.socket.as_fd(), &frames[..run.len()]);
-            let Some(error) = error else { continue };
-            let reason = if error.kind() == io::ErrorKind::WouldBlock {
-                DropReason::SocketFull
-            } else {
-                if !link.send_error_logged {
-                    link.send_error_logged = true;
-                    let port = switch.endpoint(endpoint).map_or(0, |e| e.port);
-                    super::log::log(&format!("send_sockaddr port {port}: {}", error_text(&error)));
-                }
-                DropReason::SendFailed
-            };
-            for _ in sent..run.len() {
-                switch.count_egress_drop(endpoint, reason);
-            }
+    fn frame(&self, q: &Queued) -> &[u8] {
+        let i = q.frame as usize;
+        match q.edit {
+            Edit::AsIs => &self.bufs[i][..self.lens[i]],
+            Edit::Tag(_) | Edit::Untag => &self.edited[i][..self.edited_len[i]],
         }
     }
-}
 
-fn error_text(e: &io::Error) -> &'static str {
-    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc()
+    fn send(&mut self, epoll: &Epoll, source: EndpointKey, switch: &mut Switch) {
+        let queue = std::mem::take(&mut self.queue);
+        for run in queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
+            let dest = run[0].endpoint;
+            let Some(link) = self.link(dest) else { continue };
+            // Frames already waiting go first: keep the order.
+            let sent = if link.queue.is_empty() {
+                let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+                for (slot, q) in frames.iter_mut().zip(run) {
+                    *slot = self.frame(q);
+                }
+                let (sent, error) = sys::send_batch(link.socket.as_fd(), &frames[..run.len()]);
+                match error {
+                    None => continue,
+                    Some(e) if e.kind() == io::ErrorKind::WouldBlock => sent,
+                    Some(e) => {
+                        self.send_failed(dest, &e, (run.len() - sent) as u64, switch);
+                        continue;
+                    }
+                }
+            } else {
+                0
+            };
+            self.hold(epoll, source, dest, &run[sent..], switch);
+        }
+        self.queue = queue;
+    }
+
+    /// Queues frames a full destination could not take, and holds back the
+    /// source unless the destination is congested.
+    fn hold(&mut self, epoll: &Epoll, source: EndpointKey, dest: EndpointKey, run: &[Queued], switch: &mut Switch) {
+        let room = self.link(dest).map_or(0, |l| QUEUE_LIMIT.saturating_sub(l.queue.len()));
+        let (kept, dropped) = run.split_at(run.len().min(room));
+        for q in kept {
+            let mut copy = self.spare.pop().unwrap_or_default();
+            copy.clear();
+            copy.extend_from_slice(self.frame(q));
+            self.link_mut(dest).expect("checked").queue.push_back(copy);
+        }
+        switch.count_egress_drops(dest, DropReason::SocketFull, dropped.len() as u64);
+        let link = self.link_mut(dest).expect("checked");
+        link.stalled_since.get_or_insert_with(Instant::now);
+        let hold = !link.congested && source != dest && !link.waiters.contains(&source);
+        if hold {
+            link.waiters.push(source);
+            if let Some(s) = self.link_mut(source) {
+                s.held_by += 1;
+            }
+            self.sync_interest(epoll, source);
+        }
+        self.sync_interest(epoll, dest);
+    }
+
+    fn send_failed(&mut self, dest: EndpointKey, e: &io::Error, frames: u64, switch: &mut Switch) {
+        if let Some(link) = self.link_mut(dest)
+            && !link.send_error_logged
+        {
+            link.send_error_logged = true;
+            let port = switch.endpoint(dest).map_or(0, |ep| ep.port);
+            super::log::log(&format!("send_sockaddr port {port}: {}", error_text(e)));
+        }
+        switch.count_egress_drops(dest, DropReason::SendFailed, frames);
+    }
+
+    /// Writes as much of `key`'s queue as its socket takes; once empty, the
+    /// sources it held back run again.
+    fn drain_queue(&mut self, epoll: &Epoll, key: EndpointKey, switch: &mut Switch) {
+        let Some(link) = self.links.get_mut(key.0 as usize).and_then(Option::as_mut) else { return };
+        while !link.queue.is_empty() {
+            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+            let mut count = 0;
+            for (slot, f) in frames.iter_mut().zip(&link.queue) {
+                *slot = f;
+                count += 1;
+            }
+            let (sent, error) = sys::send_batch(link.socket.as_fd(), &frames[..count]);
+            self.spare.extend(link.queue.drain(..sent));
+            match error {
+                None => {}
+                Some(e) if e.kind() == io::ErrorKind::WouldBlock => return self.sync_interest(epoll, key),
+                Some(e) => {
+                    let lost = link.queue.len() as u64;
+                    link.queue.clear();
+                    self.send_failed(key, &e, lost, switch);
+                    break;
+                }
+            }
+        }
+        let link = self.link_mut(key).expect("still attached");
+        link.stalled_since = None;
+        let waiters = std::mem::take(&mut link.waiters);
+        self.release(epoll, waiters);
+        self.sync_interest(epoll, key);
+    }
+
+    /// The earliest moment a stalled destination must give up holding its
+    /// sources back.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.links.iter().flatten().filter(|l| !l.congested).filter_map(|l| l.stalled_since).min().map(|t| t + STALL_LIMIT)
+    }
+
+    /// Marks destinations stalled past the limit congested and releases
+    /// their sources.
+    pub fn expire_stalls(&mut self, epoll: &Epoll, now: Instant) {
+        let expired: Vec<EndpointKey> = self
+            .links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let l = l.as_ref()?;
+                (l.stalled_since? + STALL_LIMIT <= now && !l.congested).then_some(EndpointKey(i as u32))
+            })
+            .collect();
+        for key in expired {
+            let link = self.link_mut(key).expect("listed above");
+            link.congested = true;
+            let waiters = std::mem::take(&mut link.waiters);
+            self.release(epoll, waiters);
+            self.sync_interest(epoll, key);
+        }
+    }
+
+    /// Once a second: congested destinations that have drained may hold
+    /// their sources back again.
+    pub fn tick(&mut self, epoll: &Epoll) {
+        let recovered: Vec<EndpointKey> = self
+            .links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let l = l.as_ref()?;
+                (l.congested && l.queue.is_empty()).then_some(EndpointKey(i as u32))
+            })
+            .collect();
+        for key in recovered {
+            if let Some(link) = self.link_mut(key) {
+                link.congested = false;
+                link.stalled_since = None;
+            }
+            self.sync_interest(epoll, key);
+        }
+    }
 }

@@ -27,7 +27,7 @@ use crate::engine::{EndpointKey, Switch};
 use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Session, SessionKind, SwitchInfo, format_event};
 use console::{Line, LineSplitter, MgmtListener, SocketSession};
 use ctl::CtlDir;
-use data::{DataPlane, Link, Links};
+use data::DataPlane;
 
 /// A start-up failure: the message to log and the exit status.
 #[derive(Debug)]
@@ -160,7 +160,6 @@ struct Server {
     /// The listener stops being watched while descriptors are exhausted.
     ctl_paused: bool,
     conns: Slab<Conn>,
-    links: Links,
     data: DataPlane,
     mgmt: Option<MgmtListener>,
     sessions: Slab<SocketSession>,
@@ -218,7 +217,6 @@ impl Server {
             ctl,
             ctl_paused: false,
             conns: Slab::new(),
-            links: Vec::new(),
             data: DataPlane::default(),
             mgmt: None,
             sessions: Slab::new(),
@@ -293,8 +291,10 @@ impl Server {
         let mut events = vec![EpollEvent::empty(); 256];
         while self.exit.is_none() {
             let elapsed = self.started.elapsed();
-            let to_next_tick = Duration::from_secs(elapsed.as_secs() + 1) - elapsed;
-            let timeout = EpollTimeout::try_from(to_next_tick + Duration::from_millis(1)).unwrap_or(EpollTimeout::NONE);
+            let next_tick = self.started + Duration::from_secs(elapsed.as_secs() + 1);
+            let wake = self.data.next_deadline().map_or(next_tick, |d| d.min(next_tick));
+            let wait = wake.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+            let timeout = EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::NONE);
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
@@ -304,6 +304,7 @@ impl Server {
                 }
             };
             self.advance_clock();
+            self.data.expire_stalls(&self.epoll, Instant::now());
             for ev in &events[..n] {
                 self.dispatch(Token::decode(ev.data()), ev.events());
                 if self.exit.is_some() {
@@ -320,6 +321,7 @@ impl Server {
         while self.now < now {
             self.now += 1;
             self.switch.tick(self.now);
+            self.data.tick(&self.epoll);
             if self.ctl_paused {
                 self.ctl_paused = false;
                 let _ = self.epoll.modify(&self.ctl.listener, &mut interest(Token::Ctl, EpollFlags::EPOLLIN));
@@ -335,12 +337,7 @@ impl Server {
             Token::Stdin => self.read_stdin(),
             Token::Conn(slot) => self.read_conn(slot),
             Token::Data(key) => {
-                let key = EndpointKey(key);
-                if let Err(e) = self.data.pump(key, &mut self.switch, &mut self.links, self.now)
-                    && e.raw_os_error() != Some(libc::ECONNREFUSED)
-                {
-                    log::log(&format!("recv from endpoint: {e}"));
-                }
+                self.data.ready(&self.epoll, EndpointKey(key), flags, &mut self.switch, self.now);
             }
             Token::Session(slot) => {
                 if flags.contains(EpollFlags::EPOLLOUT) {
@@ -401,21 +398,14 @@ impl Server {
         }
         match ctl::handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
             Ok(new) => {
-                let flags = EpollFlags::EPOLLIN;
-                if let Err(e) = self.epoll.add(&new.socket, interest(Token::Data(new.key.0), flags)) {
-                    log::log(&format!("epoll add data socket: {}", e.desc()));
+                if let Err(e) = self.data.add(&self.epoll, new.key, new.socket, new.path.clone(), slot) {
+                    log::log(&format!("epoll add data socket: {e}"));
                     self.switch.detach(new.key);
                     let _ = fs::remove_file(&new.path);
                     self.close_conn(slot);
                     return;
                 }
                 conn.endpoint = Some(new.key);
-                let index = new.key.0 as usize;
-                if self.links.len() <= index {
-                    self.links.resize_with(index + 1, || None);
-                }
-                self.links[index] =
-                    Some(Link { socket: new.socket, path: new.path, conn: slot, send_error_logged: false });
             }
             Err(e) => {
                 if !e.is_silent() {
@@ -432,8 +422,7 @@ impl Server {
         let _ = self.epoll.delete(&conn.stream);
         if let Some(key) = conn.endpoint {
             self.switch.detach(key);
-            if let Some(link) = self.links.get_mut(key.0 as usize).and_then(Option::take) {
-                let _ = self.epoll.delete(&link.socket);
+            if let Some(link) = self.data.remove(&self.epoll, key) {
                 let _ = fs::remove_file(&link.path);
             }
         }
@@ -581,7 +570,7 @@ impl Server {
                     self.exit.get_or_insert(Exit::Shutdown);
                 }
                 Effect::CloseEndpoint(key) => {
-                    if let Some(conn) = self.links.get(key.0 as usize).and_then(Option::as_ref).map(|l| l.conn) {
+                    if let Some(conn) = self.data.conn_of(key) {
                         self.close_conn(conn);
                     }
                 }
@@ -630,10 +619,9 @@ impl Server {
     }
 
     fn cleanup(mut self) {
-        for link in self.links.iter().flatten() {
-            let _ = fs::remove_file(&link.path);
+        for path in self.data.paths() {
+            let _ = fs::remove_file(path);
         }
-        self.links.clear();
         self.conns.clear();
         self.sessions.clear();
         if let Some(m) = self.mgmt.take() {
