@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod client;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mgmt;
 pub mod net;
 pub mod wire;

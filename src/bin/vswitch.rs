@@ -8,7 +8,7 @@ use nix::sys::signal::{SigHandler, SigSet, Signal, raise, signal};
 use nix::unistd::{AccessFlags, Gid, Group, Uid, access};
 
 use vswitch::cli::{self, Options, USAGE, VERSION};
-use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS};
+use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS, MAX_PORTS};
 use vswitch::mgmt::SwitchInfo;
 use vswitch::net::{self, Access, Config, Exit, log, modes};
 use vswitch::wire::Mac;
@@ -56,14 +56,14 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
     if !o.tap.is_empty() {
         return Err(fail("tap interfaces (-t) are not supported yet".into()));
     }
-    if o.fstp && !o.hub {
-        return Err(fail("the fast spanning tree (-F) is not supported yet".into()));
-    }
     let numports = o.numports.unwrap_or(i64::from(DEFAULT_NUMPORTS));
     if numports <= 0 {
         return Err(fail("The switch must have at least 1 port\n".into()));
     }
-    let numports = u32::try_from(numports).map_err(|_| fail(format!("Too many ports: {numports}")))?;
+    let numports = u32::try_from(numports)
+        .ok()
+        .filter(|&n| n <= MAX_PORTS)
+        .ok_or_else(|| fail(format!("The switch can have at most {MAX_PORTS} ports")))?;
     let hash_size = match o.hashsize {
         None => DEFAULT_BUCKETS,
         Some(n) if n <= 0 || n > 1 << 30 => return Err(fail(format!("Invalid hash size {n}"))),
@@ -97,6 +97,8 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         access: Access { ctl_mode, dir_mode, group, mgmt_mode, mgmt_group },
         numports,
         hub: o.hub,
+        // `-x` wins over `-F`, whatever their order.
+        fstp: o.fstp && !o.hub,
         hash_size,
         info,
         daemon: o.daemon,

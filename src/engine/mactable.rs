@@ -1,8 +1,6 @@
 //! The MAC learning table: (MAC, VLAN) → port, with vde_switch's ageing
 //! rules (GC interval, expiry, minimum persistence before a station may move).
 
-use std::num::NonZeroUsize;
-
 use lru::LruCache;
 
 use super::{Event, PortId, VlanId};
@@ -63,6 +61,7 @@ pub struct MacTable {
     pub min_persistence: u64,
     /// Least recently refreshed first: ageing sweeps pop from that end only.
     entries: LruCache<u64, Entry>,
+    capacity: usize,
     next_seq: u64,
     last_gc: u64,
     gc_due: bool,
@@ -75,7 +74,10 @@ impl MacTable {
             gc_interval: DEFAULT_GC_INTERVAL,
             expire: DEFAULT_EXPIRE,
             min_persistence: DEFAULT_MIN_PERSISTENCE,
-            entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("nonzero")),
+            // Grown on demand: a bounded cache would allocate its whole
+            // capacity up front.
+            entries: LruCache::unbounded(),
+            capacity: capacity.max(1),
             next_seq: 0,
             last_gc: 0,
             gc_due: false,
@@ -144,12 +146,13 @@ impl MacTable {
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = Entry { port, last_seen: now, seq };
-        if let Some((old_k, old)) = self.entries.push(k, entry)
-            && old_k != k
+        if self.entries.len() >= self.capacity
+            && let Some((old_k, old)) = self.entries.pop_lru()
         {
             let (mac, vlan) = unkey(old_k);
             events.push(Event::HashDel { mac, vlan, port: old.port });
         }
+        self.entries.push(k, entry);
         events.push(Event::HashAdd { mac, vlan, port });
     }
 

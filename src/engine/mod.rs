@@ -2,17 +2,19 @@
 //! forwarding decision. It performs no I/O and reads no clock; callers pass
 //! the current time (whole seconds since start) and move the bytes.
 
+mod fstp;
 mod mactable;
 mod port;
 mod vlan;
 
 use std::collections::BTreeMap;
 
+pub use fstp::{DEFAULT_PRIORITY, Fstp, PORT_COST, Role, Tree};
 pub use mactable::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, MacTable, Station};
 pub use port::{Acl, Counters, Credentials, DropReason, Port};
-pub use vlan::Vlan;
+pub use vlan::{PortState, Vlan};
 
-use crate::wire::{Frame, FrameError, Mac};
+use crate::wire::{BPDU_DST, BridgeId, Frame, FrameError, Mac};
 
 pub type PortId = u32;
 pub type VlanId = u16;
@@ -22,6 +24,9 @@ pub const VLAN_NONE: VlanId = 4095;
 /// Highest VLAN id that can be created.
 pub const VLAN_MAX: VlanId = 4093;
 pub const DEFAULT_NUMPORTS: u32 = 32;
+/// Most ports a switch may have: the port table is allocated up front, so
+/// a console command must not be able to ask for billions.
+pub const MAX_PORTS: u32 = 1 << 16;
 
 /// Handle of an attached endpoint; stable while it stays attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,6 +102,13 @@ pub enum Event {
     EndpointAdd { port: PortId, id: u32 },
     EndpointDel { port: PortId, id: u32 },
     MacMoved { mac: Mac, from: PortId, to: PortId },
+    // Spanning tree: a port's state changed; a VLAN's root changed (`port`
+    // is the new root port, 0 when this switch became the root); a port
+    // started receiving BPDUs; a port stopped receiving them or left.
+    FstpStatus { port: PortId, vlan: VlanId, state: PortState },
+    FstpRoot { port: PortId, vlan: VlanId, root: BridgeId },
+    FstpPortActive { port: PortId, vlan: VlanId },
+    FstpPortInactive { port: PortId, vlan: VlanId },
 }
 
 /// How a frame must be rewritten for one destination.
@@ -113,6 +125,13 @@ pub enum Edit {
 pub struct Delivery {
     pub endpoint: EndpointKey,
     pub edit: Edit,
+}
+
+/// A frame the switch itself sends (a BPDU), for the I/O layer to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub endpoint: EndpointKey,
+    pub frame: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +156,11 @@ pub struct Switch {
     macs: MacTable,
     hub: bool,
     events: Vec<Event>,
+    fstp: Fstp,
+    /// Frames originated by the switch, waiting for the I/O layer.
+    outbox: Vec<Outgoing>,
+    /// The time last passed in, for what happens between ticks.
+    now: u64,
 }
 
 fn grow<T>(v: &mut Vec<Option<T>>, len: usize) {
@@ -159,6 +183,9 @@ impl Switch {
             macs: MacTable::new(buckets, DEFAULT_CAPACITY),
             hub,
             events: Vec::new(),
+            fstp: Fstp::new(Mac::default(), DEFAULT_PRIORITY),
+            outbox: Vec::new(),
+            now: 0,
         }
     }
 
@@ -196,7 +223,10 @@ impl Switch {
             if !port.is_active() && !port.acl.admits(&a.credentials) {
                 return Err(AttachError::AccessDenied(p));
             }
-            if port.is_active() && port.current_user != a.user {
+            // Sharing a port means seeing its traffic: only the same user,
+            // both as vde_switch sees it and as the kernel does.
+            let same_user = port.current_user == a.user && port.peer_uid == a.credentials.uid;
+            if port.is_active() && !same_user {
                 return Err(AttachError::InUseByOtherUser(p));
             }
         }
@@ -214,6 +244,7 @@ impl Switch {
         let port = self.ports[p as usize].as_mut().expect("created above");
         let activated = !port.is_active();
         port.current_user = a.user;
+        port.peer_uid = a.credentials.uid;
         port.endpoints.push(key);
         self.endpoints[key.0 as usize] =
             Some(Endpoint { port: p, id: a.id, module: a.module, description: a.description.clone() });
@@ -221,6 +252,7 @@ impl Switch {
         self.events.push(Event::PortDescr { port: p, id: a.id, description: a.description });
         if activated {
             self.refresh_vlans_of(p);
+            self.fstp_activated(p);
         }
         Ok((key, p))
     }
@@ -239,6 +271,7 @@ impl Switch {
             let gone = ep.port;
             self.macs.retain(|s| s.port != gone, &mut self.events);
             self.refresh_vlans_of(gone);
+            self.fstp_deactivated(gone);
         }
         Some(ep)
     }
@@ -284,6 +317,7 @@ impl Switch {
         let Some(src) = self.endpoint(from).map(|e| e.port) else {
             return Ok(());
         };
+        self.now = now;
         let frame = match Frame::new_checked(bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -317,6 +351,14 @@ impl Switch {
             self.count_drop(src, reason);
             return Err(reason);
         }
+        if self.fstp.enabled() && frame.dst() == BPDU_DST {
+            self.fstp_receive(vlan, src, bytes, tci.is_some());
+            return Ok(());
+        }
+        if self.is_discarding(vlan, src) {
+            self.count_drop(src, DropReason::Discarding);
+            return Err(DropReason::Discarding);
+        }
         let src_mac = frame.src();
         if !src_mac.is_multicast() {
             self.macs.learn(src_mac, vlan, src, now, &mut self.events);
@@ -327,6 +369,12 @@ impl Switch {
             Some(dst) if dst == src => {
                 self.count_drop(src, DropReason::SamePort);
                 Err(DropReason::SamePort)
+            }
+            // Stations are forgotten when a port gets blocked, so this only
+            // guards against delivering through a blocked port.
+            Some(dst) if self.is_discarding(vlan, dst) => {
+                self.count_drop(src, DropReason::Discarding);
+                Err(DropReason::Discarding)
             }
             Some(dst) => {
                 let untagged_there = self.ports[dst as usize].as_ref().is_some_and(|p| p.untagged_vlan == vlan);
@@ -388,7 +436,9 @@ impl Switch {
 
     /// Advances the clock by one tick (called once a second).
     pub fn tick(&mut self, now: u64) {
+        self.now = now;
         self.macs.tick(now);
+        self.fstp_tick(now);
     }
 
     /// Takes the events produced since the last call.
@@ -462,7 +512,7 @@ impl Switch {
     }
 
     pub fn set_numports(&mut self, n: u32) -> Result<(), ConfigError> {
-        if n == 0 {
+        if n == 0 || n > MAX_PORTS {
             return Err(ConfigError::Invalid);
         }
         if self.ports.iter().skip(n as usize).any(Option::is_some) {
@@ -473,7 +523,11 @@ impl Switch {
         Ok(())
     }
 
+    /// Hub mode; entering it stops the spanning tree.
     pub fn set_hub(&mut self, hub: bool) {
+        if hub {
+            self.set_fstp(false);
+        }
         self.hub = hub;
     }
 
@@ -567,6 +621,12 @@ impl Switch {
         self.macs.retain(|s| s.port != p, &mut self.events);
         self.refresh_vlan(old);
         self.refresh_vlan(vlan);
+        if old != VLAN_NONE {
+            self.fstp_left(old, p);
+        }
+        if vlan != VLAN_NONE {
+            self.fstp_joined(vlan, p, false);
+        }
         Ok(())
     }
 
@@ -578,6 +638,7 @@ impl Switch {
             return Err(ConfigError::Exists);
         }
         self.vlans.insert(id, Vlan::default());
+        self.fstp_vlan_created(id);
         Ok(())
     }
 
@@ -590,6 +651,7 @@ impl Switch {
             return Err(ConfigError::InUse);
         }
         self.vlans.remove(&id);
+        self.fstp.remove_vlan(id);
         Ok(())
     }
 
@@ -611,6 +673,7 @@ impl Switch {
             port.tagged_vlans.insert(id);
             self.vlans.get_mut(&id).expect("checked").set_member(p, true);
             self.refresh_vlan(id);
+            self.fstp_joined(id, p, true);
         }
         Ok(())
     }
@@ -625,6 +688,7 @@ impl Switch {
             self.vlans.get_mut(&id).expect("checked").remove_member(p);
             self.macs.retain(|s| !(s.port == p && s.vlan == id), &mut self.events);
             self.refresh_vlan(id);
+            self.fstp_left(id, p);
         }
         Ok(())
     }

@@ -16,6 +16,8 @@ pub enum DropReason {
     NoUntaggedVlan,
     /// Learned destination is the ingress port itself.
     SamePort,
+    /// The spanning tree blocks the ingress (or egress) port in the VLAN.
+    Discarding,
     /// The destination's socket buffer was full.
     SocketFull,
     /// Sending failed for another reason (peer gone, …).
@@ -23,12 +25,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::NotMember,
         DropReason::NoUntaggedVlan,
         DropReason::SamePort,
+        DropReason::Discarding,
         DropReason::SocketFull,
         DropReason::SendFailed,
     ];
@@ -40,6 +43,7 @@ impl DropReason {
             DropReason::NotMember => "vlan-not-member",
             DropReason::NoUntaggedVlan => "no-untagged-vlan",
             DropReason::SamePort => "same-port",
+            DropReason::Discarding => "fstp-discarding",
             DropReason::SocketFull => "socket-full",
             DropReason::SendFailed => "send-failed",
         }
@@ -97,6 +101,8 @@ pub struct Port {
     pub(super) acl: Acl,
     /// The user owning the port while it has endpoints.
     pub(super) current_user: Option<u32>,
+    /// The kernel's uid of the processes attached while active.
+    pub(super) peer_uid: u32,
     pub(super) counters: Counters,
 }
 
@@ -109,6 +115,7 @@ impl Port {
             allocatable,
             acl: Acl::default(),
             current_user: None,
+            peer_uid: 0,
             counters: Counters::default(),
         }
     }

@@ -124,6 +124,22 @@ fn another_user_cannot_join_an_active_port() {
 }
 
 #[test]
+fn abstract_clients_of_different_users_cannot_share_a_port() {
+    let mut lab = Lab::new();
+    let abstract_client = |uid| Attach {
+        request: PortRequest::Port(5),
+        id: uid,
+        module: Module::UnixProg,
+        description: String::new(),
+        user: None,
+        credentials: Credentials { uid, gids: vec![uid] },
+    };
+    assert!(lab.sw.attach(abstract_client(1000)).is_ok());
+    assert_eq!(lab.sw.attach(abstract_client(1001)).unwrap_err(), AttachError::InUseByOtherUser(5));
+    assert!(lab.sw.attach(abstract_client(1000)).is_ok());
+}
+
+#[test]
 fn acl_is_checked_with_kernel_credentials() {
     let mut lab = Lab::new();
     lab.sw.create_explicit_port(5).unwrap();
@@ -382,6 +398,7 @@ fn port_configuration_rules() {
     assert_eq!(lab.sw.create_explicit_port(1), Err(ConfigError::Exists));
     assert_eq!(lab.sw.set_numports(1), Err(ConfigError::InUse));
     assert_eq!(lab.sw.set_numports(0), Err(ConfigError::Invalid));
+    assert_eq!(lab.sw.set_numports(MAX_PORTS + 1), Err(ConfigError::Invalid));
     assert_eq!(lab.sw.create_auto_port(), Ok(2));
     assert!(!lab.sw.port(2).unwrap().allocatable());
     lab.sw.detach(a);
@@ -389,4 +406,122 @@ fn port_configuration_rules() {
     assert_eq!(lab.sw.set_numports(2), Err(ConfigError::InUse));
     lab.sw.remove_port(2).unwrap();
     assert_eq!(lab.sw.set_numports(2), Ok(()));
+}
+
+// ----- VLAN combinations ------------------------------------------------------
+
+#[test]
+fn untagged_members_of_one_vlan_only_hear_each_other() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    let outsider = lab.plug(PortRequest::Port(3));
+    lab.sw.set_port_vlan(1, 10).unwrap();
+    lab.sw.set_port_vlan(2, 10).unwrap();
+    let out = lab.send(a, &frame(Mac::BROADCAST, mac(1), 60));
+    assert_eq!(out, vec![Delivery { endpoint: b, edit: Edit::AsIs }]);
+    let out = lab.send(b, &frame(mac(1), mac(2), 60));
+    assert_eq!(out, vec![Delivery { endpoint: a, edit: Edit::AsIs }], "learned unicast");
+    assert!(lab.targets(outsider, &frame(Mac::BROADCAST, mac(3), 60)).is_empty(), "VLAN 0 is empty now");
+    assert!(lab.targets(outsider, &frame(mac(1), mac(3), 60)).is_empty(), "stations are per VLAN");
+}
+
+#[test]
+fn a_trunk_carries_two_vlans_and_keeps_them_apart() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    lab.sw.create_vlan(20).unwrap();
+    let ten = lab.plug(PortRequest::Port(1));
+    let twenty = lab.plug(PortRequest::Port(2));
+    let trunk = lab.plug(PortRequest::Port(3));
+    lab.sw.set_port_vlan(1, 10).unwrap();
+    lab.sw.set_port_vlan(2, 20).unwrap();
+    lab.sw.add_tagged(10, 3).unwrap();
+    lab.sw.add_tagged(20, 3).unwrap();
+    lab.sw.set_port_vlan(3, VLAN_NONE).unwrap();
+
+    let out = lab.send(trunk, &tagged(Mac::BROADCAST, mac(9), 10, 64));
+    assert_eq!(out, vec![Delivery { endpoint: ten, edit: Edit::Untag }]);
+    let out = lab.send(trunk, &tagged(Mac::BROADCAST, mac(9), 20, 64));
+    assert_eq!(out, vec![Delivery { endpoint: twenty, edit: Edit::Untag }]);
+    // The same MAC is a different station in each VLAN.
+    let out = lab.send(ten, &frame(mac(9), mac(1), 60));
+    assert_eq!(out, vec![Delivery { endpoint: trunk, edit: Edit::Tag(10) }]);
+    let out = lab.send(twenty, &frame(mac(9), mac(2), 60));
+    assert_eq!(out, vec![Delivery { endpoint: trunk, edit: Edit::Tag(20) }]);
+    assert!(lab.targets(trunk, &frame(Mac::BROADCAST, mac(9), 60)).is_empty(), "no untagged VLAN on the trunk");
+}
+
+#[test]
+fn tagged_members_exchange_frames_unchanged() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    let access = lab.plug(PortRequest::Port(3));
+    lab.sw.add_tagged(10, 1).unwrap();
+    lab.sw.add_tagged(10, 2).unwrap();
+    let out = lab.send(a, &tagged(mac(2), mac(1), 10, 64));
+    assert_eq!(out, vec![Delivery { endpoint: b, edit: Edit::AsIs }], "unknown unicast floods VLAN 10 only");
+    let out = lab.send(b, &tagged(mac(1), mac(2), 10, 64));
+    assert_eq!(out, vec![Delivery { endpoint: a, edit: Edit::AsIs }]);
+    // Both trunks are still untagged members of VLAN 0.
+    assert_eq!(lab.targets(access, &frame(Mac::BROADCAST, mac(3), 60)), vec![a, b]);
+}
+
+#[test]
+fn non_members_neither_send_nor_receive() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    lab.sw.create_vlan(20).unwrap();
+    let member = lab.plug(PortRequest::Port(1));
+    let stranger = lab.plug(PortRequest::Port(2));
+    let trunk = lab.plug(PortRequest::Port(3));
+    lab.sw.set_port_vlan(1, 10).unwrap();
+    lab.sw.add_tagged(10, 3).unwrap();
+    let mut out = Vec::new();
+    let refused = lab.sw.ingress(stranger, &tagged(Mac::BROADCAST, mac(2), 10, 64), 0, &mut out);
+    assert_eq!(refused, Err(DropReason::NotMember));
+    let refused = lab.sw.ingress(trunk, &tagged(Mac::BROADCAST, mac(3), 20, 64), 0, &mut out);
+    assert_eq!(refused, Err(DropReason::NotMember), "VLAN exists but the trunk is not in it");
+    assert!(out.is_empty());
+    let flooded = lab.targets(member, &frame(mac(77), mac(1), 60));
+    assert_eq!(flooded, vec![trunk], "unknown unicast stays in VLAN 10");
+}
+
+#[test]
+fn removing_a_vlan_forgets_its_stations() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    let access = lab.plug(PortRequest::Port(1));
+    let trunk = lab.plug(PortRequest::Port(2));
+    lab.sw.set_port_vlan(1, 10).unwrap();
+    lab.sw.add_tagged(10, 2).unwrap();
+    lab.send(access, &frame(Mac::BROADCAST, mac(1), 60));
+    lab.send(trunk, &tagged(Mac::BROADCAST, mac(2), 10, 64));
+    assert_eq!(lab.sw.mac_table().len(), 2);
+    assert_eq!(lab.sw.remove_vlan(10), Err(ConfigError::InUse));
+    lab.sw.remove_tagged(10, 2).unwrap();
+    assert!(lab.sw.mac_table().find(mac(2), 10, 0).is_none(), "the trunk's station in VLAN 10 is gone");
+    lab.sw.set_port_vlan(1, 0).unwrap();
+    assert!(lab.sw.mac_table().is_empty());
+    assert_eq!(lab.sw.remove_vlan(10), Ok(()));
+    let mut out = Vec::new();
+    let late = lab.sw.ingress(trunk, &tagged(Mac::BROADCAST, mac(2), 10, 64), 0, &mut out);
+    assert_eq!(late, Err(DropReason::NotMember));
+    assert_eq!(lab.targets(access, &frame(Mac::BROADCAST, mac(1), 60)), vec![trunk], "both back in VLAN 0");
+}
+
+#[test]
+fn vlan_membership_states() {
+    let mut lab = Lab::new();
+    lab.sw.create_vlan(10).unwrap();
+    lab.sw.create_explicit_port(4).unwrap();
+    lab.sw.add_tagged(10, 4).unwrap();
+    let v = lab.sw.vlan(10).unwrap();
+    assert_eq!(v.state(4, false), PortState::Learning, "inactive members show Learning");
+    lab.plug(PortRequest::Port(4));
+    let active = lab.sw.port(4).unwrap().is_active();
+    assert_eq!(lab.sw.vlan(10).unwrap().state(4, active), PortState::Forwarding);
 }

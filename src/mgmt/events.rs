@@ -1,6 +1,6 @@
 //! Debug/event notification categories and their line formats.
 
-use crate::engine::Event;
+use crate::engine::{Event, PortState};
 use crate::wire::Mac;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,7 @@ pub enum Category {
 }
 
 /// A category as `debug/list` shows it, in the reference's listing order.
+#[derive(Debug)]
 pub struct CategoryInfo {
     pub category: Category,
     pub path: &'static str,
@@ -44,8 +45,30 @@ pub const CATEGORIES: [CategoryInfo; 11] = [
     cat(Category::EndpointDel, "port/ep/-", 0o32, "closed endpoint"),
 ];
 
+/// Categories the reference registers without help text. `debug/add` and
+/// `debug/list` skip them, but `debug/del` still matches them, so a prefix
+/// naming only these answers "none of them was on" rather than "no such
+/// category".
+pub const HIDDEN_CATEGORIES: [&str; 5] = ["mgmt/+", "mgmt/-", "sig/hup", "packet/in", "packet/out"];
+
 fn info(category: Category) -> &'static CategoryInfo {
     CATEGORIES.iter().find(|c| c.category == category).expect("every category is listed")
+}
+
+/// The FSTP events name the VLAN high byte first, unlike the hash events.
+fn fstp_port(port: u32, vlan: u16) -> String {
+    let [hi, lo] = vlan.to_be_bytes();
+    format!("Port {port:04} VLAN {hi:02x}:{lo:02x}")
+}
+
+fn fstp_state(state: PortState) -> &'static str {
+    match state {
+        PortState::Discarding => "discarding",
+        PortState::Learning => "learning",
+        // The reference's state names are bit patterns: forwarding
+        // implies learning.
+        PortState::Forwarding => "learning+forwarding",
+    }
 }
 
 fn hash_line(mac: &Mac, vlan: u16, port: u32) -> String {
@@ -66,6 +89,12 @@ pub fn format_event(event: &Event) -> Option<(Category, String)> {
         }
         Event::EndpointAdd { port, id } => (Category::EndpointAdd, format!("Port {port:02} FD {id:2}")),
         Event::EndpointDel { port, id } => (Category::EndpointDel, format!("Port {port:02} FD {id:2}")),
+        Event::FstpStatus { port, vlan, state } => {
+            (Category::FstpStatus, format!("{} {}", fstp_port(*port, *vlan), fstp_state(*state)))
+        }
+        Event::FstpRoot { port, vlan, root } => (Category::FstpRoot, format!("{} -> {root}", fstp_port(*port, *vlan))),
+        Event::FstpPortActive { port, vlan } => (Category::FstpAdd, fstp_port(*port, *vlan)),
+        Event::FstpPortInactive { port, vlan } => (Category::FstpDel, fstp_port(*port, *vlan)),
         Event::MacMoved { .. } => return None,
     };
     let i = info(category);
@@ -87,5 +116,23 @@ mod tests {
         assert_eq!(line, "3031 port/ep/+ Port 01 FD  7\n");
         let descr = Event::PortDescr { port: 1, id: 7, description: "clientA".into() };
         assert_eq!(format_event(&descr).unwrap().1, "3023 port/descr Port 01 FD  7 -> \"clientA\"\n");
+    }
+
+    /// Lines captured from vde_switch 2.3.2 with `debug/add fstp`.
+    #[test]
+    fn fstp_formats_match_reference() {
+        use crate::wire::BridgeId;
+        let line = |e: Event| format_event(&e).unwrap().1;
+        assert_eq!(line(Event::FstpPortActive { port: 3, vlan: 0 }), "3041 fstp/+ Port 0003 VLAN 00:00\n");
+        assert_eq!(line(Event::FstpPortInactive { port: 2, vlan: 10 }), "3042 fstp/- Port 0002 VLAN 00:0a\n");
+        let root = BridgeId([0x00, 0x01, 0x02, 0, 0, 0, 0, 0x99]);
+        assert_eq!(
+            line(Event::FstpRoot { port: 3, vlan: 0, root }),
+            "3045 fstp/root Port 0003 VLAN 00:00 -> 00:01:02:00:00:00:00:99\n"
+        );
+        let forwarding = Event::FstpStatus { port: 3, vlan: 0, state: PortState::Forwarding };
+        assert_eq!(line(forwarding), "3044 fstp/status Port 0003 VLAN 00:00 learning+forwarding\n");
+        let blocked = Event::FstpStatus { port: 2, vlan: 0x10a, state: PortState::Discarding };
+        assert_eq!(line(blocked), "3044 fstp/status Port 0002 VLAN 01:0a discarding\n");
     }
 }

@@ -3,8 +3,11 @@
 //! of vde_switch.
 //!
 //! A transport hands complete lines to [`execute`] and writes back what it
-//! returns; events the engine produced meanwhile go through [`format_event`]
-//! to the sessions that subscribed to them.
+//! returns. The reply already holds the debug events the command caused
+//! that this session subscribed to, in the place vde_switch writes them
+//! (before the command's own output); the transport hands the same events,
+//! collected in [`Context::events`], to the other sessions, and engine
+//! events caused by traffic through [`format_event`].
 
 mod args;
 mod commands;
@@ -14,18 +17,25 @@ use std::fmt::Write as _;
 
 use nix::errno::Errno;
 
-pub use commands::{COMMANDS, Command, read_script};
+pub use commands::{Action, COMMANDS, Command, read_script};
 pub use events::{CATEGORIES, Category, format_event};
 
-use crate::engine::{EndpointKey, Switch};
+use crate::engine::{EndpointKey, Event, Switch};
 use crate::wire::Mac;
 
 pub const BANNER: &str = "VDE switch V.2.3.2\n(C) Virtual Square Team (coord. R. Davoli) 2005,2006,2007 - GPLv2\n";
 pub const PROMPT: &str = "\nvde$ ";
 pub const END_OF_SESSION: &str = "9999 END OF SESSION";
+/// Longest console or script line accepted; longer lines are refused as a
+/// whole with `1022 Invalid argument` (vde_switch would cut them into
+/// 128-byte pieces and run each piece).
+pub const MAX_LINE: usize = 4096;
 const DATA_HEADER: &str = "0000 DATA END WITH '.'\n";
 /// How deep `load` may nest before refusing, so a script loading itself ends.
 const MAX_LOAD_DEPTH: usize = 8;
+/// A `load` whose reply grows beyond this stops with `ENOBUFS`: a script of
+/// `help` lines must not build a reply of gigabytes.
+const MAX_SCRIPT_OUTPUT: usize = 16 << 20;
 
 /// Facts about the running switch that commands report but do not change.
 #[derive(Debug, Clone)]
@@ -46,7 +56,7 @@ pub enum SessionKind {
     Socket,
     /// The switch's own standard input.
     Stdin,
-    /// An rc file run at start-up: output is discarded.
+    /// An rc file run at start-up: output is discarded, failures are logged.
     RcFile,
 }
 
@@ -56,6 +66,7 @@ pub struct Session {
     pub kind: SessionKind,
     /// Bit `i` set: debug category `CATEGORIES[i]` is on for this session.
     pub debug: u32,
+    /// How many scripts are running inside each other right now.
     load_depth: usize,
 }
 
@@ -72,12 +83,17 @@ impl Session {
 /// What the transport must do after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
+    /// Close this session (after sending the reply).
     Logout,
+    /// Stop the switch.
     Shutdown,
+    /// Close the control stream and data socket of an endpoint the command
+    /// already detached from the engine.
     CloseEndpoint(EndpointKey),
 }
 
-/// Everything a command may look at or change.
+/// Everything a command may look at or change, and what it leaves for the
+/// transport to do.
 pub struct Context<'a> {
     pub switch: &'a mut Switch,
     pub info: &'a SwitchInfo,
@@ -85,30 +101,84 @@ pub struct Context<'a> {
     pub now: u64,
     pub session: &'a mut Session,
     pub effects: Vec<Effect>,
+    /// Engine events the command caused, in order. This session's reply
+    /// already shows those it subscribed to; the transport tells the others.
+    pub events: Vec<Event>,
+    /// Lines for the switch's log.
+    pub log: Vec<String>,
 }
 
 impl<'a> Context<'a> {
     pub fn new(switch: &'a mut Switch, info: &'a SwitchInfo, now: u64, session: &'a mut Session) -> Self {
-        Context { switch, info, now, session, effects: Vec::new() }
+        Context { switch, info, now, session, effects: Vec::new(), events: Vec::new(), log: Vec::new() }
     }
 }
 
-fn status(out: &mut String, result: Result<(), Errno>) {
-    match result {
-        Ok(()) => out.push_str("1000 Success\n"),
-        Err(e) => {
-            let _ = writeln!(out, "{} {}", 1000 + e as i32, e.desc());
-        }
+/// The C library's text for an error number, as vde_switch prints it with
+/// `strerror` (`nix`'s own table words some differently).
+pub fn strerror(e: Errno) -> String {
+    let text = std::io::Error::from_raw_os_error(e as i32).to_string();
+    // The standard library appends the number to the C library's text.
+    match text.strip_suffix(&format!(" (os error {})", e as i32)) {
+        Some(text) => text.to_string(),
+        None => text,
     }
+}
+
+/// A status line: `1000 Success`, or 1000 + errno and the error's text.
+pub fn status(result: Result<(), Errno>) -> String {
+    match result {
+        Ok(()) => "1000 Success\n".to_string(),
+        Err(e) => format!("{} {}\n", 1000 + e as i32, strerror(e)),
+    }
+}
+
+fn status_line(out: &mut String, result: Result<(), Errno>) {
+    out.push_str(&status(result));
 }
 
 /// Finds the command a line invokes: the first in table order whose path is
-/// a prefix of the line.
+/// a prefix of the line. The argument is the rest, without leading blanks.
 fn lookup(line: &str) -> Option<(&'static Command, &str)> {
-    COMMANDS.iter().filter(|c| c.handler.is_some()).find_map(|c| {
+    COMMANDS.iter().filter(|c| !c.is_menu()).find_map(|c| {
         let rest = line.strip_prefix(c.path)?;
         Some((c, rest.trim_start_matches([' ', '\t'])))
     })
+}
+
+/// Moves the events the engine produced so far into `ctx.events`, writing
+/// the lines this session subscribed to into `out`.
+fn collect_events(ctx: &mut Context, out: &mut String) {
+    let events: Vec<Event> = ctx.switch.drain_events().collect();
+    for event in events {
+        notify(ctx, out, event);
+    }
+}
+
+/// Reports one event: into `out` if this session subscribed to it, and to
+/// `ctx.events` for the others. Commands call it for events they produce
+/// themselves rather than through the engine.
+fn notify(ctx: &mut Context, out: &mut String, event: Event) {
+    if let Some((category, line)) = format_event(&event)
+        && ctx.session.wants(category)
+    {
+        out.push_str(&line);
+    }
+    ctx.events.push(event);
+}
+
+/// The part of a line a C string holds: everything before the first NUL.
+fn c_string(line: &str) -> &str {
+    line.split('\0').next().unwrap_or_default()
+}
+
+/// `line` cut to a length fit for a log line.
+fn abbreviated(line: &str) -> String {
+    const SHOWN: usize = 80;
+    match line.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line.to_string(),
+    }
 }
 
 /// Runs one console line and returns the reply (without prompt).
@@ -118,59 +188,102 @@ pub fn execute(ctx: &mut Context, line: &str) -> String {
     out
 }
 
-fn run_line(ctx: &mut Context, line: &str, out: &mut String) {
+/// Runs one line, appending its reply to `out`. Returns its status, or
+/// `None` for lines that print none (blanks, comments, ending the session).
+fn run_line(ctx: &mut Context, line: &str, out: &mut String) -> Option<Result<(), Errno>> {
+    let line = c_string(line);
     let line = line.strip_suffix('\n').unwrap_or(line);
     let line = line.trim_start_matches([' ', '\t']);
     if line.is_empty() || line.starts_with('#') {
-        return;
+        return None;
     }
-    let Some((command, args)) = lookup(line) else {
-        status(out, Err(Errno::ENOSYS));
-        return;
-    };
-    let handler = command.handler.expect("lookup skips menus");
-    if command.data {
-        out.push_str(DATA_HEADER);
-        let mut body = String::new();
-        let result = handler(ctx, args, &mut body);
-        out.push_str(&body);
-        out.push_str(".\n");
-        status(out, result);
-    } else {
-        let result = handler(ctx, args, out);
-        match ctx.effects.last() {
-            Some(Effect::Logout | Effect::Shutdown) if ctx.session.kind == SessionKind::Socket => {
-                out.push_str(END_OF_SESSION)
+    let result = match lookup(line) {
+        None => Err(Errno::ENOSYS),
+        // vde_switch runs rc files without a descriptor to write to, and
+        // commands that need one fail before printing anything.
+        Some((command, _)) if command.needs_session && ctx.session.kind == SessionKind::RcFile => Err(Errno::EBADF),
+        Some((command, args)) => match command.action {
+            // Never found by `lookup`; as unknown as any other non-command.
+            Action::Menu => Err(Errno::ENOSYS),
+            Action::EndSession(effect) => {
+                // A script runs inside another command's reply; vde_switch
+                // ignores `logout` and `shutdown` lines there.
+                if ctx.session.load_depth == 0 {
+                    ctx.effects.push(effect);
+                    if ctx.session.kind == SessionKind::Socket {
+                        out.push_str(END_OF_SESSION);
+                    }
+                }
+                return None;
             }
-            Some(Effect::Logout | Effect::Shutdown) => {}
-            _ => status(out, result),
-        }
-    }
+            Action::Status(handler) => {
+                let mut body = String::new();
+                let result = handler(ctx, args, &mut body);
+                collect_events(ctx, out);
+                out.push_str(&body);
+                result
+            }
+            Action::Data(handler) => {
+                let mut body = String::new();
+                let result = handler(ctx, args, &mut body);
+                collect_events(ctx, out);
+                out.push_str(DATA_HEADER);
+                out.push_str(&body);
+                out.push_str(".\n");
+                result
+            }
+        },
+    };
+    status_line(out, result);
+    Some(result)
 }
 
-/// Runs a script's lines as `load` does, echoing each line before its reply.
-/// `name` is how the script is named in the echo.
+/// Runs a script's lines as `load` does, echoing each line before its
+/// reply; for an rc file nothing is echoed, the output is dropped and each
+/// failing command is logged as `FILE:LINE: command: error`. `name` is how
+/// the script is named in the echo and the log.
 pub fn run_script(ctx: &mut Context, name: &str, text: &str, out: &mut String) -> Result<(), Errno> {
     if ctx.session.load_depth >= MAX_LOAD_DEPTH {
         return Err(Errno::ELOOP);
     }
     ctx.session.load_depth += 1;
-    for line in text.lines() {
-        if ctx.session.kind != SessionKind::RcFile {
-            let _ = writeln!(out, "vde[{name}]: {line}");
-        }
-        if line.is_empty() {
-            // The reference hands an empty script line to the parser as-is,
-            // and it answers like an unknown command.
-            out.push('\n');
-            status(out, Err(Errno::ENOSYS));
+    let result = run_script_lines(ctx, name, text, out);
+    ctx.session.load_depth -= 1;
+    result
+}
+
+fn run_script_lines(ctx: &mut Context, name: &str, text: &str, out: &mut String) -> Result<(), Errno> {
+    let rc_file = ctx.session.kind == SessionKind::RcFile;
+    for (index, raw) in text.split_inclusive('\n').enumerate() {
+        let content = raw.strip_suffix('\n').unwrap_or(raw);
+        let command = c_string(content);
+        if rc_file {
+            out.clear();
         } else {
-            run_line(ctx, line, out);
+            let _ = writeln!(out, "vde[{name}]: {command}");
         }
-        if ctx.effects.iter().any(|e| matches!(e, Effect::Shutdown | Effect::Logout)) {
-            break;
+        let status = if content.is_empty() {
+            // vde_switch keeps the newline of a line that has nothing else,
+            // and its parser answers that newline like an unknown command.
+            // Not a command, so not worth a log line either.
+            out.push('\n');
+            status_line(out, Err(Errno::ENOSYS));
+            None
+        } else if command.len() > MAX_LINE {
+            status_line(out, Err(Errno::EINVAL));
+            Some(Err(Errno::EINVAL))
+        } else {
+            run_line(ctx, command, out)
+        };
+        if rc_file && let Some(Err(e)) = status {
+            ctx.log.push(format!("{name}:{}: {}: {}", index + 1, abbreviated(command), strerror(e)));
+        }
+        if out.len() > MAX_SCRIPT_OUTPUT {
+            return Err(Errno::ENOBUFS);
         }
     }
-    ctx.session.load_depth -= 1;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -168,18 +168,18 @@ pub fn handshake(
     switch: &mut Switch,
 ) -> Result<NewEndpoint, HandshakeError> {
     let req = Request::parse(request)?;
-    let credentials = peer_credentials(stream);
+    let peer = Peer::of(stream);
     let owner = match req.addr.path() {
         None => None,
         Some(path) => {
             let path = Path::new(std::ffi::OsStr::from_bytes(path));
-            Some(fs::metadata(path).map_err(|_| HandshakeError::Inaccessible)?.uid())
+            Some(peer.impersonate(|| fs::metadata(path)).map_err(|_| HandshakeError::Inaccessible)?.uid())
         }
     };
     let socket =
         socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
             .map_err(|e| HandshakeError::DataSocket(io_err(e)))?;
-    sys::connect_raw(socket.as_fd(), &req.addr).map_err(HandshakeError::Connect)?;
+    peer.impersonate(|| sys::connect_raw(socket.as_fd(), &req.addr)).map_err(HandshakeError::Connect)?;
     let request = match req.kind {
         RequestKind::NewPort0 => PortRequest::Zero,
         RequestKind::NewControl if req.port == 0 => PortRequest::Any,
@@ -191,7 +191,7 @@ pub fn handshake(
         module: Module::UnixProg,
         description: String::from_utf8_lossy(req.description).into_owned(),
         user: owner,
-        credentials,
+        credentials: peer.credentials(),
     })?;
     let path = ctl.dir.join(format!("{port:03}.{}", socket.as_raw_fd()));
     let finish = || -> io::Result<()> {
@@ -225,19 +225,52 @@ pub fn handshake(
     Ok(NewEndpoint { key, socket, path })
 }
 
-/// The connecting process's uid and groups, from the kernel.
-fn peer_credentials(stream: &UnixStream) -> Credentials {
-    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    let Ok(cred) = getsockopt(stream, PeerCredentials) else {
-        return Credentials { uid: u32::MAX, gids: Vec::new() };
-    };
-    let gid = Gid::from_raw(cred.gid());
-    let gids = nix::unistd::User::from_uid(Uid::from_raw(cred.uid()))
-        .ok()
-        .flatten()
-        .and_then(|u| nix::unistd::getgrouplist(&std::ffi::CString::new(u.name).ok()?, gid).ok())
-        .unwrap_or_else(|| vec![gid]);
-    Credentials { uid: cred.uid(), gids: gids.into_iter().map(Gid::as_raw).collect() }
+/// The process at the other end of a control connection, as the kernel
+/// knows it.
+struct Peer {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> Peer {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let Ok(cred) = getsockopt(stream, PeerCredentials) else {
+            // Unknown peers get an identity that owns nothing.
+            return Peer { uid: Uid::from_raw(u32::MAX - 1), gid: Gid::from_raw(u32::MAX - 1), groups: Vec::new() };
+        };
+        let gid = Gid::from_raw(cred.gid());
+        let groups = sys::peer_groups(stream.as_fd()).map(|g| g.into_iter().map(Gid::from_raw).collect());
+        Peer { uid: Uid::from_raw(cred.uid()), gid, groups: groups.unwrap_or_default() }
+    }
+
+    fn credentials(&self) -> Credentials {
+        let mut gids: Vec<u32> = self.groups.iter().map(|g| g.as_raw()).collect();
+        gids.push(self.gid.as_raw());
+        Credentials { uid: self.uid.as_raw(), gids }
+    }
+
+    /// Runs `f` with the peer's file-system identity, so the client's
+    /// socket path is looked up and connected to with the peer's rights,
+    /// not the switch's: a client cannot make the switch reach a socket it
+    /// could not reach itself. Only a root switch has another identity to
+    /// borrow; otherwise the kernel already checks with the switch's own.
+    fn impersonate<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        use nix::unistd::{getgroups, setfsgid, setfsuid, setgroups};
+        if !Uid::effective().is_root() || self.uid.is_root() {
+            return f();
+        }
+        let saved = getgroups().map_err(io_err)?;
+        setgroups(&self.groups).map_err(io_err)?;
+        setfsgid(self.gid);
+        setfsuid(self.uid);
+        let result = f();
+        setfsuid(Uid::effective());
+        setfsgid(Gid::effective());
+        setgroups(&saved).map_err(io_err)?;
+        result
+    }
 }
 
 #[cfg(test)]

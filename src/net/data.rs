@@ -20,7 +20,7 @@ use nix::sys::epoll::{Epoll, EpollFlags};
 
 use super::sys::{self, BATCH};
 use super::{Token, interest};
-use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Switch};
+use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Outgoing, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 
 /// Receive buffer size: larger than any frame the switch carries, so an
@@ -88,6 +88,10 @@ pub struct DataPlane {
     queue: Vec<Queued>,
     /// Buffers of drained queue entries, reused for the next ones.
     spare: Vec<Vec<u8>>,
+    /// Destinations holding frames, and those marked congested: kept apart
+    /// so timers cost O(stalled endpoints), not O(endpoints).
+    stalled: Vec<EndpointKey>,
+    congested: Vec<EndpointKey>,
 }
 
 impl Default for DataPlane {
@@ -101,6 +105,8 @@ impl Default for DataPlane {
             decisions: Vec::with_capacity(BATCH * 4),
             queue: Vec::with_capacity(BATCH * 4),
             spare: Vec::new(),
+            stalled: Vec::new(),
+            congested: Vec::new(),
         }
     }
 }
@@ -119,7 +125,14 @@ impl DataPlane {
     }
 
     /// Starts moving frames for a new endpoint.
-    pub fn add(&mut self, epoll: &Epoll, key: EndpointKey, socket: OwnedFd, path: PathBuf, conn: usize) -> io::Result<()> {
+    pub fn add(
+        &mut self,
+        epoll: &Epoll,
+        key: EndpointKey,
+        socket: OwnedFd,
+        path: PathBuf,
+        conn: usize,
+    ) -> io::Result<()> {
         let flags = EpollFlags::EPOLLIN;
         epoll.add(&socket, interest(Token::Data(key.0), flags)).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         let index = key.0 as usize;
@@ -147,9 +160,14 @@ impl DataPlane {
         let mut link = self.links.get_mut(key.0 as usize)?.take()?;
         let _ = epoll.delete(&link.socket);
         self.release(epoll, std::mem::take(&mut link.waiters));
-        for other in self.links.iter_mut().flatten() {
-            other.waiters.retain(|&w| w != key);
+        // Only stalled destinations have waiters.
+        for &dest in &self.stalled {
+            if let Some(other) = self.links.get_mut(dest.0 as usize).and_then(Option::as_mut) {
+                other.waiters.retain(|&w| w != key);
+            }
         }
+        self.stalled.retain(|&k| k != key);
+        self.congested.retain(|&k| k != key);
         Some(link)
     }
 
@@ -290,7 +308,11 @@ impl DataPlane {
         }
         switch.count_egress_drops(dest, DropReason::SocketFull, dropped.len() as u64);
         let link = self.link_mut(dest).expect("checked");
-        link.stalled_since.get_or_insert_with(Instant::now);
+        if link.stalled_since.is_none() && !link.congested {
+            link.stalled_since = Some(Instant::now());
+            self.stalled.push(dest);
+        }
+        let link = self.link_mut(dest).expect("checked");
         let hold = !link.congested && source != dest && !link.waiters.contains(&source);
         if hold {
             link.waiters.push(source);
@@ -340,31 +362,59 @@ impl DataPlane {
         let link = self.link_mut(key).expect("still attached");
         link.stalled_since = None;
         let waiters = std::mem::take(&mut link.waiters);
+        self.stalled.retain(|&k| k != key);
         self.release(epoll, waiters);
         self.sync_interest(epoll, key);
+    }
+
+    /// Sends the frames the switch itself originated (BPDUs). They hold no
+    /// source back: a full destination queues them behind its waiting
+    /// frames, or drops them once its queue is full.
+    pub fn send_originated(&mut self, epoll: &Epoll, switch: &mut Switch) {
+        let frames: Vec<Outgoing> = switch.drain_outbox().collect();
+        for Outgoing { endpoint, frame } in frames {
+            let Some(link) = self.link_mut(endpoint) else { continue };
+            if link.queue.is_empty() {
+                match sys::send_batch(link.socket.as_fd(), &[&frame]).1 {
+                    None => continue,
+                    Some(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Some(e) => {
+                        self.send_failed(endpoint, &e, 1, switch);
+                        continue;
+                    }
+                }
+            }
+            let link = self.link_mut(endpoint).expect("checked above");
+            if link.queue.len() < QUEUE_LIMIT {
+                link.queue.push_back(frame);
+                self.sync_interest(epoll, endpoint);
+            } else {
+                switch.count_egress_drops(endpoint, DropReason::SocketFull, 1);
+            }
+        }
     }
 
     /// The earliest moment a stalled destination must give up holding its
     /// sources back.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.links.iter().flatten().filter(|l| !l.congested).filter_map(|l| l.stalled_since).min().map(|t| t + STALL_LIMIT)
+        self.stalled.iter().filter_map(|&k| self.link(k)?.stalled_since).min().map(|t| t + STALL_LIMIT)
     }
 
     /// Marks destinations stalled past the limit congested and releases
     /// their sources.
     pub fn expire_stalls(&mut self, epoll: &Epoll, now: Instant) {
         let expired: Vec<EndpointKey> = self
-            .links
+            .stalled
             .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                let l = l.as_ref()?;
-                (l.stalled_since? + STALL_LIMIT <= now && !l.congested).then_some(EndpointKey(i as u32))
-            })
+            .copied()
+            .filter(|&k| self.link(k).and_then(|l| l.stalled_since).is_some_and(|t| t + STALL_LIMIT <= now))
             .collect();
         for key in expired {
-            let link = self.link_mut(key).expect("listed above");
+            self.stalled.retain(|&k| k != key);
+            self.congested.push(key);
+            let link = self.link_mut(key).expect("listed as stalled");
             link.congested = true;
+            link.stalled_since = None;
             let waiters = std::mem::take(&mut link.waiters);
             self.release(epoll, waiters);
             self.sync_interest(epoll, key);
@@ -374,21 +424,15 @@ impl DataPlane {
     /// Once a second: congested destinations that have drained may hold
     /// their sources back again.
     pub fn tick(&mut self, epoll: &Epoll) {
-        let recovered: Vec<EndpointKey> = self
-            .links
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                let l = l.as_ref()?;
-                (l.congested && l.queue.is_empty()).then_some(EndpointKey(i as u32))
-            })
-            .collect();
-        for key in recovered {
-            if let Some(link) = self.link_mut(key) {
+        let congested = std::mem::take(&mut self.congested);
+        for key in congested {
+            let Some(link) = self.link_mut(key) else { continue };
+            if link.queue.is_empty() {
                 link.congested = false;
-                link.stalled_since = None;
+                self.sync_interest(epoll, key);
+            } else {
+                self.congested.push(key);
             }
-            self.sync_interest(epoll, key);
         }
     }
 }

@@ -23,7 +23,7 @@ use slab::Slab;
 
 pub use ctl::{Access, modes};
 
-use crate::engine::{EndpointKey, Switch};
+use crate::engine::{EndpointKey, Event, Switch};
 use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Session, SessionKind, SwitchInfo, format_event};
 use console::{Line, LineSplitter, MgmtListener, SocketSession};
 use ctl::CtlDir;
@@ -49,6 +49,8 @@ pub struct Config {
     pub access: Access,
     pub numports: u32,
     pub hub: bool,
+    /// Run the fast spanning tree from the start (`-F`).
+    pub fstp: bool,
     pub hash_size: u32,
     pub info: SwitchInfo,
     pub daemon: bool,
@@ -109,6 +111,27 @@ impl Token {
 struct Conn {
     stream: UnixStream,
     endpoint: Option<EndpointKey>,
+}
+
+/// The console a command came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Session(usize),
+    Stdin,
+}
+
+/// A command's reply, and whether it ended the console's session (no
+/// prompt follows then).
+struct Reply {
+    text: String,
+    ends_session: bool,
+}
+
+impl Reply {
+    /// The answer to a line that is too long to be a command.
+    fn refused() -> Reply {
+        Reply { text: mgmt::status(Err(Errno::EINVAL)), ends_session: false }
+    }
 }
 
 struct StdinConsole {
@@ -208,9 +231,14 @@ impl Server {
             .map_err(io_error)?;
         epoll.add(&ctl.listener, interest(Token::Ctl, EpollFlags::EPOLLIN)).map_err(io_error)?;
         epoll.add(&signals, interest(Token::Signals, EpollFlags::EPOLLIN)).map_err(io_error)?;
+        let mut switch = Switch::new(config.numports, config.hub, config.hash_size);
+        switch.set_bridge_id(info.mac, info.priority);
+        if config.fstp {
+            switch.set_fstp(true);
+        }
         Ok(Server {
             epoll,
-            switch: Switch::new(config.numports, config.hub, config.hash_size),
+            switch,
             info,
             started: Instant::now(),
             now: 0,
@@ -261,17 +289,31 @@ impl Server {
         Ok(())
     }
 
+    /// Runs the rc file with its output discarded. A missing file is
+    /// ignored, as by vde_switch; one that cannot be used and each failing
+    /// command are logged.
     fn run_rc_file(&mut self, path: &std::path::Path) {
-        let Ok(text) = mgmt::read_script(&path.to_string_lossy()) else {
-            return;
+        let name = path.to_string_lossy();
+        let text = match mgmt::read_script(&name) {
+            Ok(text) => text,
+            Err(Errno::ENOENT) => return,
+            Err(e) => {
+                log::log(&format!("{name}: {}", mgmt::strerror(e)));
+                return;
+            }
         };
         let mut session = Session::new(SessionKind::RcFile);
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
         let mut discarded = String::new();
-        let _ = mgmt::run_script(&mut ctx, &path.to_string_lossy(), &text, &mut discarded);
-        let effects = std::mem::take(&mut ctx.effects);
+        if let Err(e) = mgmt::run_script(&mut ctx, &name, &text, &mut discarded) {
+            ctx.log.push(format!("{name}: {}", mgmt::strerror(e)));
+        }
+        let Context { effects, events, log: lines, .. } = ctx;
+        for line in &lines {
+            log::log(line);
+        }
+        self.deliver_events(&events, None);
         self.apply_effects(None, &effects);
-        self.publish_events();
     }
 
     fn start_stdin(&mut self) {
@@ -311,6 +353,8 @@ impl Server {
                     break;
                 }
             }
+            // BPDUs the ticks, frames and commands above made the switch send.
+            self.data.send_originated(&self.epoll, &mut self.switch);
             self.publish_events();
         }
         self.exit.expect("loop ends on exit")
@@ -432,6 +476,7 @@ impl Server {
 
     fn accept_mgmt(&mut self) {
         let Some(m) = &self.mgmt else { return };
+        let mut accepted = Vec::new();
         loop {
             match m.listener.accept() {
                 Ok((stream, _)) => {
@@ -444,41 +489,35 @@ impl Server {
                     }
                     let mut session = SocketSession::new(stream, Session::new(SessionKind::Socket));
                     let greeting = format!("{BANNER}{PROMPT}");
-                    session.send(greeting.as_bytes());
+                    session.send_reply(greeting.as_bytes());
                     self.sessions.insert(session);
+                    accepted.push(slot);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+                Err(_) => break,
             }
+        }
+        // A greeting the socket did not take at once waits for EPOLLOUT.
+        for slot in accepted {
+            self.update_session_interest(slot);
         }
     }
 
+    /// Readable, or the peer hung up: epoll reports a hang-up even while the
+    /// socket is not watched for input, and reading is how it is noticed.
     fn read_session(&mut self, slot: usize) {
         let Some(session) = self.sessions.get_mut(slot) else { return };
-        let (lines, eof) = session.read();
-        for line in lines {
-            let reply = match line {
-                Line::Command(text) => self.run_command(Some(slot), &text),
-                Line::TooLong => "1022 Invalid argument\n".to_string(),
-            };
-            let Some(session) = self.sessions.get_mut(slot) else { return };
-            let mut bytes = reply.into_bytes();
-            if !session.closing {
-                bytes.extend_from_slice(PROMPT.as_bytes());
-            }
-            if !session.send(&bytes) {
+        if session.has_pending_output() {
+            // Not reading while a reply is going out; a dead peer shows here.
+            if !session.flush() {
                 self.drop_session(slot);
                 return;
             }
-            if session.closing || self.exit.is_some() {
-                break;
-            }
         }
-        if eof {
-            self.drop_session(slot);
-            return;
+        if session.wants_input() {
+            session.receive();
         }
-        self.update_session_interest(slot);
+        self.serve_session(slot);
     }
 
     fn flush_session(&mut self, slot: usize) {
@@ -487,16 +526,41 @@ impl Server {
             self.drop_session(slot);
             return;
         }
+        self.serve_session(slot);
+    }
+
+    /// Runs the session's queued lines for as long as their replies go out
+    /// at once, then waits for whatever lets it go on.
+    fn serve_session(&mut self, slot: usize) {
+        while self.exit.is_none() {
+            let Some(line) = self.sessions.get_mut(slot).and_then(SocketSession::next_line) else { break };
+            let reply = match line {
+                Line::Command(text) => self.run_command(Origin::Session(slot), &text),
+                Line::TooLong => Reply::refused(),
+            };
+            let Some(session) = self.sessions.get_mut(slot) else { return };
+            let mut bytes = reply.text.into_bytes();
+            if !reply.ends_session {
+                bytes.extend_from_slice(PROMPT.as_bytes());
+            }
+            if !session.send_reply(&bytes) {
+                self.drop_session(slot);
+                return;
+            }
+        }
         self.update_session_interest(slot);
     }
 
     fn update_session_interest(&mut self, slot: usize) {
         let Some(session) = self.sessions.get(slot) else { return };
-        if session.closing && !session.has_pending_output() {
+        if session.finished() {
             self.drop_session(slot);
             return;
         }
-        let mut flags = EpollFlags::EPOLLIN;
+        let mut flags = EpollFlags::empty();
+        if session.wants_input() {
+            flags |= EpollFlags::EPOLLIN;
+        }
         if session.has_pending_output() {
             flags |= EpollFlags::EPOLLOUT;
         }
@@ -524,44 +588,60 @@ impl Server {
             self.exit.get_or_insert(Exit::StdinClosed);
             return;
         }
-        for line in console.lines.split(&buf[..n]) {
+        for line in console.lines.split(&buf[..n], n == buf.len()) {
             let reply = match line {
-                Line::Command(text) => self.run_command(None, &text),
-                Line::TooLong => "1022 Invalid argument\n".to_string(),
+                Line::Command(text) => self.run_command(Origin::Stdin, &text),
+                Line::TooLong => Reply::refused(),
             };
             let mut out = io::stdout().lock();
-            let _ = out.write_all(reply.as_bytes());
+            let _ = out.write_all(reply.text.as_bytes());
             let _ = out.flush();
             // The reference writes its prompt to descriptor 0, which on a
-            // terminal is the terminal itself.
-            let _ = nix::unistd::write(io::stdin().as_fd(), PROMPT.as_bytes());
+            // terminal is the terminal itself; after `logout` (which keeps
+            // this console open) and `shutdown` it writes nothing.
+            if !reply.ends_session {
+                let _ = nix::unistd::write(io::stdin().as_fd(), PROMPT.as_bytes());
+            }
             if self.exit.is_some() {
                 break;
             }
         }
     }
 
-    /// Runs one line for a session (`None`: the stdin console) and returns
-    /// its reply. Events the command caused are published first, so they
-    /// reach subscribers before the command's own status line.
-    fn run_command(&mut self, slot: Option<usize>, line: &str) -> String {
-        let state = match slot {
-            Some(s) => &mut self.sessions[s].state,
-            None => &mut self.stdin.as_mut().expect("stdin console is open").state,
-        };
-        let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
-        let reply = mgmt::execute(&mut ctx, line);
-        let effects = std::mem::take(&mut ctx.effects);
+    /// Runs one console line and returns its reply. The reply already
+    /// shows the origin's subscribed events in place; the other consoles
+    /// get them here, before the origin gets its reply.
+    fn run_command(&mut self, origin: Origin, line: &str) -> Reply {
+        // Events of earlier traffic first, so every console sees all events
+        // in the order they happened.
         self.publish_events();
-        self.apply_effects(slot, &effects);
-        reply
+        let state = match origin {
+            Origin::Session(slot) => self.sessions.get_mut(slot).map(|s| &mut s.state),
+            Origin::Stdin => self.stdin.as_mut().map(|c| &mut c.state),
+        };
+        // The session was dropped while earlier events went out (it fell
+        // too far behind): the command is not run, and nobody reads a reply.
+        let Some(state) = state else { return Reply { text: String::new(), ends_session: true } };
+        let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
+        let text = mgmt::execute(&mut ctx, line);
+        let Context { effects, events, log: lines, .. } = ctx;
+        for line in &lines {
+            log::log(line);
+        }
+        self.deliver_events(&events, Some(origin));
+        self.apply_effects(Some(origin), &effects);
+        let ends_session = effects.iter().any(|e| matches!(e, Effect::Logout | Effect::Shutdown));
+        Reply { text, ends_session }
     }
 
-    fn apply_effects(&mut self, slot: Option<usize>, effects: &[Effect]) {
+    fn apply_effects(&mut self, origin: Option<Origin>, effects: &[Effect]) {
         for effect in effects {
             match *effect {
                 Effect::Logout => {
-                    if let Some(session) = slot.and_then(|s| self.sessions.get_mut(s)) {
+                    // The stdin console stays open after `logout`.
+                    if let Some(Origin::Session(slot)) = origin
+                        && let Some(session) = self.sessions.get_mut(slot)
+                    {
                         session.closing = true;
                     }
                 }
@@ -576,29 +656,46 @@ impl Server {
                 }
             }
         }
+        // Closing an endpoint's sockets may have queued nothing new in the
+        // engine (the command detached it already), but traffic might have.
+        self.publish_events();
     }
 
-    /// Hands the engine's events to the log and to subscribed sessions.
+    /// Hands the engine's pending events to the log and to subscribed
+    /// consoles.
     fn publish_events(&mut self) {
         let events: Vec<_> = self.switch.drain_events().collect();
+        self.deliver_events(&events, None);
+    }
+
+    /// Logs and notifies `events`, skipping the console they were already
+    /// shown to. A session too far behind is dropped.
+    fn deliver_events(&mut self, events: &[Event], shown_to: Option<Origin>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut dead = Vec::new();
         for event in events {
-            if let crate::engine::Event::MacMoved { mac, from, to } = event {
+            if let Event::MacMoved { mac, from, to } = event {
                 log::log(&format!("MAC {mac} moved from port {from} to port {to}"));
                 continue;
             }
-            let Some((category, line)) = format_event(&event) else { continue };
-            let mut dead = Vec::new();
+            let Some((category, line)) = format_event(event) else { continue };
             for (slot, session) in self.sessions.iter_mut() {
-                if session.state.wants(category) && !session.send(line.as_bytes()) {
+                if shown_to != Some(Origin::Session(slot))
+                    && session.state.wants(category)
+                    && !dead.contains(&slot)
+                    && !session.send_event(line.as_bytes())
+                {
                     dead.push(slot);
                 }
             }
-            for slot in dead {
-                self.drop_session(slot);
-            }
-            if self.stdin.as_ref().is_some_and(|c| c.state.wants(category)) {
+            if shown_to != Some(Origin::Stdin) && self.stdin.as_ref().is_some_and(|c| c.state.wants(category)) {
                 let _ = io::stdout().write_all(line.as_bytes());
             }
+        }
+        for slot in dead {
+            self.drop_session(slot);
         }
         let pending: Vec<usize> =
             self.sessions.iter().filter(|(_, s)| s.has_pending_output()).map(|(slot, _)| slot).collect();

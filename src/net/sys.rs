@@ -127,3 +127,33 @@ pub fn syslog(message: &str) {
     // SAFETY: both strings are valid and NUL-terminated; "%s" consumes one.
     unsafe { libc::syslog(libc::LOG_INFO, c"%s".as_ptr(), message.as_ptr()) };
 }
+
+/// The supplementary groups of the process at the other end of a Unix
+/// stream, as the kernel recorded them at connect time (`SO_PEERGROUPS`).
+pub fn peer_groups(fd: BorrowedFd) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer holds `len` bytes; the kernel writes at most that
+        // and reports the size it needs.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || count <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(count, 0);
+    }
+}

@@ -125,6 +125,9 @@ impl Client {
         };
         let switch_socket = parse_reply(&reply);
         data.connect(&switch_socket).unwrap_or_else(|e| panic!("connect to switch data socket {switch_socket:?}: {e}"));
+        // A send blocks while the switch's receive queue is full; a switch
+        // that stopped reading must fail the test, not hang it.
+        data.set_write_timeout(Some(EVENT_TIMEOUT)).expect("set data write timeout");
         Ok(Client { name: descr.to_owned(), data, socket_path, ctl: Some(ctl), switch_socket })
     }
 
@@ -144,6 +147,24 @@ impl Client {
     /// The control stream, e.g. to write junk after the handshake.
     pub fn ctl(&self) -> &UnixStream {
         self.ctl.as_ref().expect("control stream still open")
+    }
+
+    /// Whether the switch closes the control stream within `wait`. Panics
+    /// if it sends anything: nothing follows the handshake reply.
+    pub fn ctl_closed_within(&self, wait: Duration) -> bool {
+        let mut ctl = self.ctl();
+        ctl.set_read_timeout(Some(wait)).expect("set control read timeout");
+        let mut buf = [0u8; 16];
+        loop {
+            match ctl.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => panic!("{}: switch sent {n} bytes on the control stream after the handshake", self.name),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
+                Err(e) => panic!("{}: read control stream: {e}", self.name),
+            }
+        }
     }
 
     /// Closes the control stream: the switch must remove this endpoint.

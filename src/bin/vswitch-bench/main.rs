@@ -31,6 +31,9 @@ struct Args {
     /// Idle-port counts for the scaling sweep.
     #[arg(long, value_delimiter = ',', default_value = "0,100,1000,5000")]
     idle: Vec<usize>,
+    /// Run only the workloads whose label contains this text.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -120,6 +123,9 @@ fn main() -> Result<()> {
     let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Latency, Workload::Rss1000]);
+    if let Some(only) = &args.only {
+        workloads.retain(|w| w.label().contains(only.as_str()));
+    }
     let total: usize = args.reps * workloads.iter().map(|w| w.targets().len()).sum::<usize>();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"));

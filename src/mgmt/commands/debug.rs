@@ -1,12 +1,17 @@
+//! Per-session debug subscriptions. A prefix selects every category whose
+//! path starts with it, taken literally (trailing blanks included), as in
+//! vde_switch.
+
 use std::fmt::Write as _;
 
 use nix::errno::Errno;
 
-use crate::mgmt::{CATEGORIES, Context, SessionKind};
+use crate::mgmt::events::HIDDEN_CATEGORIES;
+use crate::mgmt::{CATEGORIES, Context};
 
-/// Bit mask of the categories whose path starts with `prefix`.
+/// Bit mask of the listed categories whose path starts with `prefix`.
 fn matching(prefix: &str) -> u32 {
-    CATEGORIES.iter().filter(|c| c.path.starts_with(prefix.trim())).fold(0, |mask, c| mask | 1 << c.category as u32)
+    CATEGORIES.iter().filter(|c| c.path.starts_with(prefix)).fold(0, |mask, c| mask | 1 << c.category as u32)
 }
 
 pub fn list(ctx: &mut Context, prefix: &str, out: &mut String) -> Result<(), Errno> {
@@ -20,10 +25,8 @@ pub fn list(ctx: &mut Context, prefix: &str, out: &mut String) -> Result<(), Err
     if mask == 0 { Err(Errno::ENOENT) } else { Ok(()) }
 }
 
+/// No category matches → `EINVAL`; all matching ones already on → `EEXIST`.
 pub fn add(ctx: &mut Context, prefix: &str, _: &mut String) -> Result<(), Errno> {
-    if ctx.session.kind == SessionKind::RcFile {
-        return Err(Errno::EBADF);
-    }
     let mask = matching(prefix);
     if mask == 0 {
         return Err(Errno::EINVAL);
@@ -35,12 +38,11 @@ pub fn add(ctx: &mut Context, prefix: &str, _: &mut String) -> Result<(), Errno>
     Ok(())
 }
 
+/// No category matches → `EINVAL`; none of the matching ones on →
+/// `ENOENT`. Unlike `add`, this also matches the hidden categories.
 pub fn del(ctx: &mut Context, prefix: &str, _: &mut String) -> Result<(), Errno> {
-    if ctx.session.kind == SessionKind::RcFile {
-        return Err(Errno::EBADF);
-    }
     let mask = matching(prefix);
-    if mask == 0 {
+    if mask == 0 && !HIDDEN_CATEGORIES.iter().any(|path| path.starts_with(prefix)) {
         return Err(Errno::EINVAL);
     }
     if ctx.session.debug & mask == 0 {

@@ -1,72 +1,84 @@
-//! The FSTP menu. vswitch does not run the spanning tree yet, so these
-//! commands report it disabled, exactly as the reference does when off.
+//! The FSTP menu: the spanning tree's switch, its per-VLAN settings and
+//! its state, printed as vde_switch prints them.
 
 use std::fmt::Write as _;
 
 use nix::errno::Errno;
 
-use crate::engine::VLAN_MAX;
+use super::errno;
+use crate::engine::{PORT_COST, Switch, VLAN_MAX, VlanId};
 use crate::mgmt::Context;
-use crate::mgmt::args::{atoi, ints};
+use crate::mgmt::args::{atoi, ints, optional};
 
 pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
     let p = ctx.info.priority;
-    let _ = writeln!(out, "MAC {} Priority {p} (0x{p:04x})\nFSTP=false", ctx.info.mac);
+    let _ = writeln!(out, "MAC {} Priority {p} (0x{p:x})", ctx.info.mac);
+    let _ = writeln!(out, "FSTP={}", ctx.switch.fstp().enabled());
     Ok(())
 }
 
+/// In hub mode vde_switch refuses in the data block (still `Success`),
+/// whatever the argument, turning it off included.
 pub fn setfstp(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
-    if atoi(args)? == 0 {
-        return Ok(());
-    }
-    if ctx.switch.is_hub() {
+    let on = atoi(args)? != 0;
+    if ctx.switch.is_hub() || !ctx.switch.set_fstp(on) {
         out.push_str("Can't use fstp in hub mode\n");
-        return Ok(());
     }
-    Err(Errno::ENOSYS)
+    Ok(())
 }
 
 pub fn setedge(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    let [vlan, port, _] = ints::<3>(args)?;
-    check_vlan_port(ctx, vlan, port)
+    let [vlan, port, edge] = ints::<3>(args)?;
+    let vlan = VlanId::try_from(vlan).map_err(|_| Errno::EINVAL)?;
+    ctx.switch.set_fstp_edge(vlan, port, edge != 0).map_err(errno)
 }
 
 pub fn bonus(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    let [vlan, port, _] = ints::<3>(args)?;
-    check_vlan_port(ctx, vlan, port)
+    let [vlan, port, cost] = ints::<3>(args)?;
+    let vlan = VlanId::try_from(vlan).map_err(|_| Errno::EINVAL)?;
+    ctx.switch.set_fstp_bonus(vlan, port, cost).map_err(errno)
 }
 
-fn check_vlan_port(ctx: &Context, vlan: u32, port: u32) -> Result<(), Errno> {
-    if vlan > u32::from(VLAN_MAX) || port >= ctx.switch.numports() {
-        return Err(Errno::EINVAL);
+/// One VLAN's tree. The header words are separated by single spaces even
+/// when empty, so a non-root switch with FSTP on prints two trailing
+/// spaces. Numbers are printed as the reference's C `int`s.
+fn vlan_block(out: &mut String, sw: &Switch, id: VlanId, now: u64) {
+    let fstp = sw.fstp();
+    let Some(tree) = fstp.tree(id) else { return };
+    let root_switch = if tree.root() == fstp.bridge_id() { "ROOTSWITCH" } else { "" };
+    let disabled = if fstp.enabled() { "" } else { "FSTP IS DISABLED" };
+    let _ = writeln!(out, "FST DATA VLAN {id:04} {root_switch} {disabled}");
+    let _ = writeln!(out, " ++ root {}\n ++ designated {}", tree.root(), tree.designated());
+    let (bonus_port, bonus_cost) = tree.bonus();
+    let _ = writeln!(
+        out,
+        " ++ rootport {:04} cost {} age {} bonusport {bonus_port:04} bonuscost {}",
+        tree.root_port(),
+        tree.root_cost() as i32,
+        now as i64 - tree.root_since() as i64,
+        bonus_cost as i32
+    );
+    for (p, tagged, role) in tree.ports() {
+        // The reference's role decoding only recognises untagged members.
+        let role = if tagged { "Unknown" } else { role.name() };
+        let _ = writeln!(out, " -- Port {p:04} tagged={} portcost={PORT_COST} role={role}", tagged as u8);
     }
-    if ctx.switch.vlan(vlan as u16).is_none() || ctx.switch.port(port).is_none() {
-        return Err(Errno::ENXIO);
-    }
-    Err(Errno::ENOSYS)
 }
 
 pub fn print(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
-    let only = crate::mgmt::args::optional(args)?;
-    if let Some(v) = only {
-        if v > u32::from(VLAN_MAX) {
-            return Err(Errno::EINVAL);
+    let sw = &ctx.switch;
+    match optional(args)? {
+        Some(v) if v > u32::from(VLAN_MAX) => Err(Errno::EINVAL),
+        Some(v) => {
+            sw.vlan(v as VlanId).ok_or(Errno::ENXIO)?;
+            vlan_block(out, sw, v as VlanId, ctx.now);
+            Ok(())
         }
-        if ctx.switch.vlan(v as u16).is_none() {
-            return Err(Errno::ENXIO);
-        }
-    }
-    let [p_hi, p_lo] = ctx.info.priority.to_be_bytes();
-    let root = format!("{p_hi:02x}:{p_lo:02x}:{}", ctx.info.mac);
-    for (id, vlan) in ctx.switch.vlans().filter(|(id, _)| only.is_none_or(|v| v == u32::from(*id))) {
-        let _ = writeln!(out, "FST DATA VLAN {id:04} ROOTSWITCH FSTP IS DISABLED");
-        let _ = writeln!(out, " ++ root {root}\n ++ designated ff:ff:ff:ff:ff:ff:ff:ff");
-        let _ = writeln!(out, " ++ rootport 0000 cost 0 age {} bonusport 0000 bonuscost 0", ctx.now);
-        for (p, tagged) in vlan.members() {
-            if ctx.switch.port(p).is_some_and(|port| port.is_active()) {
-                let _ = writeln!(out, " -- Port {p:04} tagged={} portcost=20000000 role=Designated", tagged as u8);
+        None => {
+            for (id, _) in sw.vlans() {
+                vlan_block(out, sw, id, ctx.now);
             }
+            Ok(())
         }
     }
-    Ok(())
 }

@@ -1,10 +1,12 @@
 use std::fmt::Write as _;
-use std::io::Read as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _};
+use std::os::unix::fs::OpenOptionsExt;
 
 use nix::errno::Errno;
 
 use super::COMMANDS;
-use crate::mgmt::{BANNER, Context, Effect, SessionKind, run_script};
+use crate::mgmt::{BANNER, Context, run_script};
 
 /// Scripts larger than this are refused rather than read into memory.
 const MAX_SCRIPT_BYTES: u64 = 1 << 20;
@@ -18,16 +20,6 @@ pub fn help(_: &mut Context, prefix: &str, out: &mut String) -> Result<(), Errno
     for c in COMMANDS.iter().filter(|c| c.path.starts_with(prefix)) {
         row(out, c.path, c.syntax, c.help);
     }
-    Ok(())
-}
-
-pub fn logout(ctx: &mut Context, _: &str, _: &mut String) -> Result<(), Errno> {
-    ctx.effects.push(Effect::Logout);
-    Ok(())
-}
-
-pub fn shutdown(ctx: &mut Context, _: &str, _: &mut String) -> Result<(), Errno> {
-    ctx.effects.push(Effect::Shutdown);
     Ok(())
 }
 
@@ -45,26 +37,37 @@ pub fn ds_showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), E
     Ok(())
 }
 
-/// Reads a script, refusing anything that is not a bounded regular file
-/// (devices, FIFOs and directories would block or never end).
+fn errno_of(e: &io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Reads a script, refusing what is not a regular file of at most
+/// [`MAX_SCRIPT_BYTES`]: vde_switch would block forever on a FIFO or read
+/// `/dev/zero` without end. Opened non-blocking, so opening a FIFO without
+/// a writer does not block either.
 pub fn read_script(path: &str) -> Result<String, Errno> {
-    let file = std::fs::File::open(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    let meta = file.metadata().map_err(|_| Errno::EIO)?;
+    let file: File =
+        OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| errno_of(&e))?;
+    let meta = file.metadata().map_err(|e| errno_of(&e))?;
+    if meta.is_dir() {
+        return Err(Errno::EISDIR);
+    }
     if !meta.is_file() {
         return Err(Errno::EINVAL);
     }
     if meta.len() > MAX_SCRIPT_BYTES {
         return Err(Errno::EFBIG);
     }
+    // Files in /proc report size 0 whatever they hold: bound the read too.
     let mut bytes = Vec::new();
-    file.take(MAX_SCRIPT_BYTES).read_to_end(&mut bytes).map_err(|_| Errno::EIO)?;
+    file.take(MAX_SCRIPT_BYTES + 1).read_to_end(&mut bytes).map_err(|e| errno_of(&e))?;
+    if bytes.len() as u64 > MAX_SCRIPT_BYTES {
+        return Err(Errno::EFBIG);
+    }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 pub fn load(ctx: &mut Context, path: &str, out: &mut String) -> Result<(), Errno> {
-    if ctx.session.kind == SessionKind::RcFile {
-        return Err(Errno::EBADF);
-    }
     let text = read_script(path)?;
     run_script(ctx, path, &text, out)
 }
@@ -78,4 +81,10 @@ pub fn plugin_list(_: &mut Context, _: &str, out: &mut String) -> Result<(), Err
 /// reference does when the plugin cannot be found.
 pub fn plugin_unavailable(_: &mut Context, _: &str, _: &mut String) -> Result<(), Errno> {
     Err(Errno::ENOENT)
+}
+
+/// Like [`plugin_unavailable`], except for an empty name: vde_switch's
+/// `dlopen("")` opens the switch itself, which is no plugin (`EINVAL`).
+pub fn plugin_add(ctx: &mut Context, name: &str, out: &mut String) -> Result<(), Errno> {
+    if name.is_empty() { Err(Errno::EINVAL) } else { plugin_unavailable(ctx, name, out) }
 }

@@ -4,8 +4,7 @@ use nix::errno::Errno;
 
 use crate::engine::Station;
 use crate::mgmt::Context;
-use crate::mgmt::args::atoi;
-use crate::wire::Mac;
+use crate::mgmt::args::{atoi, mac_and_vlan};
 
 pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
     let t = ctx.switch.mac_table();
@@ -20,14 +19,22 @@ pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errn
     Ok(())
 }
 
+/// Bucket counts above this are refused (the same bound as `--hashsize`).
+const MAX_BUCKETS: u32 = 1 << 30;
+
+/// Resizes and flushes the table; like vde_switch, a size that is not a
+/// power of two is rounded up with a log line saying so.
 pub fn setsize(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    match atoi(args)? {
-        0 => Err(Errno::EINVAL),
-        n => {
-            ctx.switch.resize_mac_table(n.next_power_of_two());
-            Ok(())
-        }
+    let n = atoi(args)?;
+    if n == 0 || n > MAX_BUCKETS {
+        return Err(Errno::EINVAL);
     }
+    let rounded = n.next_power_of_two();
+    if rounded != n {
+        ctx.log.push(format!("Hash size must be a power of 2. {n} rounded to {rounded}"));
+    }
+    ctx.switch.resize_mac_table(rounded);
+    Ok(())
 }
 
 pub fn setgcint(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
@@ -63,10 +70,9 @@ pub fn print(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> 
 }
 
 pub fn find(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
-    let mut words = args.split_whitespace();
-    let mac: Mac = words.next().unwrap_or("").parse().map_err(|_| Errno::EINVAL)?;
-    let vlan = words.next().map(atoi).transpose()?.unwrap_or(0);
-    let vlan = u16::try_from(vlan).map_err(|_| Errno::EINVAL)?;
+    let (mac, vlan) = mac_and_vlan(args)?;
+    // No station is ever learned in a VLAN beyond 16 bits: simply not found.
+    let vlan = u16::try_from(vlan).map_err(|_| Errno::ENODEV)?;
     let s = ctx.switch.mac_table().find(mac, vlan, ctx.now).ok_or(Errno::ENODEV)?;
     station_line(out, &s, s.port + 1);
     Ok(())

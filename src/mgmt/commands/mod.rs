@@ -12,48 +12,79 @@ use nix::errno::Errno;
 
 pub use global::read_script;
 
-use super::Context;
+use super::{Context, Effect};
 
 /// Runs a command with its argument text, writing output to the buffer.
 pub type Handler = fn(&mut Context, &str, &mut String) -> Result<(), Errno>;
+
+/// What running a command does.
+#[derive(Clone, Copy)]
+pub enum Action {
+    /// A menu header: listed by `help`, never run (`port` alone is an
+    /// unknown command).
+    Menu,
+    /// Runs the handler and answers its status after whatever it wrote.
+    Status(Handler),
+    /// Runs the handler; its output goes in a `0000 DATA END WITH '.'`
+    /// block, printed even when the command fails.
+    Data(Handler),
+    /// Ends the session (or the whole switch): answered on the management
+    /// socket by `9999 END OF SESSION` and no status.
+    EndSession(Effect),
+}
 
 pub struct Command {
     pub path: &'static str,
     pub syntax: &'static str,
     pub help: &'static str,
-    /// `None` for menu headers, which are listed but cannot be run.
-    pub handler: Option<Handler>,
-    /// Output is wrapped in a `0000 DATA END WITH '.'` block.
-    pub data: bool,
+    pub action: Action,
+    /// Writes to the session itself (debug subscriptions, nested scripts),
+    /// so an rc file, which has no session to write to, gets `EBADF`.
+    pub needs_session: bool,
+}
+
+impl Command {
+    pub fn is_menu(&self) -> bool {
+        matches!(self.action, Action::Menu)
+    }
 }
 
 const fn menu(path: &'static str, help: &'static str) -> Command {
-    Command { path, syntax: "============", help, handler: None, data: false }
+    Command { path, syntax: "============", help, action: Action::Menu, needs_session: false }
 }
 
 const fn cmd(path: &'static str, syntax: &'static str, help: &'static str, handler: Handler) -> Command {
-    Command { path, syntax, help, handler: Some(handler), data: false }
+    Command { path, syntax, help, action: Action::Status(handler), needs_session: false }
 }
 
 const fn data(path: &'static str, syntax: &'static str, help: &'static str, handler: Handler) -> Command {
-    Command { path, syntax, help, handler: Some(handler), data: true }
+    Command { path, syntax, help, action: Action::Data(handler), needs_session: false }
+}
+
+const fn end(path: &'static str, help: &'static str, effect: Effect) -> Command {
+    Command { path, syntax: "", help, action: Action::EndSession(effect), needs_session: false }
+}
+
+/// Marks a command as needing a session to write to.
+const fn session_only(command: Command) -> Command {
+    Command { needs_session: true, ..command }
 }
 
 pub static COMMANDS: &[Command] = &[
     menu("ds", "DATA SOCKET MENU"),
     data("ds/showinfo", "", "show ds info", global::ds_showinfo),
     data("help", "[arg]", "Help (limited to arg when specified)", global::help),
-    cmd("logout", "", "logout from this mgmt terminal", global::logout),
-    cmd("shutdown", "", "shutdown of the switch", global::shutdown),
+    end("logout", "logout from this mgmt terminal", Effect::Logout),
+    end("shutdown", "shutdown of the switch", Effect::Shutdown),
     data("showinfo", "", "show switch version and info", global::showinfo),
-    cmd("load", "path", "load a configuration script", global::load),
+    session_only(cmd("load", "path", "load a configuration script", global::load)),
     menu("debug", "DEBUG MENU"),
-    data("debug/list", "", "list debug categories", debug::list),
-    cmd("debug/add", "dbgpath", "enable debug info for a given category", debug::add),
-    cmd("debug/del", "dbgpath", "disable debug info for a given category", debug::del),
+    session_only(data("debug/list", "", "list debug categories", debug::list)),
+    session_only(cmd("debug/add", "dbgpath", "enable debug info for a given category", debug::add)),
+    session_only(cmd("debug/del", "dbgpath", "disable debug info for a given category", debug::del)),
     menu("plugin", "PLUGINS MENU"),
     data("plugin/list", "", "list plugins", global::plugin_list),
-    cmd("plugin/add", "library", "load a plugin", global::plugin_unavailable),
+    cmd("plugin/add", "library", "load a plugin", global::plugin_add),
     cmd("plugin/del", "name", "unload a plugin", global::plugin_unavailable),
     menu("hash", "HASH TABLE MENU"),
     data("hash/showinfo", "", "show hash info", hash::showinfo),

@@ -4,9 +4,9 @@ use nix::errno::Errno;
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::errno;
-use crate::engine::{Port, PortId, Switch};
-use crate::mgmt::args::{atoi, int_and_word, ints, optional};
-use crate::mgmt::{Context, Effect};
+use crate::engine::{Event, Port, PortId, Switch};
+use crate::mgmt::args::{atoi, ints, optional, port_and_name};
+use crate::mgmt::{Context, Effect, notify};
 
 pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
     let sw = &ctx.switch;
@@ -14,8 +14,15 @@ pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errn
     Ok(())
 }
 
+/// More ports than this are refused: the port table is allocated up front,
+/// and far more ports than descriptors could never be used.
+const MAX_NUMPORTS: u32 = 1 << 20;
+
 pub fn setnumports(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    ctx.switch.set_numports(atoi(args)?).map_err(errno)
+    match atoi(args)? {
+        n if n > MAX_NUMPORTS => Err(Errno::EINVAL),
+        n => ctx.switch.set_numports(n).map_err(errno),
+    }
 }
 
 pub fn sethub(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
@@ -35,8 +42,14 @@ pub fn createauto(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Er
     Ok(())
 }
 
+/// `port/create 0` (also `0x14`, which `atoi` reads as 0) does not create
+/// port 0: vde_switch's allocator takes 0 to mean "any", so it reserves the
+/// lowest allocatable port like `port/createauto`, silently.
 pub fn create(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    ctx.switch.create_explicit_port(atoi(args)?).map_err(errno)
+    match atoi(args)? {
+        0 => ctx.switch.create_auto_port().map(drop).map_err(errno),
+        n => ctx.switch.create_explicit_port(n).map_err(errno),
+    }
 }
 
 pub fn remove(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
@@ -48,35 +61,57 @@ pub fn allocatable(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), 
     ctx.switch.set_allocatable(port, flag != 0).map_err(errno)
 }
 
-/// A user or group given by name or number; `NONE`/`ANY` lift the restriction.
-fn principal(word: &str, by_name: impl Fn(&str) -> Option<u32>) -> Result<Option<u32>, Errno> {
-    if word == "NONE" || word == "ANY" {
-        return Ok(None);
-    }
-    match word.parse::<u32>() {
-        Ok(id) => Ok(Some(id)),
-        Err(_) => by_name(word).map(Some).ok_or(Errno::EINVAL),
+/// A user or group, resolved in vde_switch's order: a name; else, when it
+/// starts with a digit, a number read by `atoi` (`12abc` is 12); else
+/// `NONE`/`ANY`, which lift the restriction.
+fn principal(name: &str, by_name: impl Fn(&str) -> Option<u32>) -> Result<Option<u32>, Errno> {
+    if let Some(id) = by_name(name) {
+        Ok(Some(id))
+    } else if name.starts_with(|c: char| c.is_ascii_digit()) {
+        atoi(name).map(Some)
+    } else if name == "NONE" || name == "ANY" {
+        Ok(None)
+    } else {
+        Err(Errno::EINVAL)
     }
 }
 
+/// The port is checked before the name is resolved, as in vde_switch.
 pub fn setuser(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    let (port, word) = int_and_word(args)?;
-    let user = principal(word, |n| User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()))?;
+    let (port, name) = port_and_name(args)?;
+    ctx.switch.port(port).map(drop).ok_or_else(|| missing_port(ctx.switch, port))?;
+    let user = principal(name, |n| User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()))?;
     ctx.switch.set_acl_user(port, user).map_err(errno)
 }
 
 pub fn setgroup(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    let (port, word) = int_and_word(args)?;
-    let group = principal(word, |n| Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()))?;
+    let (port, name) = port_and_name(args)?;
+    ctx.switch.port(port).map(drop).ok_or_else(|| missing_port(ctx.switch, port))?;
+    let group = principal(name, |n| Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()))?;
     ctx.switch.set_acl_group(port, group).map_err(errno)
 }
 
-pub fn epclose(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+/// Why port `p` cannot be used: out of range, or not created.
+fn missing_port(sw: &Switch, p: PortId) -> Errno {
+    if p >= sw.numports() { Errno::EINVAL } else { Errno::ENXIO }
+}
+
+pub fn epclose(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
     let [port, id] = ints::<2>(args)?;
     if port >= ctx.switch.numports() {
         return Err(Errno::EINVAL);
     }
-    let key = ctx.switch.find_endpoint(port, id).ok_or(Errno::ENXIO)?;
+    let Some(key) = ctx.switch.find_endpoint(port, id) else {
+        // vde_switch announces an inactive port as closed again whenever
+        // an endpoint is looked for on it in vain.
+        if ctx.switch.port(port).is_some_and(|p| !p.is_active()) {
+            notify(ctx, out, Event::PortDel(port));
+        }
+        return Err(Errno::ENXIO);
+    };
+    // Detached now, so its events come before this command's status; the
+    // transport then closes the sockets.
+    ctx.switch.detach(key);
     ctx.effects.push(Effect::CloseEndpoint(key));
     Ok(())
 }

@@ -32,10 +32,15 @@ pub fn delport(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errn
 fn vlan_block(out: &mut String, sw: &Switch, id: VlanId, inactive_too: bool) {
     let Some(vlan) = sw.vlan(id) else { return };
     let _ = writeln!(out, "VLAN {id:04}");
+    // vde_switch's `vlan/print` tests its hub flag where it meant to test
+    // FSTP (both are bit 0 of a flag word) and then lists no ports.
+    if sw.is_hub() && !inactive_too {
+        return;
+    }
     for (p, tagged) in vlan.members() {
         let active = sw.port(p).is_some_and(|port| port.is_active());
         if active || inactive_too {
-            let status = if active { "Forwarding" } else { "Learning" };
+            let status = vlan.state(p, active).name();
             let _ = writeln!(out, " -- Port {p:04} tagged={} active={} status={status}", tagged as u8, active as u8);
         }
     }
