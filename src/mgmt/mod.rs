@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 use nix::errno::Errno;
 
-pub use commands::{Action, COMMANDS, Command, read_script};
+pub use commands::{Action, COMMANDS, Command, EXTENSIONS, read_script};
 pub use events::{CATEGORIES, Category, format_event};
 
 use crate::engine::{EndpointKey, Event, Switch};
@@ -140,7 +140,7 @@ fn status_line(out: &mut String, result: Result<(), Errno>) {
 /// Finds the command a line invokes: the first in table order whose path is
 /// a prefix of the line. The argument is the rest, without leading blanks.
 fn lookup(line: &str) -> Option<(&'static Command, &str)> {
-    COMMANDS.iter().filter(|c| !c.is_menu()).find_map(|c| {
+    COMMANDS.iter().chain(EXTENSIONS).filter(|c| !c.is_menu()).find_map(|c| {
         let rest = line.strip_prefix(c.path)?;
         Some((c, rest.trim_start_matches([' ', '\t'])))
     })

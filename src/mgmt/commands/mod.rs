@@ -130,6 +130,10 @@ pub static COMMANDS: &[Command] = &[
     data("vlan/allprint", "[N]", "print the list of defined vlan (including inactive port)", vlan::allprint),
 ];
 
+/// vswitch's additions, looked up after the reference's commands and kept
+/// out of `help`, whose output clients compare byte for byte.
+pub static EXTENSIONS: &[Command] = &[data("port/drops", "[N]", "frames not delivered, by reason", port::drops)];
+
 /// Maps engine configuration errors to the errno the reference reports.
 fn errno(e: crate::engine::ConfigError) -> Errno {
     use crate::engine::ConfigError::*;
