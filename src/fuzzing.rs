@@ -91,7 +91,12 @@ pub fn engine(data: &[u8]) {
                 now += u64::from(arg % 8);
                 sw.tick(now);
             }
-            8 => sw.set_hub(arg & 1 == 1),
+            8 => match arg % 4 {
+                0 | 1 => sw.set_hub(arg % 4 == 1),
+                _ => {
+                    sw.set_fstp(arg % 4 == 3);
+                }
+            },
             _ if !live.is_empty() => {
                 let from = live[usize::from(arg) % live.len()];
                 let len = usize::from(input.u8().unwrap_or(60)) * 7;
@@ -99,7 +104,10 @@ pub fn engine(data: &[u8]) {
                 let head = input.take(16);
                 frame.iter_mut().zip(head).for_each(|(b, h)| *b = *h);
                 if frame.len() >= 12 {
-                    frame[..6].copy_from_slice(&small_mac(head.first().copied().unwrap_or(0)).0);
+                    let dst = head.first().copied().unwrap_or(0);
+                    // Some frames are spanning-tree BPDUs, the rest small stations.
+                    let dst = if dst >= 0xf0 { SPANNING_TREE } else { small_mac(dst) };
+                    frame[..6].copy_from_slice(&dst.0);
                     frame[6..12].copy_from_slice(&small_mac(head.get(1).copied().unwrap_or(0)).0);
                 }
                 out.clear();
@@ -111,8 +119,12 @@ pub fn engine(data: &[u8]) {
             _ => {}
         }
         sw.drain_events().for_each(drop);
+        let sent: Vec<EndpointKey> = sw.drain_outbox().map(|o| o.endpoint).collect();
+        assert!(sent.iter().all(|&k| sw.endpoint(k).is_some()), "a BPDU went to a detached endpoint");
     }
 }
+
+const SPANNING_TREE: Mac = Mac([0x01, 0x80, 0xc2, 0, 0, 0]);
 
 fn check_deliveries(sw: &Switch, source_port: u32, frame: &[u8], out: &[Delivery]) {
     let parsed = Frame::new_checked(frame).expect("accepted frames are well-formed");
