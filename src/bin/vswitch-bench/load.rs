@@ -17,7 +17,6 @@ use vswitch::net::sys::{BATCH, recv_batch, send_batch};
 /// What one measured run moved.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Traffic {
-    pub sent: u64,
     pub received: u64,
     /// Frames the receivers would have got without loss.
     pub expected: u64,
@@ -116,7 +115,7 @@ pub fn unicast_pairs(dir: &Path, n: usize, len: usize, duration: Duration) -> Re
     thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let received = counter.join().map_err(|_| anyhow!("receiver thread panicked"))?;
-    Ok(Traffic { sent, received, expected: sent, seconds })
+    Ok(Traffic { received, expected: sent, seconds })
 }
 
 /// One sender broadcasting 64-byte frames to `n` receivers.
@@ -130,7 +129,7 @@ pub fn broadcast(dir: &Path, n: usize, duration: Duration) -> Result<Traffic> {
     thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let received = counter.join().map_err(|_| anyhow!("receiver thread panicked"))?;
-    Ok(Traffic { sent, received, expected: sent * n as u64, seconds })
+    Ok(Traffic { received, expected: sent * n as u64, seconds })
 }
 
 /// Round-trip times of `samples` ping-pongs between two clients, sorted.

@@ -28,6 +28,20 @@ impl Kind {
     }
 }
 
+/// The switch under test runs on this CPU, the load generators on the
+/// other, so neither steals the other's time slices on a 2-core machine.
+pub const SWITCH_CPU: usize = 0;
+pub const LOAD_CPU: usize = 1;
+
+/// Binds `pid` (0: the calling thread) to one CPU, when the machine has it.
+pub fn pin(pid: Pid, cpu: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = sched_setaffinity(pid, &set);
+    }
+}
+
 /// How the floor forwarder fans frames out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fanout {
@@ -47,7 +61,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 impl Switch {
-    pub fn start(kind: Kind, numports: u32, fanout: Fanout) -> Result<Switch> {
+    pub fn start(kind: Kind, numports: u32, fanout: Fanout, pinned: bool) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
@@ -90,7 +104,11 @@ impl Switch {
                 && let Ok(pid) = text.trim().parse::<i32>()
                 && std::os::unix::net::UnixStream::connect(sw.join("ctl")).is_ok()
             {
-                return Ok(Switch { pid: Pid::from_raw(pid), child, dir });
+                let pid = Pid::from_raw(pid);
+                if pinned {
+                    pin(pid, SWITCH_CPU);
+                }
+                return Ok(Switch { pid, child, dir });
             }
             if Instant::now() > deadline {
                 bail!("{} did not come up", kind.name());
