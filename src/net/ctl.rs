@@ -2,17 +2,18 @@
 //! control connection into an endpoint, and the per-endpoint data sockets.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use nix::sys::epoll::EpollFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 use nix::unistd::{Gid, Uid};
 
-use super::{Fatal, sys};
+use super::{Conn, Fatal, Server, Token, interest, log, sys};
 use crate::engine::{Attach, AttachError, Credentials, EndpointKey, Module, PortRequest, Switch};
 use crate::wire::{Request, RequestError, RequestKind, reply_for_path};
 
@@ -270,6 +271,85 @@ impl Peer {
         setfsgid(Gid::effective());
         setgroups(&saved).map_err(io_err)?;
         result
+    }
+}
+
+/// The switch's control side: accepting clients and serving handshakes.
+impl Server {
+    pub(super) fn accept_ctl(&mut self) {
+        loop {
+            match self.ctl.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let slot = self.conns.vacant_key();
+                    let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+                    if self.epoll.add(&stream, interest(Token::Conn(slot), flags)).is_ok() {
+                        self.conns.insert(Conn { stream, endpoint: None });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors: stop watching the listener until
+                    // the next tick instead of spinning on it.
+                    log::log(&format!("accept on ctl socket: {e}"));
+                    self.ctl_paused = true;
+                    let _ = self.epoll.modify(&self.ctl.listener, &mut interest(Token::Ctl, EpollFlags::empty()));
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn read_conn(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let mut buf = [0u8; crate::wire::REQUEST_MAX];
+        let n = match conn.stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            self.close_conn(slot);
+            return;
+        }
+        if conn.endpoint.is_some() {
+            // Only EOF matters once attached; stray bytes are ignored.
+            while matches!(conn.stream.read(&mut buf), Ok(n) if n > 0) {}
+            return;
+        }
+        match handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
+            Ok(new) => {
+                if let Err(e) = self.data.add(&self.epoll, new.key, new.socket, new.path.clone(), slot) {
+                    log::log(&format!("epoll add data socket: {e}"));
+                    self.switch.detach(new.key);
+                    let _ = fs::remove_file(&new.path);
+                    self.close_conn(slot);
+                    return;
+                }
+                conn.endpoint = Some(new.key);
+            }
+            Err(e) => {
+                if !e.is_silent() {
+                    log::log(&e.to_string());
+                }
+                self.close_conn(slot);
+            }
+        }
+    }
+
+    /// Closes a control connection, detaching its endpoint if it has one.
+    pub(super) fn close_conn(&mut self, slot: usize) {
+        let Some(conn) = self.conns.try_remove(slot) else { return };
+        let _ = self.epoll.delete(&conn.stream);
+        if let Some(key) = conn.endpoint {
+            self.switch.detach(key);
+            if let Some(link) = self.data.remove(&self.epoll, key) {
+                let _ = fs::remove_file(&link.path);
+            }
+        }
     }
 }
 

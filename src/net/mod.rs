@@ -9,8 +9,7 @@ pub mod log;
 pub mod sys;
 
 use std::fs;
-use std::io::{self, Read as _, Write as _};
-use std::os::fd::AsFd;
+use std::io::{self, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,9 +22,9 @@ use slab::Slab;
 
 pub use ctl::{Access, modes};
 
-use crate::engine::{EndpointKey, Event, Switch};
-use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Session, SessionKind, SwitchInfo, format_event};
-use console::{Line, LineSplitter, MgmtListener, SocketSession};
+use crate::engine::{EndpointKey, Switch};
+use crate::mgmt::SwitchInfo;
+use console::{MgmtListener, SocketSession, StdinConsole};
 use ctl::CtlDir;
 use data::DataPlane;
 
@@ -113,32 +112,6 @@ struct Conn {
     endpoint: Option<EndpointKey>,
 }
 
-/// The console a command came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Session(usize),
-    Stdin,
-}
-
-/// A command's reply, and whether it ended the console's session (no
-/// prompt follows then).
-struct Reply {
-    text: String,
-    ends_session: bool,
-}
-
-impl Reply {
-    /// The answer to a line that is too long to be a command.
-    fn refused() -> Reply {
-        Reply { text: mgmt::status(Err(Errno::EINVAL)), ends_session: false }
-    }
-}
-
-struct StdinConsole {
-    state: Session,
-    lines: LineSplitter,
-}
-
 /// The signals handled through the event loop rather than by default action.
 fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -164,7 +137,7 @@ pub fn prepare_signals() -> nix::Result<()> {
         Signal::SIGPWR,
         Signal::SIGSTKFLT,
     ] {
-        // SAFETY-free: setting SIG_IGN installs no handler code.
+        // SAFETY: SIG_IGN installs no handler, so no code runs in signal context.
         #[allow(unsafe_code)]
         unsafe {
             signal(s, SigHandler::SigIgn)?;
@@ -289,46 +262,6 @@ impl Server {
         Ok(())
     }
 
-    /// Runs the rc file with its output discarded. A missing file is
-    /// ignored, as by vde_switch; one that cannot be used and each failing
-    /// command are logged.
-    fn run_rc_file(&mut self, path: &std::path::Path) {
-        let name = path.to_string_lossy();
-        let text = match mgmt::read_script(&name) {
-            Ok(text) => text,
-            Err(Errno::ENOENT) => return,
-            Err(e) => {
-                log::log(&format!("{name}: {}", mgmt::strerror(e)));
-                return;
-            }
-        };
-        let mut session = Session::new(SessionKind::RcFile);
-        let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
-        let mut discarded = String::new();
-        if let Err(e) = mgmt::run_script(&mut ctx, &name, &text, &mut discarded) {
-            ctx.log.push(format!("{name}: {}", mgmt::strerror(e)));
-        }
-        let Context { effects, events, log: lines, .. } = ctx;
-        for line in &lines {
-            log::log(line);
-        }
-        self.deliver_events(&events, None);
-        self.apply_effects(None, &effects);
-    }
-
-    fn start_stdin(&mut self) {
-        let stdin = io::stdin();
-        let registered = self.epoll.add(stdin.as_fd(), interest(Token::Stdin, EpollFlags::EPOLLIN));
-        self.stdin = Some(StdinConsole { state: Session::new(SessionKind::Stdin), lines: LineSplitter::default() });
-        if registered.is_err() {
-            // Regular files and /dev/null cannot be polled, and never block:
-            // run them to the end now.
-            while self.stdin.is_some() && self.exit.is_none() {
-                self.read_stdin();
-            }
-        }
-    }
-
     fn serve(&mut self) -> Exit {
         let mut events = vec![EpollEvent::empty(); 256];
         while self.exit.is_none() {
@@ -376,7 +309,7 @@ impl Server {
     fn dispatch(&mut self, token: Token, flags: EpollFlags) {
         match token {
             Token::Ctl => self.accept_ctl(),
-            Token::Signals => self.readsignals(),
+            Token::Signals => self.read_signals(),
             Token::Mgmt => self.accept_mgmt(),
             Token::Stdin => self.read_stdin(),
             Token::Conn(slot) => self.read_conn(slot),
@@ -394,317 +327,7 @@ impl Server {
         }
     }
 
-    // ----- control connections -------------------------------------------
-
-    fn accept_ctl(&mut self) {
-        loop {
-            match self.ctl.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let slot = self.conns.vacant_key();
-                    let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-                    if self.epoll.add(&stream, interest(Token::Conn(slot), flags)).is_ok() {
-                        self.conns.insert(Conn { stream, endpoint: None });
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors: stop watching the listener until
-                    // the next tick instead of spinning on it.
-                    log::log(&format!("accept on ctl socket: {e}"));
-                    self.ctl_paused = true;
-                    let _ = self.epoll.modify(&self.ctl.listener, &mut interest(Token::Ctl, EpollFlags::empty()));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn read_conn(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else { return };
-        let mut buf = [0u8; crate::wire::REQUEST_MAX];
-        let n = match conn.stream.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => return,
-            Err(_) => 0,
-        };
-        if n == 0 {
-            self.close_conn(slot);
-            return;
-        }
-        if conn.endpoint.is_some() {
-            // Only EOF matters once attached; stray bytes are ignored.
-            while matches!(conn.stream.read(&mut buf), Ok(n) if n > 0) {}
-            return;
-        }
-        match ctl::handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
-            Ok(new) => {
-                if let Err(e) = self.data.add(&self.epoll, new.key, new.socket, new.path.clone(), slot) {
-                    log::log(&format!("epoll add data socket: {e}"));
-                    self.switch.detach(new.key);
-                    let _ = fs::remove_file(&new.path);
-                    self.close_conn(slot);
-                    return;
-                }
-                conn.endpoint = Some(new.key);
-            }
-            Err(e) => {
-                if !e.is_silent() {
-                    log::log(&e.to_string());
-                }
-                self.close_conn(slot);
-            }
-        }
-    }
-
-    /// Closes a control connection, detaching its endpoint if it has one.
-    fn close_conn(&mut self, slot: usize) {
-        let Some(conn) = self.conns.try_remove(slot) else { return };
-        let _ = self.epoll.delete(&conn.stream);
-        if let Some(key) = conn.endpoint {
-            self.switch.detach(key);
-            if let Some(link) = self.data.remove(&self.epoll, key) {
-                let _ = fs::remove_file(&link.path);
-            }
-        }
-    }
-
-    // ----- consoles -------------------------------------------------------
-
-    fn accept_mgmt(&mut self) {
-        let Some(m) = &self.mgmt else { return };
-        let mut accepted = Vec::new();
-        loop {
-            match m.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let slot = self.sessions.vacant_key();
-                    if self.epoll.add(&stream, interest(Token::Session(slot), EpollFlags::EPOLLIN)).is_err() {
-                        continue;
-                    }
-                    let mut session = SocketSession::new(stream, Session::new(SessionKind::Socket));
-                    let greeting = format!("{BANNER}{PROMPT}");
-                    session.send_reply(greeting.as_bytes());
-                    self.sessions.insert(session);
-                    accepted.push(slot);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        // A greeting the socket did not take at once waits for EPOLLOUT.
-        for slot in accepted {
-            self.update_session_interest(slot);
-        }
-    }
-
-    /// Readable, or the peer hung up: epoll reports a hang-up even while the
-    /// socket is not watched for input, and reading is how it is noticed.
-    fn read_session(&mut self, slot: usize) {
-        let Some(session) = self.sessions.get_mut(slot) else { return };
-        if session.has_pending_output() {
-            // Not reading while a reply is going out; a dead peer shows here.
-            if !session.flush() {
-                self.drop_session(slot);
-                return;
-            }
-        }
-        if session.wants_input() {
-            session.receive();
-        }
-        self.serve_session(slot);
-    }
-
-    fn flush_session(&mut self, slot: usize) {
-        let Some(session) = self.sessions.get_mut(slot) else { return };
-        if !session.flush() {
-            self.drop_session(slot);
-            return;
-        }
-        self.serve_session(slot);
-    }
-
-    /// Runs the session's queued lines for as long as their replies go out
-    /// at once, then waits for whatever lets it go on.
-    fn serve_session(&mut self, slot: usize) {
-        while self.exit.is_none() {
-            let Some(line) = self.sessions.get_mut(slot).and_then(SocketSession::next_line) else { break };
-            let reply = match line {
-                Line::Command(text) => self.run_command(Origin::Session(slot), &text),
-                Line::TooLong => Reply::refused(),
-            };
-            let Some(session) = self.sessions.get_mut(slot) else { return };
-            let mut bytes = reply.text.into_bytes();
-            if !reply.ends_session {
-                bytes.extend_from_slice(PROMPT.as_bytes());
-            }
-            if !session.send_reply(&bytes) {
-                self.drop_session(slot);
-                return;
-            }
-        }
-        self.update_session_interest(slot);
-    }
-
-    fn update_session_interest(&mut self, slot: usize) {
-        let Some(session) = self.sessions.get(slot) else { return };
-        if session.finished() {
-            self.drop_session(slot);
-            return;
-        }
-        let mut flags = EpollFlags::empty();
-        if session.wants_input() {
-            flags |= EpollFlags::EPOLLIN;
-        }
-        if session.has_pending_output() {
-            flags |= EpollFlags::EPOLLOUT;
-        }
-        let _ = self.epoll.modify(&session.stream, &mut interest(Token::Session(slot), flags));
-    }
-
-    fn drop_session(&mut self, slot: usize) {
-        if let Some(session) = self.sessions.try_remove(slot) {
-            let _ = self.epoll.delete(&session.stream);
-        }
-    }
-
-    fn read_stdin(&mut self) {
-        let Some(console) = &mut self.stdin else { return };
-        let mut buf = [0u8; 2 * console::MAX_LINE];
-        let n = match io::stdin().lock().read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
-            Err(_) => 0,
-        };
-        if n == 0 {
-            log::log("EOF on stdin, cleaning up and exiting");
-            let _ = self.epoll.delete(io::stdin().as_fd());
-            self.stdin = None;
-            self.exit.get_or_insert(Exit::StdinClosed);
-            return;
-        }
-        for line in console.lines.split(&buf[..n], n == buf.len()) {
-            let reply = match line {
-                Line::Command(text) => self.run_command(Origin::Stdin, &text),
-                Line::TooLong => Reply::refused(),
-            };
-            let mut out = io::stdout().lock();
-            let _ = out.write_all(reply.text.as_bytes());
-            let _ = out.flush();
-            // The reference writes its prompt to descriptor 0, which on a
-            // terminal is the terminal itself; after `logout` (which keeps
-            // this console open) and `shutdown` it writes nothing.
-            if !reply.ends_session {
-                let _ = nix::unistd::write(io::stdin().as_fd(), PROMPT.as_bytes());
-            }
-            if self.exit.is_some() {
-                break;
-            }
-        }
-    }
-
-    /// Runs one console line and returns its reply. The reply already
-    /// shows the origin's subscribed events in place; the other consoles
-    /// get them here, before the origin gets its reply.
-    fn run_command(&mut self, origin: Origin, line: &str) -> Reply {
-        // Events of earlier traffic first, so every console sees all events
-        // in the order they happened.
-        self.publish_events();
-        let state = match origin {
-            Origin::Session(slot) => self.sessions.get_mut(slot).map(|s| &mut s.state),
-            Origin::Stdin => self.stdin.as_mut().map(|c| &mut c.state),
-        };
-        // The session was dropped while earlier events went out (it fell
-        // too far behind): the command is not run, and nobody reads a reply.
-        let Some(state) = state else { return Reply { text: String::new(), ends_session: true } };
-        let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
-        let text = mgmt::execute(&mut ctx, line);
-        let Context { effects, events, log: lines, .. } = ctx;
-        for line in &lines {
-            log::log(line);
-        }
-        self.deliver_events(&events, Some(origin));
-        self.apply_effects(Some(origin), &effects);
-        let ends_session = effects.iter().any(|e| matches!(e, Effect::Logout | Effect::Shutdown));
-        Reply { text, ends_session }
-    }
-
-    fn apply_effects(&mut self, origin: Option<Origin>, effects: &[Effect]) {
-        for effect in effects {
-            match *effect {
-                Effect::Logout => {
-                    // The stdin console stays open after `logout`.
-                    if let Some(Origin::Session(slot)) = origin
-                        && let Some(session) = self.sessions.get_mut(slot)
-                    {
-                        session.closing = true;
-                    }
-                }
-                Effect::Shutdown => {
-                    log::log("Shutdown from mgmt command");
-                    self.exit.get_or_insert(Exit::Shutdown);
-                }
-                Effect::CloseEndpoint(key) => {
-                    if let Some(conn) = self.data.conn_of(key) {
-                        self.close_conn(conn);
-                    }
-                }
-            }
-        }
-        // Closing an endpoint's sockets may have queued nothing new in the
-        // engine (the command detached it already), but traffic might have.
-        self.publish_events();
-    }
-
-    /// Hands the engine's pending events to the log and to subscribed
-    /// consoles.
-    fn publish_events(&mut self) {
-        let events: Vec<_> = self.switch.drain_events().collect();
-        self.deliver_events(&events, None);
-    }
-
-    /// Logs and notifies `events`, skipping the console they were already
-    /// shown to. A session too far behind is dropped.
-    fn deliver_events(&mut self, events: &[Event], shown_to: Option<Origin>) {
-        if events.is_empty() {
-            return;
-        }
-        let mut dead = Vec::new();
-        for event in events {
-            if let Event::MacMoved { mac, from, to } = event {
-                log::log(&format!("MAC {mac} moved from port {from} to port {to}"));
-                continue;
-            }
-            let Some((category, line)) = format_event(event) else { continue };
-            for (slot, session) in self.sessions.iter_mut() {
-                if shown_to != Some(Origin::Session(slot))
-                    && session.state.wants(category)
-                    && !dead.contains(&slot)
-                    && !session.send_event(line.as_bytes())
-                {
-                    dead.push(slot);
-                }
-            }
-            if shown_to != Some(Origin::Stdin) && self.stdin.as_ref().is_some_and(|c| c.state.wants(category)) {
-                let _ = io::stdout().write_all(line.as_bytes());
-            }
-        }
-        for slot in dead {
-            self.drop_session(slot);
-        }
-        let pending: Vec<usize> =
-            self.sessions.iter().filter(|(_, s)| s.has_pending_output()).map(|(slot, _)| slot).collect();
-        for slot in pending {
-            self.update_session_interest(slot);
-        }
-    }
-
-    fn readsignals(&mut self) {
+    fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
             let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else { continue };
             if signal == Signal::SIGHUP {
