@@ -203,6 +203,22 @@ fn out_of_range_port_request(target: Target) {
 /// `Switch::wait_open_fds`; whether it does depends on the order of its
 /// poll array), leaving the port active with a dead endpoint, so only
 /// vswitch is tested.
+/// A connection that never sends its request is closed after the
+/// handshake timeout (vswitch only: vde_switch keeps it for ever), so idle
+/// connections cannot pin descriptors indefinitely.
+#[test]
+fn silent_connection_is_closed_after_handshake_timeout_vswitch() {
+    let sw = Switch::start(Target::Vswitch, &[]);
+    let mut idle = UnixStream::connect(sw.ctl_dir().join("ctl")).expect("connect to ctl");
+    idle.set_read_timeout(Some(Duration::from_secs(15))).expect("set read timeout");
+    let mut buf = [0u8; 16];
+    let started = std::time::Instant::now();
+    let n = std::io::Read::read(&mut idle, &mut buf).expect("the switch closes the stream, not the timeout");
+    assert_eq!(n, 0, "no reply, just EOF");
+    assert!(started.elapsed() >= Duration::from_secs(8), "closed too early: {:?}", started.elapsed());
+    assert_switching_works(&sw);
+}
+
 #[test]
 fn close_during_pending_handshake_vswitch() {
     let sw = Switch::start(Target::Vswitch, &[]);

@@ -288,9 +288,9 @@ impl Server {
     }
 
     pub(super) fn accept_mgmt(&mut self) {
-        let Some(m) = &self.mgmt else { return };
         let mut accepted = Vec::new();
         loop {
+            let Some(m) = &self.mgmt else { return };
             match m.listener.accept() {
                 Ok((stream, _)) => {
                     if stream.set_nonblocking(true).is_err() {
@@ -307,7 +307,11 @@ impl Server {
                     accepted.push(slot);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.pause_listener(Token::Mgmt, &e);
+                    break;
+                }
             }
         }
         // A greeting the socket did not take at once waits for EPOLLOUT.

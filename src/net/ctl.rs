@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, lchown};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,7 @@ use nix::sys::epoll::EpollFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 use nix::unistd::{Gid, Uid};
 
-use super::{Conn, Fatal, Server, Token, interest, log, sys};
+use super::{Conn, Fatal, HANDSHAKE_TIMEOUT, Server, Token, interest, log, sys};
 use crate::engine::{Attach, AttachError, Credentials, EndpointKey, Module, PortRequest, Switch};
 use crate::wire::{Request, RequestError, RequestKind, reply_for_path};
 
@@ -190,26 +190,26 @@ pub fn handshake(
         request,
         id: stream.as_raw_fd() as u32,
         module: Module::UnixProg,
-        description: String::from_utf8_lossy(req.description).into_owned(),
+        description: printable(req.description),
         user: owner,
         credentials: peer.credentials(),
     })?;
     let path = ctl.dir.join(format!("{port:03}.{}", socket.as_raw_fd()));
     let finish = || -> io::Result<()> {
-        let _ = fs::remove_file(&path);
-        let addr = UnixAddr::new(&path).map_err(io_err)?;
-        bind(socket.as_raw_fd(), &addr).map_err(io_err)?;
         let a = &ctl.access;
-        let (mode, group) = match (request, owner) {
-            (PortRequest::Zero, _) => (a.mgmt_mode, a.mgmt_group),
-            (_, Some(uid)) if Uid::effective().is_root() => {
-                chown(&path, Some(uid), None)?;
-                (a.ctl_mode & 0o700, a.group)
-            }
-            _ => (a.ctl_mode, a.group),
+        // A root switch hands the socket to the client's user; port 0 then
+        // takes the management socket's mode and group.
+        let chown_to = owner.filter(|_| Uid::effective().is_root());
+        let (mode, group) = match (request, chown_to) {
+            (PortRequest::Zero, _) => (a.mgmt_mode, a.mgmt_group.or(a.group)),
+            (_, Some(_)) => (a.ctl_mode & 0o700, a.group),
+            (_, None) => (a.ctl_mode, a.group),
         };
-        set_mode(&path, mode)?;
-        set_group(&path, group)?;
+        let _ = fs::remove_file(&path);
+        bind_with_mode(&socket, &path, mode)?;
+        // The directory may be writable by clients (`-m 0666`): never
+        // follow a link someone put in the socket's place.
+        lchown(&path, chown_to, group.map(Gid::as_raw))?;
         let reply = reply_for_path(path.as_os_str().as_encoded_bytes())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
         let written = nix::unistd::write(stream, &reply.0).map_err(io_err)?;
@@ -224,6 +224,26 @@ pub fn handshake(
         return Err(HandshakeError::DataSocket(e));
     }
     Ok(NewEndpoint { key, socket, path })
+}
+
+/// A client's description as it may appear on a console: control
+/// characters would let a client end a reply early or drive the terminal
+/// of whoever reads `port/print`, so they become `?`.
+fn printable(description: &[u8]) -> String {
+    String::from_utf8_lossy(description).chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// Binds a socket at `path` with exactly `mode`: the mode is set on the
+/// socket before it gets a name, so there is no moment at which the file
+/// exists with other permissions, and the umask cannot narrow it.
+fn bind_with_mode(socket: &OwnedFd, path: &Path, mode: u32) -> io::Result<()> {
+    use nix::sys::stat::{Mode, fchmod, umask};
+    fchmod(socket, Mode::from_bits_truncate(mode)).map_err(io_err)?;
+    let addr = UnixAddr::new(path).map_err(io_err)?;
+    let saved = umask(Mode::empty());
+    let bound = bind(socket.as_raw_fd(), &addr);
+    umask(saved);
+    bound.map_err(io_err)
 }
 
 /// The process at the other end of a control connection, as the kernel
@@ -286,19 +306,13 @@ impl Server {
                     let slot = self.conns.vacant_key();
                     let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
                     if self.epoll.add(&stream, interest(Token::Conn(slot), flags)).is_ok() {
-                        self.conns.insert(Conn { stream, endpoint: None });
+                        self.conns.insert(Conn { stream, endpoint: None, accepted_at: self.now });
+                        self.handshakes.push_back((slot, self.now));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors: stop watching the listener until
-                    // the next tick instead of spinning on it.
-                    log::log(&format!("accept on ctl socket: {e}"));
-                    self.ctl_paused = true;
-                    let _ = self.epoll.modify(&self.ctl.listener, &mut interest(Token::Ctl, EpollFlags::empty()));
-                    return;
-                }
+                Err(e) => return self.pause_listener(Token::Ctl, &e),
             }
         }
     }
@@ -335,6 +349,21 @@ impl Server {
                 if !e.is_silent() {
                     log::log(&e.to_string());
                 }
+                self.close_conn(slot);
+            }
+        }
+    }
+
+    /// Closes connections that have not sent their request in time.
+    pub(super) fn expire_handshakes(&mut self) {
+        while let Some(&(slot, accepted_at)) = self.handshakes.front() {
+            if accepted_at + HANDSHAKE_TIMEOUT > self.now {
+                break;
+            }
+            self.handshakes.pop_front();
+            let still_waiting =
+                self.conns.get(slot).is_some_and(|c| c.endpoint.is_none() && c.accepted_at == accepted_at);
+            if still_waiting {
                 self.close_conn(slot);
             }
         }

@@ -8,8 +8,10 @@ mod data;
 pub mod log;
 pub mod sys;
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Write as _};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -110,7 +112,13 @@ impl Token {
 struct Conn {
     stream: UnixStream,
     endpoint: Option<EndpointKey>,
+    /// When it was accepted (seconds since start).
+    accepted_at: u64,
 }
+
+/// How long a connection may take to send its port request. Connections
+/// that never do would otherwise hold a descriptor each for ever.
+const HANDSHAKE_TIMEOUT: u64 = 10;
 
 /// The signals handled through the event loop rather than by default action.
 fn handled_signals() -> SigSet {
@@ -153,9 +161,13 @@ struct Server {
     started: Instant,
     now: u64,
     ctl: CtlDir,
-    /// The listener stops being watched while descriptors are exhausted.
-    ctl_paused: bool,
+    /// Listeners not watched until the next tick: accepting failed for lack
+    /// of descriptors, and a level-triggered wait would spin on them.
+    paused: Vec<Token>,
     conns: Slab<Conn>,
+    /// Connections still owing their request, oldest first, with the time
+    /// they were accepted (a slot may have been reused since).
+    handshakes: VecDeque<(usize, u64)>,
     data: DataPlane,
     mgmt: Option<MgmtListener>,
     sessions: Slab<SocketSession>,
@@ -216,8 +228,9 @@ impl Server {
             started: Instant::now(),
             now: 0,
             ctl,
-            ctl_paused: false,
+            paused: Vec::new(),
             conns: Slab::new(),
+            handshakes: VecDeque::new(),
             data: DataPlane::default(),
             mgmt: None,
             sessions: Slab::new(),
@@ -299,11 +312,31 @@ impl Server {
             self.now += 1;
             self.switch.tick(self.now);
             self.data.tick(&self.epoll);
-            if self.ctl_paused {
-                self.ctl_paused = false;
-                let _ = self.epoll.modify(&self.ctl.listener, &mut interest(Token::Ctl, EpollFlags::EPOLLIN));
+            self.expire_handshakes();
+            for token in std::mem::take(&mut self.paused) {
+                self.watch_listener(token, EpollFlags::EPOLLIN);
             }
         }
+    }
+
+    fn watch_listener(&mut self, token: Token, flags: EpollFlags) {
+        let fd = match token {
+            Token::Ctl => self.ctl.listener.as_fd(),
+            Token::Mgmt => match &self.mgmt {
+                Some(m) => m.listener.as_fd(),
+                None => return,
+            },
+            _ => return,
+        };
+        let _ = self.epoll.modify(fd, &mut interest(token, flags));
+    }
+
+    /// Stops watching a listener until the next tick, after `error` made
+    /// accepting fail (out of descriptors, typically).
+    fn pause_listener(&mut self, token: Token, error: &io::Error) {
+        log::log(&format!("accept: {error}"));
+        self.watch_listener(token, EpollFlags::empty());
+        self.paused.push(token);
     }
 
     fn dispatch(&mut self, token: Token, flags: EpollFlags) {
