@@ -6,13 +6,7 @@
 mod common;
 mod lab;
 
-use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
-
+use common::uml::{self, Eth0, GuestSpec, Outcome};
 use common::*;
 use lab::{cable, data, start};
 
@@ -199,160 +193,11 @@ fn mixed_trunk_carries_vlan_10_and_keeps_vlan_20_apart() {
 
 // ----- UML guests speaking 802.1Q ------------------------------------------
 
-/// Upper bound for a guest's whole life (enforced by `timeout`).
-const GUEST_LIFETIME_SECS: u32 = 90;
-/// How long a guest retries a peer that does not answer yet.
-const GUEST_PING_WAIT_SECS: u32 = 30;
-/// How long guests may take to report their results.
-const RESULTS_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// seccomp program: `ptrace(PTRACE_GETREGSET, _, NT_X86_XSTATE, _)` fails
-/// with EIO, everything else is allowed. UML 6.1's xstate buffer is too
-/// small for this CPU (AVX-512 + AMX), so its probe must fail for it to
-/// fall back to the plain FP registers (same workaround as tests/uml.rs).
-#[cfg(target_arch = "x86_64")]
-static XSTATE_FILTER: [libc::sock_filter; 10] = {
-    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
-    const fn st(code: u16, k: u32) -> libc::sock_filter {
-        libc::sock_filter { code, jt: 0, jf: 0, k }
-    }
-    const fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-        libc::sock_filter { code: JEQ_K, jt, jf, k }
-    }
-    [
-        st(LD_W_ABS, 4), // arch
-        jeq(AUDIT_ARCH_X86_64, 0, 7),
-        st(LD_W_ABS, 0), // syscall number
-        jeq(libc::SYS_ptrace as u32, 0, 5),
-        st(LD_W_ABS, 16),  // request
-        jeq(0x4204, 0, 3), // PTRACE_GETREGSET
-        st(LD_W_ABS, 32),  // regset type
-        jeq(0x202, 0, 1),  // NT_X86_XSTATE
-        st(RET_K, SECCOMP_RET_ERRNO | libc::EIO as u32),
-        st(RET_K, SECCOMP_RET_ALLOW),
-    ]
-};
-
-/// With only the legacy FP state restored, the guest's glibc must keep off
-/// its AVX string functions.
-const GUEST_GLIBC_TUNABLES: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX2,-AVX";
-
-struct GuestSpec {
-    id: u8,
-    port: u32,
-    /// VLAN the guest's kernel tags with (`eth0.<vid>`); `None`: untagged.
-    vid: Option<u16>,
-    peers: &'static [u8],
-    strangers: &'static [u8],
-}
-
-/// A booted guest; dropping it kills its whole process group.
-struct Guest {
-    id: u8,
-    child: Child,
-    console: PathBuf,
-}
-
-impl Guest {
-    fn boot(dir: &Path, ctl_dir: &Path, release: &Path, spec: &GuestSpec) -> Guest {
-        let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vlan_init.sh");
-        assert!(!init.to_string_lossy().contains([' ', ',']), "init path must fit a kernel command line");
-        let list = |ids: &[u8]| ids.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
-        let console = dir.join(format!("guest{}.console", spec.id));
-        let out = File::create(&console).expect("guest console file");
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "5", &GUEST_LIFETIME_SECS.to_string(), "linux.uml", "mem=64M", "quiet"])
-            .arg(format!("uml_dir={}", dir.display()))
-            .arg(format!("umid=vlan{}", spec.id))
-            .args(["rootfstype=hostfs", "rootflags=/", "ro"])
-            .arg(format!("init={}", init.display()))
-            .arg(format!("ID={}", spec.id))
-            .arg(format!("VID={}", spec.vid.map_or(String::new(), |v| v.to_string())))
-            .arg(format!("PEERS={}", list(spec.peers)))
-            .arg(format!("STRANGERS={}", list(spec.strangers)))
-            .arg(format!("WAIT={GUEST_PING_WAIT_SECS}"))
-            .arg("HOLD=60")
-            .arg(format!("RELEASE={}", release.display()))
-            .arg(GUEST_GLIBC_TUNABLES)
-            .arg(format!("eth0=vde,{},52:54:00:00:0a:{:02x},{}", ctl_dir.display(), spec.id, spec.port))
-            .args(["con=null", "con0=fd:0,fd:1"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("clone console file"))
-            .stderr(out)
-            .process_group(0);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: between fork and exec only async-signal-safe prctl calls
-        // run, on a filter that lives for the whole program.
-        unsafe {
-            cmd.pre_exec(|| {
-                let prog = libc::sock_fprog {
-                    len: XSTATE_FILTER.len() as u16,
-                    filter: XSTATE_FILTER.as_ptr() as *mut libc::sock_filter,
-                };
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0 as libc::c_ulong, 0, 0) != 0
-                    || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER as libc::c_ulong, &prog) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start timeout/linux.uml: {e}"));
-        Guest { id: spec.id, child, console }
-    }
-
-    fn console(&self) -> String {
-        fs::read(&self.console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        if !self.exited() {
-            // SAFETY: plain syscall on the process group this guest leads.
-            unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Boots the guests on a switch configured like the trunk test, waits for
-/// their results and returns their consoles.
-fn run_guests(target: Target, specs: &[GuestSpec]) -> Vec<(u8, String)> {
+/// Boots the guests on a switch configured like the trunk test and waits for
+/// their results.
+fn run_guests(target: Target, specs: &[GuestSpec]) -> Outcome<()> {
     let sw = start(target, 0x0a, TRUNK_RC, &[]);
-    let dir = tempfile::Builder::new().prefix("vswitch-uml-vlan-").tempdir().expect("guest directory");
-    let release = dir.path().join("release");
-    let mut guests: Vec<Guest> = specs.iter().map(|s| Guest::boot(dir.path(), &sw.ctl_dir(), &release, s)).collect();
-    let deadline = Instant::now() + RESULTS_TIMEOUT;
-    loop {
-        let done = guests.iter_mut().all(|g| {
-            let c = g.console();
-            c.contains(&format!("GUEST {} DONE", g.id)) || g.exited()
-        });
-        if done {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let consoles: Vec<String> = guests.iter().map(Guest::console).collect();
-            panic!("{target:?}: guests did not finish within {RESULTS_TIMEOUT:?}: {consoles:#?}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    File::create(&release).expect("release file");
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end && !guests.iter_mut().all(Guest::exited) {
-        thread::sleep(Duration::from_millis(50));
-    }
-    guests.iter().map(|g| (g.id, g.console())).collect()
+    uml::run_guests(target, &sw.ctl_dir(), specs, || ())
 }
 
 /// A guest on the trunk tags its traffic with VLAN 10 itself (`eth0.10`)
@@ -361,25 +206,15 @@ fn run_guests(target: Target, specs: &[GuestSpec]) -> Vec<(u8, String)> {
 #[test]
 fn uml_guests_speak_8021q_through_the_switch() {
     const SPECS: &[GuestSpec] = &[
-        GuestSpec { id: 1, port: 1, vid: Some(10), peers: &[2], strangers: &[3] },
-        GuestSpec { id: 2, port: 2, vid: None, peers: &[1], strangers: &[3] },
-        GuestSpec { id: 3, port: 3, vid: None, peers: &[], strangers: &[1, 2] },
+        GuestSpec { vlan: Some(10), strangers: &[3], ..GuestSpec::new(1, Eth0::Vde { port: Some(1) }, &[2]) },
+        GuestSpec { strangers: &[3], ..GuestSpec::new(2, Eth0::Vde { port: Some(2) }, &[1]) },
+        GuestSpec { strangers: &[1, 2], ..GuestSpec::new(3, Eth0::Vde { port: Some(3) }, &[]) },
     ];
-    let reference = thread::spawn(|| run_guests(Target::VdeSwitch, SPECS));
-    let ours = run_guests(Target::Vswitch, SPECS);
-    let theirs = reference.join().expect("vde_switch guests");
-    for (target, consoles) in [("vswitch", &ours), ("vde_switch", &theirs)] {
-        let all: String = consoles.iter().map(|(id, c)| format!("--- guest {id}\n{c}")).collect();
-        eprintln!("{target} guests:\n{all}");
+    let (ours, theirs) = uml::on_both_targets(|target| run_guests(target, SPECS));
+    for out in [&ours, &theirs] {
+        let all = out.dump();
+        let target = uml::name(out.target);
         assert!(!all.contains("NOVLAN"), "{target}: the UML kernel could not make a VLAN device:\n{all}");
-        for spec in SPECS {
-            let console = &consoles.iter().find(|(id, _)| *id == spec.id).expect("console").1;
-            for (ids, want) in [(spec.peers, "ok"), (spec.strangers, "fail")] {
-                for p in ids {
-                    let line = format!("RESULT ping 169.254.0.{p} {want}");
-                    assert!(console.contains(&line), "{target}: guest {} lacks {line:?}:\n{all}", spec.id);
-                }
-            }
-        }
+        out.assert_results(SPECS);
     }
 }

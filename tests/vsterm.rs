@@ -1,7 +1,8 @@
-//! `vsterm`, the console client, against both switches: script mode (`-c`
+//! Console clients against both switches. `vsterm`: script mode (`-c`
 //! and commands on stdin, with their exit statuses) and an interactive
 //! session driven through tmux (prompt, completion, a reply, a debug event
-//! printed above the input line, `logout`).
+//! printed above the input line, `logout`). vde2's own `vdeterm` and
+//! `unixterm`, in tmux too: what a vde_switch user sees must not change.
 
 mod common;
 
@@ -394,3 +395,78 @@ fn interactive_session_ends_cleanly_when_the_switch_goes_away() {
     );
     tmux.wait_for("the terminal modes", |s| s.contains("icanon echo"));
 }
+
+/// A screen probe: `command` typed at `prompt` is answered by `answer` on
+/// the next line. vdeterm redraws its input line, leaving blank lines and
+/// trailing blanks, so only non-empty lines are compared.
+fn answered(prompt: &str, command: &str, answer: &'static str) -> impl Fn(&str) -> bool {
+    let command = format!("{prompt}{command}");
+    move |s| lines(s).windows(2).any(|w| w[0] == command && w[1] == answer)
+}
+
+/// vde2's `vdeterm`: it learns its completions from `help`, shows statuses
+/// as text and events as `** DBG MSG:` lines, and needs the prompt framing
+/// exactly right to show anything at all.
+fn vdeterm(target: Target) {
+    let sw = Switch::start(target, &[]);
+    let sock = mgmt_arg(&sw);
+    let prompt = format!("vde[{sock}]: ");
+    let tmux = Tmux::start(sw.dir(), &format!("vdeterm '{sock}'; echo VDETERM-EXIT=$?; sleep 60"));
+    let screen = tmux.wait_for("the prompt", |s| s.contains(&prompt));
+    assert!(screen.starts_with("VDE switch V.2.3.2\n(C) Virtual Square Team"), "banner missing:\n{screen}");
+
+    tmux.keys(&["port/pr", "Tab"]);
+    tmux.wait_for("port/print completed", |s| s.contains(&format!("{prompt}port/print ")));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("port/print's status", answered(&prompt, "port/print", "Success"));
+    tmux.keys(&["vlan/create 4094", "Enter"]);
+    tmux.wait_for("the error text", answered(&prompt, "vlan/create 4094", "Invalid argument"));
+    tmux.keys(&["debug/add port", "Enter"]);
+    tmux.wait_for("debug/add's status", answered(&prompt, "debug/add port", "Success"));
+
+    let mut plug = ProcessGuard::spawn(
+        Command::new("vde_plug")
+            .args(["-D", "vdetermtest"])
+            .arg(sw.ctl_dir())
+            .arg("null://")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let events = |s: &str| {
+        let l = lines(s);
+        let at = |prefix: &str| l.iter().position(|line| line.starts_with(prefix));
+        match (at("** DBG MSG: port/+ 01"), at("** DBG MSG: port/ep/+ Port 01 FD "), at("** DBG MSG: port/descr")) {
+            (Some(a), Some(b), Some(c)) => a < b && b < c && l[c].contains(" -> \"vdetermtest user=root pid="),
+            _ => false,
+        }
+    };
+    tmux.wait_for("the events", events);
+    plug.kill();
+    tmux.wait_for("the closing events", |s| lines(s).contains(&"** DBG MSG: port/- 01"));
+
+    tmux.keys(&["logout", "Enter"]);
+    tmux.wait_for("vdeterm to exit", |s| lines(s).contains(&"VDETERM-EXIT=0"));
+    sw.assert_alive();
+}
+
+test_both_targets!(vdeterm);
+
+/// vde2's `unixterm` relays raw bytes: the switch's own framing reaches the
+/// screen, and `logout` ends it.
+fn unixterm(target: Target) {
+    let sw = Switch::start(target, &[]);
+    let sock = mgmt_arg(&sw);
+    let tmux = Tmux::start(sw.dir(), &format!("unixterm '{sock}'; echo UNIXTERM-EXIT=$?; sleep 60"));
+    tmux.wait_for("the prompt", |s| s.contains("GPLv2\n\nvde$"));
+    tmux.keys(&["port/showinfo", "Enter"]);
+    tmux.wait_for("the reply", |s| {
+        s.contains("0000 DATA END WITH '.'\nNumports=32\nHUB=false\ncounters=true\n.\n1000 Success\n")
+    });
+    tmux.keys(&["logout", "Enter"]);
+    // unixterm may exit on the hang-up before printing `9999 END OF SESSION`.
+    tmux.wait_for("unixterm to exit", |s| lines(s).iter().any(|l| l.ends_with("UNIXTERM-EXIT=0")));
+    sw.assert_alive();
+}
+
+test_both_targets!(unixterm);

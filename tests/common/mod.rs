@@ -16,6 +16,7 @@ pub mod frames;
 pub mod mgmt;
 pub mod process;
 pub mod station;
+pub mod uml;
 
 use std::fs;
 use std::os::unix::net::UnixStream;
