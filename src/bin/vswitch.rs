@@ -53,9 +53,6 @@ fn random_mac() -> Mac {
 
 fn config(o: Options) -> Result<Config, (u8, String)> {
     let fail = |msg: String| (1u8, msg);
-    if !o.tap.is_empty() {
-        return Err(fail("tap interfaces (-t) are not supported yet".into()));
-    }
     let numports = o.numports.unwrap_or(i64::from(DEFAULT_NUMPORTS));
     if numports <= 0 {
         return Err(fail("The switch must have at least 1 port\n".into()));
@@ -105,6 +102,7 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         pidfile: o.pidfile.as_deref().map(|p| absolute(&cwd, p)),
         rcfile: rc_file(&cwd, o.rcfile.as_deref()),
         mgmt: o.mgmt.as_deref().map(|p| absolute(&cwd, Path::new(p))),
+        taps: o.tap,
     })
 }
 

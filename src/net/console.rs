@@ -466,11 +466,12 @@ impl Server {
                     log::log("Shutdown from mgmt command");
                     self.exit.get_or_insert(Exit::Shutdown);
                 }
-                Effect::CloseEndpoint(key) => {
-                    if let Some(conn) = self.data.conn_of(key) {
-                        self.close_conn(conn);
-                    }
-                }
+                Effect::CloseEndpoint(key) => match self.data.conn_of(key) {
+                    Some(conn) => self.close_conn(conn),
+                    // A tap has no control connection: closing its
+                    // descriptor removes the interface, as in vde_switch.
+                    None => drop(self.data.remove(&self.epoll, key)),
+                },
             }
         }
         // Closing an endpoint's sockets may have queued nothing new in the

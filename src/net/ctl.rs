@@ -13,6 +13,7 @@ use nix::sys::epoll::EpollFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 use nix::unistd::{Gid, Uid};
 
+use super::data::LinkKind;
 use super::{Conn, Fatal, HANDSHAKE_TIMEOUT, Server, Token, interest, log, sys};
 use crate::engine::{Attach, AttachError, Credentials, EndpointKey, Module, PortRequest, Switch};
 use crate::wire::{Request, RequestError, RequestKind, reply_for_path};
@@ -52,10 +53,6 @@ pub struct CtlDir {
     pub access: Access,
 }
 
-fn errno_text(e: &io::Error) -> String {
-    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc().to_string()
-}
-
 fn set_group(path: &Path, group: Option<Gid>) -> io::Result<()> {
     match group {
         Some(g) => chown(path, None, Some(g.as_raw())),
@@ -77,12 +74,12 @@ impl CtlDir {
             Err(e) => {
                 return Err(Fatal::new(
                     255,
-                    format!("Cannot create ctl directory '{}': {}", path.display(), errno_text(&e)),
+                    format!("Cannot create ctl directory '{}': {}", path.display(), log::error_text(&e)),
                 ));
             }
         }
         let dir = fs::canonicalize(path).map_err(|e| {
-            Fatal::new(1, format!("Cannot resolve ctl directory '{}': {}", path.display(), errno_text(&e)))
+            Fatal::new(1, format!("Cannot resolve ctl directory '{}': {}", path.display(), log::error_text(&e)))
         })?;
         let _ = set_group(&dir, access.group);
         let _ = set_mode(&dir, access.dir_mode);
@@ -108,7 +105,10 @@ impl CtlDir {
     }
 
     fn bind_error(ctl: &Path, e: &io::Error) -> Fatal {
-        Fatal::new(255, format!("Could not bind to socket '{}' (second attempt): {}", ctl.display(), errno_text(e)))
+        Fatal::new(
+            255,
+            format!("Could not bind to socket '{}' (second attempt): {}", ctl.display(), log::error_text(e)),
+        )
     }
 
     /// Stops listening, then removes `ctl` and the directory unless another
@@ -122,7 +122,7 @@ impl CtlDir {
         let _ = fs::remove_file(&ctl);
         fs::remove_dir(&self.dir)
             .err()
-            .map(|e| format!("Cannot remove ctl directory '{}': {}", self.dir.display(), errno_text(&e)))
+            .map(|e| format!("Cannot remove ctl directory '{}': {}", self.dir.display(), log::error_text(&e)))
     }
 }
 
@@ -134,11 +134,11 @@ pub enum HandshakeError {
     /// The client's socket path cannot be reached; refused without a log line.
     #[error("client socket not accessible")]
     Inaccessible,
-    #[error("Connecting to client data socket {}", errno_text(.0))]
+    #[error("Connecting to client data socket {}", log::error_text(.0))]
     Connect(io::Error),
     #[error("Refusing client: {0}")]
     Attach(#[from] AttachError),
-    #[error("Cannot create data socket: {}", errno_text(.0))]
+    #[error("Cannot create data socket: {}", log::error_text(.0))]
     DataSocket(io::Error),
 }
 
@@ -336,7 +336,8 @@ impl Server {
         }
         match handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
             Ok(new) => {
-                if let Err(e) = self.data.add(&self.epoll, new.key, new.socket, new.path.clone(), slot) {
+                let kind = LinkKind::Socket { path: new.path.clone(), conn: slot };
+                if let Err(e) = self.data.add(&self.epoll, new.key, new.socket, kind) {
                     log::log(&format!("epoll add data socket: {e}"));
                     self.switch.detach(new.key);
                     let _ = fs::remove_file(&new.path);
@@ -375,8 +376,8 @@ impl Server {
         let _ = self.epoll.delete(&conn.stream);
         if let Some(key) = conn.endpoint {
             self.switch.detach(key);
-            if let Some(link) = self.data.remove(&self.epoll, key) {
-                let _ = fs::remove_file(&link.path);
+            if let Some(path) = self.data.remove(&self.epoll, key).as_ref().and_then(|l| l.path()) {
+                let _ = fs::remove_file(path);
             }
         }
     }

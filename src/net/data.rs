@@ -9,6 +9,10 @@
 //! from then until it drains and a tick passes, frames beyond its queue are
 //! dropped and counted without holding anyone back, so a client that never
 //! reads costs the others one short stall at most.
+//!
+//! Endpoints differ only in how bytes move ([`LinkKind`]): a client's
+//! datagram socket takes batched calls, a tap interface one frame per read
+//! or write. Everything else is one code path.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollFlags};
 
 use super::sys::{self, BATCH};
-use super::{Token, interest};
+use super::{Token, interest, log};
 use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Outgoing, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 
@@ -33,13 +37,20 @@ const QUEUE_LIMIT: usize = BATCH;
 /// How long a full destination may hold its senders back.
 pub const STALL_LIMIT: Duration = Duration::from_millis(10);
 
-/// One attached endpoint's data socket and its flow-control state.
+/// What carries an endpoint's frames.
+pub enum LinkKind {
+    /// A client's connected datagram socket, bound at `path` (its `NNN.M`
+    /// file) and kept alive by the control connection in slot `conn`.
+    Socket { path: PathBuf, conn: usize },
+    /// A tap interface (`-t`): no file and no control connection; it lives
+    /// until exit or `port/epclose`, and closing it removes the interface.
+    Tap,
+}
+
+/// One attached endpoint's descriptor and its flow-control state.
 pub struct Link {
-    socket: OwnedFd,
-    /// The `NNN.M` file the socket is bound to.
-    pub path: PathBuf,
-    /// Slot of the control connection that keeps the endpoint alive.
-    pub conn: usize,
+    fd: OwnedFd,
+    kind: LinkKind,
     /// Send errors other than a full buffer are logged once per endpoint.
     send_error_logged: bool,
     /// Frames waiting for room in this endpoint's socket.
@@ -57,6 +68,28 @@ pub struct Link {
 }
 
 impl Link {
+    /// The `NNN.M` file to unlink when the endpoint goes.
+    pub fn path(&self) -> Option<&PathBuf> {
+        match &self.kind {
+            LinkKind::Socket { path, .. } => Some(path),
+            LinkKind::Tap => None,
+        }
+    }
+
+    fn recv_batch(&self, bufs: &mut [[u8; BUF]], lens: &mut [usize]) -> io::Result<usize> {
+        match self.kind {
+            LinkKind::Socket { .. } => sys::recv_batch(self.fd.as_fd(), bufs, lens),
+            LinkKind::Tap => sys::read_batch(self.fd.as_fd(), bufs, lens),
+        }
+    }
+
+    fn send_batch(&self, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+        match self.kind {
+            LinkKind::Socket { .. } => sys::send_batch(self.fd.as_fd(), frames),
+            LinkKind::Tap => sys::write_batch(self.fd.as_fd(), frames),
+        }
+    }
+
     fn wanted(&self) -> EpollFlags {
         let mut flags = EpollFlags::empty();
         if self.held_by == 0 {
@@ -111,10 +144,6 @@ impl Default for DataPlane {
     }
 }
 
-fn error_text(e: &io::Error) -> &'static str {
-    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc()
-}
-
 impl DataPlane {
     fn link(&self, key: EndpointKey) -> Option<&Link> {
         self.links.get(key.0 as usize)?.as_ref()
@@ -125,24 +154,16 @@ impl DataPlane {
     }
 
     /// Starts moving frames for a new endpoint.
-    pub fn add(
-        &mut self,
-        epoll: &Epoll,
-        key: EndpointKey,
-        socket: OwnedFd,
-        path: PathBuf,
-        conn: usize,
-    ) -> io::Result<()> {
+    pub fn add(&mut self, epoll: &Epoll, key: EndpointKey, fd: OwnedFd, kind: LinkKind) -> io::Result<()> {
         let flags = EpollFlags::EPOLLIN;
-        epoll.add(&socket, interest(Token::Data(key.0), flags)).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        epoll.add(&fd, interest(Token::Data(key.0), flags)).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         let index = key.0 as usize;
         if self.links.len() <= index {
             self.links.resize_with(index + 1, || None);
         }
         self.links[index] = Some(Link {
-            socket,
-            path,
-            conn,
+            fd,
+            kind,
             send_error_logged: false,
             queue: VecDeque::new(),
             stalled_since: None,
@@ -158,7 +179,7 @@ impl DataPlane {
     /// place in other endpoints' waiting lists.
     pub fn remove(&mut self, epoll: &Epoll, key: EndpointKey) -> Option<Link> {
         let mut link = self.links.get_mut(key.0 as usize)?.take()?;
-        let _ = epoll.delete(&link.socket);
+        let _ = epoll.delete(&link.fd);
         self.release(epoll, std::mem::take(&mut link.waiters));
         // Only stalled destinations have waiters.
         for &dest in &self.stalled {
@@ -171,12 +192,16 @@ impl DataPlane {
         Some(link)
     }
 
+    /// The control connection of a socket endpoint.
     pub fn conn_of(&self, key: EndpointKey) -> Option<usize> {
-        self.link(key).map(|l| l.conn)
+        match self.link(key)?.kind {
+            LinkKind::Socket { conn, .. } => Some(conn),
+            LinkKind::Tap => None,
+        }
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        self.links.iter().flatten().map(|l| &l.path)
+        self.links.iter().flatten().filter_map(Link::path)
     }
 
     fn sync_interest(&mut self, epoll: &Epoll, key: EndpointKey) {
@@ -184,7 +209,7 @@ impl DataPlane {
         let wanted = link.wanted();
         if wanted != link.registered {
             link.registered = wanted;
-            let _ = epoll.modify(&link.socket, &mut interest(Token::Data(key.0), wanted));
+            let _ = epoll.modify(&link.fd, &mut interest(Token::Data(key.0), wanted));
         }
     }
 
@@ -198,24 +223,44 @@ impl DataPlane {
         }
     }
 
-    /// Handles readiness of `key`'s socket.
+    /// Handles readiness of `key`'s descriptor.
     pub fn ready(&mut self, epoll: &Epoll, key: EndpointKey, flags: EpollFlags, switch: &mut Switch, now: u64) {
         if flags.contains(EpollFlags::EPOLLERR)
             && let Some(link) = self.link(key)
         {
-            // A pending socket error keeps a level-triggered wait firing even
-            // while the socket is not being read: consume it.
-            let _ = nix::sys::socket::getsockopt(&link.socket, nix::sys::socket::sockopt::SocketError);
+            match link.kind {
+                // A pending socket error keeps a level-triggered wait firing
+                // even while the socket is not being read: consume it.
+                LinkKind::Socket { .. } => {
+                    let _ = nix::sys::socket::getsockopt(&link.fd, nix::sys::socket::sockopt::SocketError);
+                }
+                // A tap reports an error only once its interface has been
+                // deleted (`ip link del`), for ever: it cannot be consumed.
+                LinkKind::Tap => return self.close_tap(epoll, key, switch, "the interface was removed"),
+            }
         }
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.drain_queue(epoll, key, switch);
         }
         if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR)
             && let Err(e) = self.pump(epoll, key, switch, now)
-            && e.raw_os_error() != Some(libc::ECONNREFUSED)
         {
-            super::log::log(&format!("recv from endpoint: {e}"));
+            match self.link(key).map(|l| &l.kind) {
+                // A tap that cannot be read will not recover.
+                Some(LinkKind::Tap) => self.close_tap(epoll, key, switch, &log::error_text(&e)),
+                _ if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                _ => log::log(&format!("recv from endpoint: {e}")),
+            }
         }
+    }
+
+    /// Detaches a tap endpoint that can no longer move frames and closes it.
+    fn close_tap(&mut self, epoll: &Epoll, key: EndpointKey, switch: &mut Switch, reason: &str) {
+        if let Some(ep) = switch.detach(key) {
+            log::log(&format!("Closing tap interface {}: {reason}", ep.description));
+        }
+        // Dropping the link closes the descriptor.
+        drop(self.remove(epoll, key));
     }
 
     /// Moves the frames waiting on `from`'s socket.
@@ -225,7 +270,7 @@ impl DataPlane {
             if link.held_by > 0 {
                 return Ok(());
             }
-            let n = sys::recv_batch(link.socket.as_fd(), &mut self.bufs[..], &mut self.lens)?;
+            let n = link.recv_batch(&mut self.bufs[..], &mut self.lens)?;
             if n == 0 {
                 return Ok(());
             }
@@ -278,7 +323,7 @@ impl DataPlane {
                 for (slot, q) in frames.iter_mut().zip(run) {
                     *slot = self.frame(q);
                 }
-                let (sent, error) = sys::send_batch(link.socket.as_fd(), &frames[..run.len()]);
+                let (sent, error) = link.send_batch(&frames[..run.len()]);
                 match error {
                     None => continue,
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => sent,
@@ -330,7 +375,12 @@ impl DataPlane {
         {
             link.send_error_logged = true;
             let port = switch.endpoint(dest).map_or(0, |ep| ep.port);
-            super::log::log(&format!("send_sockaddr port {port}: {}", error_text(e)));
+            // vde_switch's names for the two ways of sending.
+            let call = match link.kind {
+                LinkKind::Socket { .. } => "send_sockaddr",
+                LinkKind::Tap => "send_tap",
+            };
+            log::log(&format!("{call} port {port}: {}", log::error_text(e)));
         }
         switch.count_egress_drops(dest, DropReason::SendFailed, frames);
     }
@@ -346,7 +396,7 @@ impl DataPlane {
                 *slot = f;
                 count += 1;
             }
-            let (sent, error) = sys::send_batch(link.socket.as_fd(), &frames[..count]);
+            let (sent, error) = link.send_batch(&frames[..count]);
             self.spare.extend(link.queue.drain(..sent));
             match error {
                 None => {}
@@ -375,7 +425,7 @@ impl DataPlane {
         for Outgoing { endpoint, frame } in frames {
             let Some(link) = self.link_mut(endpoint) else { continue };
             if link.queue.is_empty() {
-                match sys::send_batch(link.socket.as_fd(), &[&frame]).1 {
+                match link.send_batch(&[&frame]).1 {
                     None => continue,
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Some(e) => {

@@ -31,3 +31,12 @@ pub fn log(message: &str) {
         let _ = writeln!(std::io::stderr(), "{program}: {message}");
     }
 }
+
+/// The C library's text for an OS error, as vde_switch prints it (without
+/// the standard library's " (os error N)" suffix).
+pub fn error_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => crate::mgmt::strerror(nix::errno::Errno::from_raw(code)),
+        None => e.to_string(),
+    }
+}

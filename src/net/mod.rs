@@ -7,6 +7,7 @@ mod ctl;
 mod data;
 pub mod log;
 pub mod sys;
+mod tap;
 
 use std::collections::VecDeque;
 use std::fs;
@@ -25,7 +26,7 @@ use slab::Slab;
 pub use ctl::{Access, modes};
 
 use crate::engine::{EndpointKey, Switch};
-use crate::mgmt::SwitchInfo;
+use crate::mgmt::{self, SwitchInfo};
 use console::{MgmtListener, SocketSession, StdinConsole};
 use ctl::CtlDir;
 use data::DataPlane;
@@ -59,6 +60,8 @@ pub struct Config {
     pub pidfile: Option<PathBuf>,
     pub rcfile: Option<PathBuf>,
     pub mgmt: Option<PathBuf>,
+    /// Tap interfaces to attach at start-up (`-t`), in order.
+    pub taps: Vec<String>,
 }
 
 /// Why the switch stopped.
@@ -193,7 +196,7 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
     info.ctl_mode = config.access.ctl_mode;
     if config.daemon {
         if let Err(e) = nix::unistd::daemon(false, false) {
-            return Err(Fatal::new(1, format!("daemon: {}", e.desc())));
+            return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
         }
         log::switch_to_syslog();
         log::log("VDE_SWITCH started");
@@ -241,12 +244,12 @@ impl Server {
         })
     }
 
-    /// Pid file, management socket, rc file and stdin console, in
-    /// vde_switch's order.
+    /// Pid file, management socket, tap interfaces, rc file and stdin
+    /// console, in vde_switch's order.
     fn start(&mut self, config: &Config) -> Result<(), Fatal> {
         if let Some(path) = &config.pidfile {
             let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
-                let text = Errno::from_raw(e.raw_os_error().unwrap_or(0)).desc();
+                let text = log::error_text(&e);
                 Fatal::new(1, format!("Error in pidfile creation: {text}"))
             })?;
             self.pidfile = Some(path.clone());
@@ -259,13 +262,14 @@ impl Server {
                 Ok(Some(m)) => {
                     self.epoll
                         .add(&m.listener, interest(Token::Mgmt, EpollFlags::EPOLLIN))
-                        .map_err(|e| Fatal::new(1, format!("epoll: {}", e.desc())))?;
+                        .map_err(|e| Fatal::new(1, format!("epoll: {}", mgmt::strerror(e))))?;
                     self.mgmt = Some(m);
                 }
                 Ok(None) => self.info.mgmt = None,
                 Err(e) => return Err(Fatal::new(1, format!("mgmt socket {}: {e}", path.display()))),
             }
         }
+        self.attach_taps(&config.taps);
         if let Some(path) = &config.rcfile {
             self.run_rc_file(path);
         }
@@ -287,7 +291,7 @@ impl Server {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => {
-                    log::log(&format!("epoll_wait: {}", e.desc()));
+                    log::log(&format!("epoll_wait: {}", mgmt::strerror(e)));
                     return Exit::Shutdown;
                 }
             };

@@ -1,7 +1,9 @@
 //! The system calls the safe wrappers do not cover in the form the hot path
-//! needs: batched datagram I/O on caller-owned buffers, connecting to a raw
-//! 110-byte `sockaddr_un`, and syslog. Every `unsafe` block in vswitch is
-//! here; each one passes pointers to memory that outlives the call.
+//! needs: batched datagram I/O on caller-owned buffers (and its tap
+//! counterpart, one frame per read or write), connecting to a raw 110-byte
+//! `sockaddr_un`, creating a tap interface, and syslog. Every `unsafe` block
+//! in vswitch is here; each one passes pointers to memory that outlives the
+//! call.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -89,6 +91,72 @@ pub fn send_batch(fd: BorrowedFd, frames: &[&[u8]]) -> (usize, Option<io::Error>
         sent += n as usize;
     }
     (sent, None)
+}
+
+/// Reads up to `bufs.len()` (at most [`BATCH`]) frames without blocking
+/// from a descriptor that yields one frame per `read` (a tap interface),
+/// with the contract of [`recv_batch`]: a longer frame comes back cut to
+/// the buffer, `Ok(0)` when nothing was waiting. An error after some frames
+/// is left for the next call, which meets it again.
+pub fn read_batch<const N: usize>(fd: BorrowedFd, bufs: &mut [[u8; N]], lens: &mut [usize]) -> io::Result<usize> {
+    let count = bufs.len().min(BATCH).min(lens.len());
+    let mut n = 0;
+    while n < count {
+        match nix::unistd::read(fd, &mut bufs[n]) {
+            Ok(len) => {
+                lens[n] = len;
+                n += 1;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) if n == 0 => return Err(e.into()),
+            Err(_) => break,
+        }
+    }
+    Ok(n)
+}
+
+/// Writes `frames` (at most [`BATCH`]), one `write` each, to a descriptor
+/// that takes one frame per write (a tap interface), with the contract of
+/// [`send_batch`].
+pub fn write_batch(fd: BorrowedFd, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+    let count = frames.len().min(BATCH);
+    let mut sent = 0;
+    while sent < count {
+        match nix::unistd::write(fd, frames[sent]) {
+            // A tap takes a frame whole or not at all.
+            Ok(_) => sent += 1,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return (sent, Some(e.into())),
+        }
+    }
+    (sent, None)
+}
+
+/// Makes `tun`, an open `/dev/net/tun`, the interface `name` (created if
+/// missing) as a tap without packet-information header, so that each read
+/// or write is exactly one Ethernet frame. The interface lives as long as
+/// the descriptor.
+pub fn attach_tap(tun: BorrowedFd, name: &str) -> io::Result<()> {
+    // SAFETY: ifreq is plain old data; all-zero is an empty request.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // The name must leave room for the terminating NUL. An empty name would
+    // let the kernel pick one, unknown to whoever asked for the tap.
+    if name.is_empty() || name.len() >= req.ifr_name.len() || name.contains('\0') {
+        let limit = req.ifr_name.len() - 1;
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("an interface name has 1 to {limit} bytes and no NUL"),
+        ));
+    }
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, and `req` is one that
+    // lives through the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Connects a datagram socket to a client address exactly as the client

@@ -70,9 +70,15 @@ fn count_until(receivers: Vec<Client>, stop: Arc<AtomicBool>) -> thread::JoinHan
     })
 }
 
-/// Sends `frames[i]` from `senders[i]` as fast as the switch takes them.
-fn blast(senders: &[Client], frames: &[Vec<u8>], duration: Duration) -> (u64, f64) {
-    let batches: Vec<Vec<&[u8]>> = frames.iter().map(|f| vec![f.as_slice(); BATCH]).collect();
+/// A batch of copies of one frame.
+fn repeated(frame: Vec<u8>) -> Vec<Vec<u8>> {
+    vec![frame; BATCH]
+}
+
+/// Sends the batch `batches[i]` from `senders[i]` over and over, as fast as
+/// the switch takes it.
+fn blast(senders: &[Client], batches: &[Vec<Vec<u8>>], duration: Duration) -> (u64, f64) {
+    let batches: Vec<Vec<&[u8]>> = batches.iter().map(|b| b.iter().map(Vec::as_slice).collect()).collect();
     let started = Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < duration {
@@ -108,7 +114,7 @@ pub fn unicast_pairs(dir: &Path, n: usize, len: usize, duration: Duration) -> Re
     }
     thread::sleep(Duration::from_millis(50));
     drain(&senders.iter().chain(&receivers).collect::<Vec<_>>());
-    let frames: Vec<Vec<u8>> = (0..n).map(|i| frame(mac(i as u16, 2), mac(i as u16, 1), len)).collect();
+    let frames: Vec<Vec<Vec<u8>>> = (0..n).map(|i| repeated(frame(mac(i as u16, 2), mac(i as u16, 1), len))).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let counter = count_until(receivers, stop.clone());
     let (sent, seconds) = blast(&senders, &frames, duration);
@@ -122,7 +128,7 @@ pub fn unicast_pairs(dir: &Path, n: usize, len: usize, duration: Duration) -> Re
 pub fn broadcast(dir: &Path, n: usize, duration: Duration) -> Result<Traffic> {
     let sender = Client::connect(dir, 0, "tx")?;
     let receivers = attach(dir, n, "rx")?;
-    let frames = vec![frame([0xff; 6], mac(0, 1), 64)];
+    let frames = vec![repeated(frame([0xff; 6], mac(0, 1), 64))];
     let stop = Arc::new(AtomicBool::new(false));
     let counter = count_until(receivers, stop.clone());
     let (sent, seconds) = blast(std::slice::from_ref(&sender), &frames, duration);
@@ -130,6 +136,29 @@ pub fn broadcast(dir: &Path, n: usize, duration: Duration) -> Result<Traffic> {
     stop.store(true, Ordering::Relaxed);
     let received = counter.join().map_err(|_| anyhow!("receiver thread panicked"))?;
     Ok(Traffic { received, expected: sent * n as u64, seconds })
+}
+
+/// One pair streaming 64-byte unicast frames with one broadcast in every
+/// batch, and, when `stalled`, a third client attached that never reads:
+/// the broadcasts fill its socket. Delivered frames/s at the receiver shows
+/// what a dead listener costs everyone else.
+pub fn pair_beside_stalled_client(dir: &Path, stalled: bool, duration: Duration) -> Result<Traffic> {
+    let sender = Client::connect(dir, 0, "tx")?;
+    let receiver = Client::connect(dir, 0, "rx")?;
+    let _stalled = stalled.then(|| Client::connect(dir, 0, "never-reads")).transpose()?;
+    receiver.data().send(&frame(mac(0, 1), mac(0, 2), 60))?;
+    sender.data().send(&frame(mac(0, 2), mac(0, 1), 60))?;
+    thread::sleep(Duration::from_millis(50));
+    drain(&[&sender, &receiver]);
+    let mut batch = repeated(frame(mac(0, 2), mac(0, 1), 64));
+    batch[0] = frame([0xff; 6], mac(0, 1), 64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = count_until(vec![receiver], stop.clone());
+    let (sent, seconds) = blast(std::slice::from_ref(&sender), &[batch], duration);
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let received = counter.join().map_err(|_| anyhow!("receiver thread panicked"))?;
+    Ok(Traffic { received, expected: sent, seconds })
 }
 
 /// Round-trip times of `samples` ping-pongs between two clients, sorted.

@@ -48,6 +48,8 @@ pub enum Workload {
     Pair1500,
     Broadcast8,
     Idle(usize),
+    /// A pair with broadcasts, beside a client that never reads, or not.
+    Stalled(bool),
     Latency,
     Rss1000,
 }
@@ -60,6 +62,8 @@ impl Workload {
             Workload::Pair1500 => "unicast pair, 1500 B".into(),
             Workload::Broadcast8 => "broadcast to 8, 64 B".into(),
             Workload::Idle(n) => format!("unicast pair + {n} idle ports"),
+            Workload::Stalled(false) => "pair with broadcasts, all clients reading".into(),
+            Workload::Stalled(true) => "pair with broadcasts, beside a client that never reads".into(),
             Workload::Latency => "round trip at low rate".into(),
             Workload::Rss1000 => "RSS with 1000 endpoints".into(),
         }
@@ -67,7 +71,7 @@ impl Workload {
 
     pub fn targets(self) -> &'static [Kind] {
         match self {
-            Workload::Idle(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
+            Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
     }
@@ -103,6 +107,9 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Pairs8 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 8, 64, duration)?),
         Workload::Pair1500 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 1500, duration)?),
         Workload::Broadcast8 => traffic(&sw, base_cpu, load::broadcast(&dir, 8, duration)?),
+        Workload::Stalled(stalled) => {
+            traffic(&sw, base_cpu, load::pair_beside_stalled_client(&dir, stalled, duration)?)
+        }
         Workload::Latency => {
             let rtts = load::round_trips(&dir, 2000)?;
             let pick =
@@ -131,7 +138,7 @@ fn main() -> Result<()> {
     let duration = Duration::from_secs_f64(args.seconds);
     let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
-    workloads.extend([Workload::Latency, Workload::Rss1000]);
+    workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
     }

@@ -111,6 +111,18 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
                         ratio(fps.median, floor)
                     );
                 }
+                if w == Workload::Stalled(true) {
+                    for &k in w.targets() {
+                        let beside = get(k, |m| m.frames_per_s).median;
+                        let alone = field(records, Workload::Stalled(false), k, |m| m.frames_per_s).median;
+                        let _ = writeln!(
+                            out,
+                            "  {} throughput beside the stalled client / without it: {}",
+                            k.name(),
+                            ratio(beside, alone)
+                        );
+                    }
+                }
                 let cpu = |k| get(k, |m| m.cpu_ns_per_frame).median;
                 let _ = writeln!(
                     out,
