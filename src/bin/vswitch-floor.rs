@@ -1,19 +1,22 @@
 //! `vswitch-floor`: the benchmark's floor. It speaks the VDE handshake but
 //! has no switching logic: endpoint 2k and 2k+1 are wired to each other
 //! (`--fanout pair`), or every frame goes to every other endpoint
-//! (`--fanout all`), with the same batched system calls vswitch uses. What
-//! it achieves is what any switch on this machine can hope for.
+//! (`--fanout all`), with the same batched system calls vswitch uses. A
+//! full destination is waited for rather than dropped, so the floor loses
+//! nothing and paces its senders. What it achieves is what any switch on
+//! this machine can hope for.
 //!
 //! Usage: `vswitch-floor DIR [--fanout pair|all]` (runs in the foreground
 //! until SIGTERM; creates DIR and DIR/ctl).
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 
@@ -39,6 +42,22 @@ fn attach(dir: &std::path::Path, mut stream: UnixStream, index: usize) -> Result
     let reply = reply_for_path(path.as_os_str().as_encoded_bytes()).context("path too long")?;
     nix::unistd::write(&stream, &reply.0)?;
     Ok(Endpoint { _control: stream, data })
+}
+
+/// Sends every frame, waiting while the destination's socket is full. A
+/// destination that has gone away loses the rest.
+fn send_all(fd: BorrowedFd, mut frames: &[&[u8]]) {
+    while !frames.is_empty() {
+        let (sent, error) = send_batch(fd, frames);
+        frames = &frames[sent..];
+        match error {
+            Some(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = poll(&mut [PollFd::new(fd, PollFlags::POLLOUT)], PollTimeout::NONE);
+            }
+            Some(_) => return,
+            None => {}
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -75,16 +94,14 @@ fn main() -> Result<()> {
             }
             let from = ev.data() as usize;
             let got = recv_batch(endpoints[from].data.as_fd(), &mut bufs, &mut lens)?;
-            let frames: Vec<&[u8]> = bufs[..got].iter().zip(&lens).map(|(b, &l)| &b[..l]).collect();
-            if pairwise {
-                if let Some(peer) = endpoints.get(from ^ 1) {
-                    send_batch(peer.data.as_fd(), &frames);
-                }
-            } else {
-                for (i, peer) in endpoints.iter().enumerate() {
-                    if i != from {
-                        send_batch(peer.data.as_fd(), &frames);
-                    }
+            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+            for (slot, (buf, &len)) in frames.iter_mut().zip(bufs.iter().zip(&lens)).take(got) {
+                *slot = &buf[..len];
+            }
+            for (i, peer) in endpoints.iter().enumerate() {
+                let wanted = if pairwise { i == from ^ 1 } else { i != from };
+                if wanted {
+                    send_all(peer.data.as_fd(), &frames[..got]);
                 }
             }
         }
