@@ -196,7 +196,7 @@ fn normalize(args: &[String]) -> Result<Vec<String>, String> {
                 Some(v) => format!("--{full}={v}"),
                 None => format!("--{full}"),
             }),
-            None if !double && SHORT_OPTIONS.contains(&body[..1]) => out.push(arg.clone()),
+            None if !double && body.starts_with(|c| SHORT_OPTIONS.contains(c)) => out.push(arg.clone()),
             None => return Err(format!("unrecognized option '{arg}'")),
         }
     }
@@ -254,6 +254,7 @@ mod tests {
     #[test]
     fn rejects_unknown_and_extra() {
         assert_eq!(p(&["-H", "64"]).unwrap_err(), "unrecognized option '-H'");
+        assert_eq!(p(&["-é"]).unwrap_err(), "unrecognized option '-é'");
         assert!(p(&["--bogus"]).is_err());
         assert!(p(&["extra"]).is_err());
     }

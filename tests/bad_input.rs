@@ -219,6 +219,36 @@ fn silent_connection_is_closed_after_handshake_timeout_vswitch() {
     assert_switching_works(&sw);
 }
 
+/// A client that writes to its control stream without pause after the
+/// handshake: the switch only watches that stream for its end, so the
+/// writer fills its own socket buffer and everyone else is still served
+/// (vswitch only: vde_switch parses such bytes as new requests).
+#[test]
+fn chatter_on_control_stream_does_not_stall_the_switch_vswitch() {
+    let sw = Switch::start(Target::Vswitch, &[]);
+    let chatty = vswitch::client::Client::connect(&sw.ctl_dir(), 0, "chatty").expect("attach");
+    let mut stream = chatty.control().try_clone().expect("clone control stream");
+    stream.set_write_timeout(Some(Duration::from_millis(200))).expect("set write timeout");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let chunk = vec![0x55u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = stream.write(&chunk);
+            }
+        })
+    };
+    let mut mgmt = sw.mgmt();
+    for _ in 0..20 {
+        assert!(mgmt.cmd("port/showinfo").ends_with("1000 Success\n"));
+    }
+    assert_switching_works(&sw);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer thread");
+    assert!(mgmt.cmd("port/print 1").contains("chatty"), "the chatty client is still attached");
+}
+
 #[test]
 fn close_during_pending_handshake_vswitch() {
     let sw = Switch::start(Target::Vswitch, &[]);

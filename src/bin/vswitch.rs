@@ -4,11 +4,11 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nix::sys::signal::{SigHandler, SigSet, Signal, raise, signal};
+use nix::sys::signal::Signal;
 use nix::unistd::{AccessFlags, Gid, Group, Uid, access};
 
 use vswitch::cli::{self, Options, USAGE, VERSION};
-use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS, MAX_PORTS};
+use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS, MAX_BUCKETS, MAX_PORTS, bucket_count};
 use vswitch::mgmt::SwitchInfo;
 use vswitch::net::{self, Access, Config, Exit, log, modes};
 use vswitch::wire::Mac;
@@ -63,10 +63,12 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         .ok_or_else(|| fail(format!("The switch can have at most {MAX_PORTS} ports")))?;
     let hash_size = match o.hashsize {
         None => DEFAULT_BUCKETS,
-        Some(n) if n <= 0 || n > 1 << 30 => return Err(fail(format!("Invalid hash size {n}"))),
         Some(n) => {
-            let rounded = (n as u32).next_power_of_two();
-            if rounded != n as u32 {
+            let rounded = u64::try_from(n)
+                .ok()
+                .and_then(bucket_count)
+                .ok_or_else(|| fail(format!("Invalid hash size {n} (1 to {MAX_BUCKETS})")))?;
+            if i64::from(rounded) != n {
                 log::log(&format!("Hash size must be a power of 2. {n} rounded to {rounded}"));
             }
             rounded
@@ -142,14 +144,7 @@ fn main() -> ExitCode {
     }
     match net::run(config) {
         Ok(Exit::Signal(Signal::SIGINT)) => {
-            // Die by the signal, so the parent sees how we ended.
-            #[allow(unsafe_code)]
-            // SAFETY: restoring the default disposition installs no handler.
-            unsafe {
-                let _ = signal(Signal::SIGINT, SigHandler::SigDfl);
-            }
-            let _ = SigSet::from(Signal::SIGINT).thread_unblock();
-            let _ = raise(Signal::SIGINT);
+            net::die_by(Signal::SIGINT);
             ExitCode::from(130)
         }
         Ok(_) => ExitCode::SUCCESS,

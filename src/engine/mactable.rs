@@ -13,6 +13,15 @@ pub const DEFAULT_MIN_PERSISTENCE: u64 = 3;
 /// Upper bound on learned stations, so random source MACs cannot exhaust
 /// memory; beyond it the least recently seen station is forgotten.
 pub const DEFAULT_CAPACITY: usize = 1 << 16;
+/// Largest bucket count (`--hashsize`, `hash/setsize`).
+pub const MAX_BUCKETS: u32 = 1 << 30;
+
+/// The bucket count for a requested table size: rounded up to a power of
+/// two as vde_switch does, or `None` for 0 and sizes beyond [`MAX_BUCKETS`].
+pub fn bucket_count(requested: u64) -> Option<u32> {
+    let rounded = u32::try_from(requested).ok().filter(|&n| n > 0 && n <= MAX_BUCKETS)?.next_power_of_two();
+    Some(rounded)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -70,7 +79,7 @@ pub struct MacTable {
 impl MacTable {
     pub fn new(buckets: u32, capacity: usize) -> Self {
         MacTable {
-            buckets: buckets.max(1).next_power_of_two(),
+            buckets: bucket_count(buckets.into()).unwrap_or(DEFAULT_BUCKETS),
             gc_interval: DEFAULT_GC_INTERVAL,
             expire: DEFAULT_EXPIRE,
             min_persistence: DEFAULT_MIN_PERSISTENCE,
@@ -98,7 +107,7 @@ impl MacTable {
 
     /// Changes the bucket count (a power of two) and forgets every station.
     pub fn resize(&mut self, buckets: u32, events: &mut Vec<Event>) {
-        self.buckets = buckets;
+        self.buckets = bucket_count(buckets.into()).unwrap_or(DEFAULT_BUCKETS);
         self.retain(|_| false, events);
     }
 

@@ -10,7 +10,7 @@ mod vlan;
 use std::collections::BTreeMap;
 
 pub use fstp::{DEFAULT_PRIORITY, Fstp, PORT_COST, Role, Tree};
-pub use mactable::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, MacTable, Station};
+pub use mactable::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, MAX_BUCKETS, MacTable, Station, bucket_count};
 pub use port::{Acl, Counters, Credentials, DropReason, Port};
 pub use vlan::{PortState, Vlan};
 
@@ -211,7 +211,13 @@ impl Switch {
 
     /// Creates port `p` as a fresh untagged member of VLAN 0.
     fn create_port(&mut self, p: PortId, allocatable: bool) -> &mut Port {
-        self.vlans.entry(0).or_default().set_member(p, false);
+        // New ports join VLAN 0, which `vlan/remove 0` may have removed
+        // (vde_switch crashes then): bring it back whole, spanning tree too.
+        if let std::collections::btree_map::Entry::Vacant(vlan_0) = self.vlans.entry(0) {
+            vlan_0.insert(Vlan::default());
+            self.fstp_vlan_created(0);
+        }
+        self.vlans.get_mut(&0).expect("ensured above").set_member(p, false);
         self.events.push(Event::PortAdd(p));
         self.ports[p as usize].insert(Port::new(allocatable))
     }
@@ -258,7 +264,8 @@ impl Switch {
     }
 
     /// Detaches an endpoint. A port losing its last endpoint turns inactive
-    /// and forgets the stations learned on it, and nothing else.
+    /// and forgets the stations learned on it; other ports' stations stay
+    /// (unless the spanning tree, when on, announces a topology change).
     pub fn detach(&mut self, key: EndpointKey) -> Option<Endpoint> {
         let ep = self.endpoints.get_mut(key.0 as usize)?.take()?;
         self.free_keys.push(key.0);

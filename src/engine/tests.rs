@@ -525,3 +525,14 @@ fn vlan_membership_states() {
     let active = lab.sw.port(4).unwrap().is_active();
     assert_eq!(lab.sw.vlan(10).unwrap().state(4, active), PortState::Forwarding);
 }
+
+#[test]
+fn a_new_port_brings_back_a_removed_vlan_0_with_its_spanning_tree() {
+    let mut lab = Lab::new();
+    lab.sw.set_fstp(true);
+    lab.sw.remove_vlan(0).unwrap();
+    assert!(lab.sw.vlan(0).is_none());
+    lab.sw.create_explicit_port(1).unwrap();
+    assert!(lab.sw.vlan(0).is_some_and(|v| v.members().any(|(p, _)| p == 1)));
+    assert!(lab.sw.fstp().tree(0).is_some(), "VLAN 0 has a spanning tree again");
+}

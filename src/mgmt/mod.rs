@@ -33,6 +33,8 @@ pub const MAX_LINE: usize = 4096;
 const DATA_HEADER: &str = "0000 DATA END WITH '.'\n";
 /// How deep `load` may nest before refusing, so a script loading itself ends.
 const MAX_LOAD_DEPTH: usize = 8;
+/// Most script lines one console command may run, nested scripts included.
+const MAX_SCRIPT_LINES: usize = 100_000;
 /// A `load` whose reply grows beyond this stops with `ENOBUFS`: a script of
 /// `help` lines must not build a reply of gigabytes.
 const MAX_SCRIPT_OUTPUT: usize = 16 << 20;
@@ -68,11 +70,14 @@ pub struct Session {
     pub debug: u32,
     /// How many scripts are running inside each other right now.
     load_depth: usize,
+    /// Script lines the current top-level command may still run: nested
+    /// `load`s multiply, so depth alone does not bound the work.
+    script_lines_left: usize,
 }
 
 impl Session {
     pub fn new(kind: SessionKind) -> Self {
-        Session { kind, debug: 0, load_depth: 0 }
+        Session { kind, debug: 0, load_depth: 0, script_lines_left: 0 }
     }
 
     pub fn wants(&self, category: Category) -> bool {
@@ -243,8 +248,9 @@ fn run_line(ctx: &mut Context, line: &str, out: &mut String) -> Option<Result<()
 /// failing command is logged as `FILE:LINE: command: error`. `name` is how
 /// the script is named in the echo and the log.
 pub fn run_script(ctx: &mut Context, name: &str, text: &str, out: &mut String) -> Result<(), Errno> {
-    if ctx.session.load_depth >= MAX_LOAD_DEPTH {
-        return Err(Errno::ELOOP);
+    may_nest_script(ctx)?;
+    if ctx.session.load_depth == 0 {
+        ctx.session.script_lines_left = MAX_SCRIPT_LINES;
     }
     ctx.session.load_depth += 1;
     let result = run_script_lines(ctx, name, text, out);
@@ -252,9 +258,19 @@ pub fn run_script(ctx: &mut Context, name: &str, text: &str, out: &mut String) -
     result
 }
 
+/// Whether one more script may start inside the running ones; checked
+/// before a script is even read.
+pub fn may_nest_script(ctx: &Context) -> Result<(), Errno> {
+    if ctx.session.load_depth >= MAX_LOAD_DEPTH { Err(Errno::ELOOP) } else { Ok(()) }
+}
+
 fn run_script_lines(ctx: &mut Context, name: &str, text: &str, out: &mut String) -> Result<(), Errno> {
     let rc_file = ctx.session.kind == SessionKind::RcFile;
     for (index, raw) in text.split_inclusive('\n').enumerate() {
+        if ctx.session.script_lines_left == 0 {
+            return Err(Errno::ENOBUFS);
+        }
+        ctx.session.script_lines_left -= 1;
         let content = raw.strip_suffix('\n').unwrap_or(raw);
         let command = c_string(content);
         if rc_file {

@@ -330,3 +330,16 @@ fn drop_counters_are_an_unlisted_extension() {
     assert_eq!(c.run("port/drops 99"), "0000 DATA END WITH '.'\n.\n1022 Invalid argument\n");
     assert!(!c.run("help").contains("port/drops"), "help must stay vde_switch's");
 }
+
+#[test]
+fn scripts_loading_themselves_stop_at_a_line_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fork.rc");
+    let line = format!("load {}\n", path.display());
+    fs::write(&path, line.repeat(50)).unwrap();
+    let mut c = Console::new(SessionKind::Socket);
+    let reply = c.run(&format!("load {}", path.display()));
+    assert!(reply.ends_with("1105 No buffer space available\n"), "{}", &reply[reply.len().saturating_sub(200)..]);
+    assert!(reply.matches("vde[").count() <= MAX_SCRIPT_LINES);
+    assert_eq!(c.run("port/showinfo").lines().last(), Some("1000 Success"), "the session still works");
+}

@@ -95,21 +95,18 @@ impl MgmtListener {
     /// Listens on `path`. Returns `Ok(None)` when another live process
     /// already serves that path: like vde_switch, run without a console.
     pub fn open(path: &Path, mode: u32, group: Option<Gid>) -> io::Result<Option<MgmtListener>> {
-        let listener = match UnixListener::bind(path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                if UnixStream::connect(path).is_ok() {
-                    return Ok(None);
-                }
-                fs::remove_file(path)?;
-                UnixListener::bind(path)?
+        let Some(listener) = super::listen_at(path)? else { return Ok(None) };
+        let prepare = || -> io::Result<()> {
+            listener.set_nonblocking(true)?;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+            if let Some(g) = group {
+                chown(path, None, Some(g.as_raw()))?;
             }
-            Err(e) => return Err(e),
+            Ok(())
         };
-        listener.set_nonblocking(true)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-        if let Some(g) = group {
-            chown(path, None, Some(g.as_raw()))?;
+        if let Err(e) = prepare() {
+            let _ = fs::remove_file(path);
+            return Err(e);
         }
         Ok(Some(MgmtListener { listener, path: path.to_path_buf() }))
     }
@@ -492,10 +489,16 @@ impl Server {
         if events.is_empty() {
             return;
         }
+        // Most of the time nobody listens: then no line is even formatted.
+        let stdin_debug = self.stdin.as_ref().map_or(0, |c| c.state.debug);
+        let listening = self.sessions.iter().fold(stdin_debug, |mask, (_, s)| mask | s.state.debug) != 0;
         let mut dead = Vec::new();
         for event in events {
             if let Event::MacMoved { mac, from, to } = event {
-                log::log(&format!("MAC {mac} moved from port {from} to port {to}"));
+                self.moves.note(|| format!("MAC {mac} moved from port {from} to port {to}"));
+                continue;
+            }
+            if !listening {
                 continue;
             }
             let Some((category, line)) = format_event(event) else { continue };

@@ -84,17 +84,13 @@ impl CtlDir {
         let _ = set_group(&dir, access.group);
         let _ = set_mode(&dir, access.dir_mode);
         let ctl = dir.join("ctl");
-        let listener = match UnixListener::bind(&ctl) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                if UnixStream::connect(&ctl).is_ok() {
-                    return Err(Fatal::new(
-                        255,
-                        format!("Could not bind to socket '{}': Address already in use", ctl.display()),
-                    ));
-                }
-                let _ = fs::remove_file(&ctl);
-                UnixListener::bind(&ctl).map_err(|e| Self::bind_error(&ctl, &e))?
+        let listener = match super::listen_at(&ctl) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return Err(Fatal::new(
+                    255,
+                    format!("Could not bind to socket '{}': Address already in use", ctl.display()),
+                ));
             }
             Err(_) => UnixListener::bind(&ctl).map_err(|e| Self::bind_error(&ctl, &e))?,
         };
@@ -317,8 +313,15 @@ impl Server {
         }
     }
 
-    pub(super) fn read_conn(&mut self, slot: usize) {
+    pub(super) fn read_conn(&mut self, slot: usize, flags: EpollFlags) {
         let Some(conn) = self.conns.get_mut(slot) else { return };
+        if conn.endpoint.is_some() {
+            // Attached streams are watched for hang-up only (see below).
+            if flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+                self.close_conn(slot);
+            }
+            return;
+        }
         let mut buf = [0u8; crate::wire::REQUEST_MAX];
         let n = match conn.stream.read(&mut buf) {
             Ok(n) => n,
@@ -327,11 +330,6 @@ impl Server {
         };
         if n == 0 {
             self.close_conn(slot);
-            return;
-        }
-        if conn.endpoint.is_some() {
-            // Only EOF matters once attached; stray bytes are ignored.
-            while matches!(conn.stream.read(&mut buf), Ok(n) if n > 0) {}
             return;
         }
         match handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
@@ -345,6 +343,10 @@ impl Server {
                     return;
                 }
                 conn.endpoint = Some(new.key);
+                // From now on only the end of the stream matters. Not
+                // reading it also means a client writing without pause
+                // fills its own socket buffer, not the switch's time.
+                let _ = self.epoll.modify(&conn.stream, &mut interest(Token::Conn(slot), EpollFlags::EPOLLRDHUP));
             }
             Err(e) => {
                 if !e.is_silent() {

@@ -291,17 +291,20 @@ impl DataPlane {
             if switch.ingress(from, frame, now, &mut self.decisions).is_err() {
                 continue;
             }
-            for d in &self.decisions {
-                match d.edit {
-                    Edit::AsIs => {}
-                    Edit::Tag(tci) => self.edited_len[i] = push_tag(frame, tci, &mut self.edited[i]),
-                    Edit::Untag => self.edited_len[i] = pop_tag(frame, &mut self.edited[i]),
-                }
-                self.queue.push(Queued { endpoint: d.endpoint, frame: i as u8, edit: d.edit });
+            // The engine asks for at most one kind of rewrite per frame:
+            // make that copy once, whatever the number of destinations.
+            if let Some(edit) = self.decisions.iter().map(|d| d.edit).find(|e| *e != Edit::AsIs) {
+                self.edited_len[i] = match edit {
+                    Edit::Tag(tci) => push_tag(frame, tci, &mut self.edited[i]),
+                    _ => pop_tag(frame, &mut self.edited[i]),
+                };
             }
+            let queued = self.decisions.iter().map(|d| Queued { endpoint: d.endpoint, frame: i as u8, edit: d.edit });
+            self.queue.extend(queued);
         }
-        // Stable: each destination still gets its frames in arrival order.
-        self.queue.sort_by_key(|q| q.endpoint);
+        // Each destination gets its frames in arrival order. An unstable sort
+        // on both keys gives that order without a stable sort's buffer.
+        self.queue.sort_unstable_by_key(|q| (q.endpoint, q.frame));
     }
 
     fn frame(&self, q: &Queued) -> &[u8] {

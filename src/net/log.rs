@@ -40,3 +40,36 @@ pub fn error_text(e: &std::io::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// A kind of log line that may come in floods: at most `per_second` lines
+/// a second are logged, then how many were left out.
+pub struct RateLimited {
+    per_second: u32,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    pub fn new(per_second: u32) -> Self {
+        RateLimited { per_second, logged: 0, suppressed: 0 }
+    }
+
+    /// Logs the line `line` makes, unless this second's share is used up.
+    pub fn note(&mut self, line: impl FnOnce() -> String) {
+        if self.logged < self.per_second {
+            self.logged += 1;
+            log(&line());
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Starts a new second, reporting what the last one left out.
+    pub fn next_second(&mut self, what: &str) {
+        if self.suppressed > 0 {
+            log(&format!("{} more {what} not logged", self.suppressed));
+        }
+        self.logged = 0;
+        self.suppressed = 0;
+    }
+}

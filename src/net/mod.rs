@@ -97,17 +97,18 @@ impl Token {
         kind << 32 | index
     }
 
-    fn decode(raw: u64) -> Token {
+    fn decode(raw: u64) -> Option<Token> {
         let index = raw & 0xffff_ffff;
-        match raw >> 32 {
+        Some(match raw >> 32 {
             0 => Token::Ctl,
             1 => Token::Signals,
             2 => Token::Mgmt,
             3 => Token::Stdin,
             4 => Token::Conn(index as usize),
             5 => Token::Data(index as u32),
-            _ => Token::Session(index as usize),
-        }
+            6 => Token::Session(index as usize),
+            _ => return None,
+        })
     }
 }
 
@@ -122,6 +123,9 @@ struct Conn {
 /// How long a connection may take to send its port request. Connections
 /// that never do would otherwise hold a descriptor each for ever.
 const HANDSHAKE_TIMEOUT: u64 = 10;
+/// A station flapping between ports (a loop, a spoofer) moves on every
+/// frame; logging each would make the log, not the network, the bottleneck.
+const MAC_MOVE_LINES_PER_SECOND: u32 = 10;
 
 /// The signals handled through the event loop rather than by default action.
 fn handled_signals() -> SigSet {
@@ -135,7 +139,6 @@ fn handled_signals() -> SigSet {
 /// Blocks the handled signals (so they queue for the loop) and ignores
 /// those vde_switch ignores. Call before anything else starts.
 pub fn prepare_signals() -> nix::Result<()> {
-    use nix::sys::signal::{SigHandler, signal};
     handled_signals().thread_block()?;
     for s in [
         Signal::SIGPIPE,
@@ -148,13 +151,17 @@ pub fn prepare_signals() -> nix::Result<()> {
         Signal::SIGPWR,
         Signal::SIGSTKFLT,
     ] {
-        // SAFETY: SIG_IGN installs no handler, so no code runs in signal context.
-        #[allow(unsafe_code)]
-        unsafe {
-            signal(s, SigHandler::SigIgn)?;
-        }
+        sys::set_disposition(s, sys::Disposition::Ignore)?;
     }
     Ok(())
+}
+
+/// Dies by `signal` with its default action, so the parent sees how the
+/// switch ended (SIGINT, as vde_switch does).
+pub fn die_by(signal: Signal) {
+    let _ = sys::set_disposition(signal, sys::Disposition::Default);
+    let _ = SigSet::from(signal).thread_unblock();
+    let _ = nix::sys::signal::raise(signal);
 }
 
 struct Server {
@@ -178,6 +185,7 @@ struct Server {
     signals: SignalFd,
     pidfile: Option<PathBuf>,
     exit: Option<Exit>,
+    moves: log::RateLimited,
 }
 
 fn interest(token: Token, flags: EpollFlags) -> EpollEvent {
@@ -196,13 +204,21 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
     info.ctl_mode = config.access.ctl_mode;
     if config.daemon {
         if let Err(e) = nix::unistd::daemon(false, false) {
+            ctl.cleanup();
             return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
         }
         log::switch_to_syslog();
         log::log("VDE_SWITCH started");
     }
     info.pid = std::process::id();
-    let mut server = Server::new(config.clone(), ctl, info).map_err(|e| Fatal::new(1, e.to_string()))?;
+    let (epoll, signals) = match loop_handles() {
+        Ok(handles) => handles,
+        Err(e) => {
+            ctl.cleanup();
+            return Err(Fatal::new(1, format!("event loop: {}", log::error_text(&e))));
+        }
+    };
+    let mut server = Server::new(&config, ctl, info, epoll, signals);
     if let Err(fatal) = server.start(&config) {
         server.cleanup();
         return Err(fatal);
@@ -212,19 +228,45 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
     Ok(exit)
 }
 
+/// Listens on a socket at `path`. A socket left there by a process that no
+/// longer listens is replaced; `Ok(None)` means a live process listens
+/// there. Anything else at the path is never deleted.
+fn listen_at(path: &std::path::Path) -> io::Result<Option<std::os::unix::net::UnixListener>> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::UnixListener;
+    match UnixListener::bind(path) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if e.kind() != io::ErrorKind::AddrInUse => Err(e),
+        Err(e) => {
+            if UnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
+            if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                return Err(e);
+            }
+            fs::remove_file(path)?;
+            UnixListener::bind(path).map(Some)
+        }
+    }
+}
+
+/// The event loop's own descriptors: the epoll set and the signal queue.
+fn loop_handles() -> io::Result<(Epoll, SignalFd)> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_error)?;
+    let signals =
+        SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io_error)?;
+    epoll.add(&signals, interest(Token::Signals, EpollFlags::EPOLLIN)).map_err(io_error)?;
+    Ok((epoll, signals))
+}
+
 impl Server {
-    fn new(config: Config, ctl: CtlDir, info: SwitchInfo) -> io::Result<Server> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_error)?;
-        let signals = SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(io_error)?;
-        epoll.add(&ctl.listener, interest(Token::Ctl, EpollFlags::EPOLLIN)).map_err(io_error)?;
-        epoll.add(&signals, interest(Token::Signals, EpollFlags::EPOLLIN)).map_err(io_error)?;
+    fn new(config: &Config, ctl: CtlDir, info: SwitchInfo, epoll: Epoll, signals: SignalFd) -> Server {
         let mut switch = Switch::new(config.numports, config.hub, config.hash_size);
         switch.set_bridge_id(info.mac, info.priority);
         if config.fstp {
             switch.set_fstp(true);
         }
-        Ok(Server {
+        Server {
             epoll,
             switch,
             info,
@@ -241,12 +283,16 @@ impl Server {
             signals,
             pidfile: None,
             exit: None,
-        })
+            moves: log::RateLimited::new(MAC_MOVE_LINES_PER_SECOND),
+        }
     }
 
     /// Pid file, management socket, tap interfaces, rc file and stdin
     /// console, in vde_switch's order.
     fn start(&mut self, config: &Config) -> Result<(), Fatal> {
+        self.epoll
+            .add(&self.ctl.listener, interest(Token::Ctl, EpollFlags::EPOLLIN))
+            .map_err(|e| Fatal::new(1, format!("epoll: {}", mgmt::strerror(e))))?;
         if let Some(path) = &config.pidfile {
             let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
                 let text = log::error_text(&e);
@@ -298,7 +344,8 @@ impl Server {
             self.advance_clock();
             self.data.expire_stalls(&self.epoll, Instant::now());
             for ev in &events[..n] {
-                self.dispatch(Token::decode(ev.data()), ev.events());
+                let Some(token) = Token::decode(ev.data()) else { continue };
+                self.dispatch(token, ev.events());
                 if self.exit.is_some() {
                     break;
                 }
@@ -317,6 +364,7 @@ impl Server {
             self.switch.tick(self.now);
             self.data.tick(&self.epoll);
             self.expire_handshakes();
+            self.moves.next_second("MAC moves");
             for token in std::mem::take(&mut self.paused) {
                 self.watch_listener(token, EpollFlags::EPOLLIN);
             }
@@ -349,7 +397,7 @@ impl Server {
             Token::Signals => self.read_signals(),
             Token::Mgmt => self.accept_mgmt(),
             Token::Stdin => self.read_stdin(),
-            Token::Conn(slot) => self.read_conn(slot),
+            Token::Conn(slot) => self.read_conn(slot, flags),
             Token::Data(key) => {
                 self.data.ready(&self.epoll, EndpointKey(key), flags, &mut self.switch, self.now);
             }

@@ -225,3 +225,20 @@ pub fn peer_groups(fd: BorrowedFd) -> io::Result<Vec<u32>> {
         groups.resize(count, 0);
     }
 }
+
+/// What a signal does; never a handler of ours, so no code of ours ever
+/// runs in signal context.
+pub enum Disposition {
+    Ignore,
+    Default,
+}
+
+pub fn set_disposition(signal: nix::sys::signal::Signal, how: Disposition) -> nix::Result<()> {
+    use nix::sys::signal::SigHandler;
+    let handler = match how {
+        Disposition::Ignore => SigHandler::SigIgn,
+        Disposition::Default => SigHandler::SigDfl,
+    };
+    // SAFETY: ignoring or restoring the default installs no handler code.
+    unsafe { nix::sys::signal::signal(signal, handler) }.map(drop)
+}

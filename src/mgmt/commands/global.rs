@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use nix::errno::Errno;
 
 use super::COMMANDS;
-use crate::mgmt::{BANNER, Context, run_script};
+use crate::mgmt::{BANNER, Context, may_nest_script, run_script};
 
 /// Scripts larger than this are refused rather than read into memory.
 const MAX_SCRIPT_BYTES: u64 = 1 << 20;
@@ -68,6 +68,7 @@ pub fn read_script(path: &str) -> Result<String, Errno> {
 }
 
 pub fn load(ctx: &mut Context, path: &str, out: &mut String) -> Result<(), Errno> {
+    may_nest_script(ctx)?;
     let text = read_script(path)?;
     run_script(ctx, path, &text, out)
 }

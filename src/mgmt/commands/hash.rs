@@ -3,6 +3,7 @@ use std::fmt::Write as _;
 use nix::errno::Errno;
 
 use crate::engine::Station;
+use crate::engine::bucket_count;
 use crate::mgmt::Context;
 use crate::mgmt::args::{atoi, mac_and_vlan};
 
@@ -19,17 +20,11 @@ pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errn
     Ok(())
 }
 
-/// Bucket counts above this are refused (the same bound as `--hashsize`).
-const MAX_BUCKETS: u32 = 1 << 30;
-
 /// Resizes and flushes the table; like vde_switch, a size that is not a
 /// power of two is rounded up with a log line saying so.
 pub fn setsize(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
     let n = atoi(args)?;
-    if n == 0 || n > MAX_BUCKETS {
-        return Err(Errno::EINVAL);
-    }
-    let rounded = n.next_power_of_two();
+    let rounded = bucket_count(n.into()).ok_or(Errno::EINVAL)?;
     if rounded != n {
         ctx.log.push(format!("Hash size must be a power of 2. {n} rounded to {rounded}"));
     }

@@ -14,15 +14,8 @@ pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errn
     Ok(())
 }
 
-/// More ports than this are refused: the port table is allocated up front,
-/// and far more ports than descriptors could never be used.
-const MAX_NUMPORTS: u32 = 1 << 20;
-
 pub fn setnumports(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
-    match atoi(args)? {
-        n if n > MAX_NUMPORTS => Err(Errno::EINVAL),
-        n => ctx.switch.set_numports(n).map_err(errno),
-    }
+    ctx.switch.set_numports(atoi(args)?).map_err(errno)
 }
 
 pub fn sethub(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
