@@ -21,6 +21,8 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use slab::Slab;
 
 pub use ctl::{Access, modes};
@@ -76,6 +78,7 @@ pub enum Exit {
 enum Token {
     Ctl,
     Signals,
+    Tick,
     Mgmt,
     Stdin,
     Conn(usize),
@@ -93,6 +96,7 @@ impl Token {
             Token::Conn(i) => (4, i as u64),
             Token::Data(k) => (5, u64::from(k)),
             Token::Session(i) => (6, i as u64),
+            Token::Tick => (7, 0),
         };
         kind << 32 | index
     }
@@ -107,6 +111,7 @@ impl Token {
             4 => Token::Conn(index as usize),
             5 => Token::Data(index as u32),
             6 => Token::Session(index as usize),
+            7 => Token::Tick,
             _ => return None,
         })
     }
@@ -183,6 +188,7 @@ struct Server {
     sessions: Slab<SocketSession>,
     stdin: Option<StdinConsole>,
     signals: SignalFd,
+    ticks: TimerFd,
     pidfile: Option<PathBuf>,
     exit: Option<Exit>,
     moves: log::RateLimited,
@@ -211,14 +217,14 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
         log::log("VDE_SWITCH started");
     }
     info.pid = std::process::id();
-    let (epoll, signals) = match loop_handles() {
+    let handles = match loop_handles() {
         Ok(handles) => handles,
         Err(e) => {
             ctl.cleanup();
             return Err(Fatal::new(1, format!("event loop: {}", log::error_text(&e))));
         }
     };
-    let mut server = Server::new(&config, ctl, info, epoll, signals);
+    let mut server = Server::new(&config, ctl, info, handles);
     if let Err(fatal) = server.start(&config) {
         server.cleanup();
         return Err(fatal);
@@ -250,17 +256,30 @@ fn listen_at(path: &std::path::Path) -> io::Result<Option<std::os::unix::net::Un
     }
 }
 
-/// The event loop's own descriptors: the epoll set and the signal queue.
-fn loop_handles() -> io::Result<(Epoll, SignalFd)> {
+/// The event loop's own descriptors: the epoll set, the signal queue and
+/// the one-second tick.
+struct LoopHandles {
+    epoll: Epoll,
+    signals: SignalFd,
+    ticks: TimerFd,
+}
+
+fn loop_handles() -> io::Result<LoopHandles> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_error)?;
     let signals =
         SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io_error)?;
     epoll.add(&signals, interest(Token::Signals, EpollFlags::EPOLLIN)).map_err(io_error)?;
-    Ok((epoll, signals))
+    let ticks =
+        TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC).map_err(io_error)?;
+    let second = TimeSpec::from_duration(Duration::from_secs(1));
+    ticks.set(Expiration::Interval(second), TimerSetTimeFlags::empty()).map_err(io_error)?;
+    epoll.add(&ticks, interest(Token::Tick, EpollFlags::EPOLLIN)).map_err(io_error)?;
+    Ok(LoopHandles { epoll, signals, ticks })
 }
 
 impl Server {
-    fn new(config: &Config, ctl: CtlDir, info: SwitchInfo, epoll: Epoll, signals: SignalFd) -> Server {
+    fn new(config: &Config, ctl: CtlDir, info: SwitchInfo, handles: LoopHandles) -> Server {
+        let LoopHandles { epoll, signals, ticks } = handles;
         let mut switch = Switch::new(config.numports, config.hub, config.hash_size);
         switch.set_bridge_id(info.mac, info.priority);
         if config.fstp {
@@ -281,6 +300,7 @@ impl Server {
             sessions: Slab::new(),
             stdin: None,
             signals,
+            ticks,
             pidfile: None,
             exit: None,
             moves: log::RateLimited::new(MAC_MOVE_LINES_PER_SECOND),
@@ -328,11 +348,16 @@ impl Server {
     fn serve(&mut self) -> Exit {
         let mut events = vec![EpollEvent::empty(); 256];
         while self.exit.is_none() {
-            let elapsed = self.started.elapsed();
-            let next_tick = self.started + Duration::from_secs(elapsed.as_secs() + 1);
-            let wake = self.data.next_deadline().map_or(next_tick, |d| d.min(next_tick));
-            let wait = wake.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
-            let timeout = EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::NONE);
+            // The tick comes from the timer descriptor; a wait needs its own
+            // timeout only while a stalled destination has a deadline, so
+            // the common wait arms no kernel timer.
+            let timeout = match self.data.next_deadline() {
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+                    EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::NONE)
+                }
+                None => EpollTimeout::NONE,
+            };
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
@@ -341,8 +366,9 @@ impl Server {
                     return Exit::Shutdown;
                 }
             };
-            self.advance_clock();
-            self.data.expire_stalls(&self.epoll, Instant::now());
+            if self.data.next_deadline().is_some() {
+                self.data.expire_stalls(&self.epoll, Instant::now());
+            }
             for ev in &events[..n] {
                 let Some(token) = Token::decode(ev.data()) else { continue };
                 self.dispatch(token, ev.events());
@@ -395,6 +421,11 @@ impl Server {
         match token {
             Token::Ctl => self.accept_ctl(),
             Token::Signals => self.read_signals(),
+            Token::Tick => {
+                // Only clears the timer: the clock is read from `started`.
+                let _ = self.ticks.wait();
+                self.advance_clock();
+            }
             Token::Mgmt => self.accept_mgmt(),
             Token::Stdin => self.read_stdin(),
             Token::Conn(slot) => self.read_conn(slot, flags),

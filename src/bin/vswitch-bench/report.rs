@@ -156,6 +156,7 @@ pub fn plot_idle(path: &Path, idle: &[usize], records: &[Record]) -> Result<()> 
     let mut chart = ChartBuilder::on(&root)
         .caption("Unicast pair throughput vs idle attached ports", ("sans-serif", 18))
         .margin(12)
+        .margin_right(40)
         .x_label_area_size(36)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..right, 0.0..top)
@@ -164,6 +165,8 @@ pub fn plot_idle(path: &Path, idle: &[usize], records: &[Record]) -> Result<()> 
         .configure_mesh()
         .x_desc("idle attached ports")
         .y_desc("delivered frames/s")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     for (i, (name, points)) in series.into_iter().enumerate() {
