@@ -148,8 +148,13 @@ impl MacTable {
                 }
                 e.port = port;
             }
-            e.last_seen = now;
-            self.entries.promote(&k);
+            // Seen already this second: it already sits among the entries
+            // refreshed this second, so the recency order (which ageing
+            // relies on) holds without moving it.
+            if e.last_seen != now {
+                e.last_seen = now;
+                self.entries.promote(&k);
+            }
             return;
         }
         let seq = self.next_seq;
