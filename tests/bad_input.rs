@@ -35,15 +35,7 @@ fn assert_switching_works(sw: &Switch) {
     sw.assert_alive();
     let a = Client::connect(&sw.ctl_dir(), None, "fresh A");
     let b = Client::connect(&sw.ctl_dir(), None, "fresh B");
-    let hello = frame(BROADCAST, mac_a, TEST_ETHERTYPE, 46);
-    a.send(&hello);
-    b.expect_frame(&hello);
-    let answer = frame(mac_a, mac_b, TEST_ETHERTYPE, 46);
-    b.send(&answer);
-    a.expect_frame(&answer);
-    let again = frame(mac_b, mac_a, TEST_ETHERTYPE, 46);
-    a.send(&again);
-    b.expect_frame(&again);
+    station::exchange(&a, mac_a, &b, mac_b);
 }
 
 /// A well-formed v3 request for a datagram socket that really exists, so

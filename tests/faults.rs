@@ -50,15 +50,7 @@ fn fresh_macs() -> (Mac, Mac) {
 /// and the switch forwards between them.
 fn exchange(a: &dyn Station, b: &dyn Station) {
     let (mac_a, mac_b) = fresh_macs();
-    let hello = frame(BROADCAST, mac_a, TEST_ETHERTYPE, 46);
-    a.send(&hello);
-    b.expect_frame(&hello);
-    let answer = frame(mac_a, mac_b, TEST_ETHERTYPE, 46);
-    b.send(&answer);
-    a.expect_frame(&answer);
-    let again = frame(mac_b, mac_a, TEST_ETHERTYPE, 46);
-    a.send(&again);
-    b.expect_frame(&again);
+    station::exchange(a, mac_a, b, mac_b);
 }
 
 /// Attaches two new clients, checks that they exchange frames and returns
@@ -80,17 +72,6 @@ fn drain(station: &dyn Station) -> usize {
         assert!(Instant::now() < deadline, "{}: still receiving after {frames} frames", station.name());
     }
     frames
-}
-
-/// `VmRSS` of `pid` in KiB.
-fn rss_kib(pid: Pid) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .map(|kib| kib.trim().parse().expect("numeric VmRSS"))
-        .expect("VmRSS line in /proc/PID/status")
 }
 
 fn open_fds(pid: Pid) -> usize {

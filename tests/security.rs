@@ -653,16 +653,6 @@ fn send_random_sources(sender: &Client, range: std::ops::Range<u64>) {
     }
 }
 
-fn rss_kib(pid: Pid) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .map(|kib| kib.trim().parse().expect("numeric VmRSS"))
-        .expect("VmRSS line")
-}
-
 /// The number of `hash/print` entries, read on a raw session: the reply
 /// is megabytes long, so only the end of what arrived is searched for the
 /// prompt.

@@ -289,3 +289,14 @@ impl Drop for Switch {
         // `dir` is removed after this body, once nothing uses it any more.
     }
 }
+
+/// `VmRSS` of `pid` in KiB.
+pub fn rss_kib(pid: Pid) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .map(|kib| kib.trim().parse().expect("numeric VmRSS"))
+        .expect("VmRSS line in /proc/PID/status")
+}

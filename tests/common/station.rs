@@ -4,7 +4,7 @@
 use std::thread;
 use std::time::Duration;
 
-use super::frames::describe;
+use super::frames::{BROADCAST, Mac, TEST_ETHERTYPE, describe, frame};
 use super::{EVENT_TIMEOUT, QUIET_PERIOD};
 
 /// Anything attached to a switch that sends and receives whole frames.
@@ -38,4 +38,18 @@ pub fn assert_silent(stations: &[&dyn Station]) {
             panic!("{}: expected no frame, received {}", station.name(), describe(&got));
         }
     }
+}
+
+/// A broadcast from `a` (as `mac_a`), then unicasts both ways: `a` and `b`
+/// are attached and the switch forwards and learns between them.
+pub fn exchange(a: &dyn Station, mac_a: Mac, b: &dyn Station, mac_b: Mac) {
+    let hello = frame(BROADCAST, mac_a, TEST_ETHERTYPE, 46);
+    a.send(&hello);
+    b.expect_frame(&hello);
+    let answer = frame(mac_a, mac_b, TEST_ETHERTYPE, 46);
+    b.send(&answer);
+    a.expect_frame(&answer);
+    let again = frame(mac_b, mac_a, TEST_ETHERTYPE, 46);
+    a.send(&again);
+    b.expect_frame(&again);
 }
