@@ -18,10 +18,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 
-use common::{
-    BROADCAST, EVENT_TIMEOUT, ProcessGuard, Station, Switch, TEST_ETHERTYPE, Target, VdePlug, frame, process_gone,
-    station_mac, wait_until,
-};
+use common::station::exchange;
+use common::{EVENT_TIMEOUT, ProcessGuard, Switch, Target, VdePlug, process_gone, station_mac, wait_until};
 use support::{Console, END_OF_SESSION, SWITCH_MAC, Transcript, assert_same_text, mask};
 
 /// The shared session. `{DIR}` stands for the switch's private directory,
@@ -223,16 +221,7 @@ fn transcript(target: Target) -> String {
     assert_eq!(mgmt.wait_for_endpoint("vm3", |d| d.starts_with("vm3 ")), 3, "vm3's port");
 
     // An ARP-like exchange: a broadcast, a unicast answer, a unicast back.
-    let (a, b) = (station_mac(0x0a), station_mac(0x0b));
-    let hello = frame(BROADCAST, a, TEST_ETHERTYPE, 46);
-    vm1.send(&hello);
-    vm2.expect_frame(&hello);
-    let answer = frame(a, b, TEST_ETHERTYPE, 46);
-    vm2.send(&answer);
-    vm1.expect_frame(&answer);
-    let data = frame(b, a, TEST_ETHERTYPE, 100);
-    vm1.send(&data);
-    vm2.expect_frame(&data);
+    exchange(&vm1, station_mac(0x0a), &vm2, station_mac(0x0b));
 
     let ep3 = endpoint_id(&mgmt.cmd_ok("port/print 3"));
     let mut console = Console::open(&sw.mgmt_path());

@@ -280,13 +280,7 @@ impl Foreground {
                 c
             }
         };
-        command
-            .arg("-s")
-            .arg(dir.path().join("sw"))
-            .arg("-M")
-            .arg(dir.path().join("sw.mgmt"))
-            .arg("-p")
-            .arg(dir.path().join("sw.pid"))
+        with_switch_files(&mut command, dir.path())
             .args(extra_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

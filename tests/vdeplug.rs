@@ -11,18 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// Broadcast, then unicast in both directions, between two stations.
-fn exchange(a: &dyn Station, a_mac: [u8; 6], b: &dyn Station, b_mac: [u8; 6]) {
-    let hello = frame(BROADCAST, a_mac, TEST_ETHERTYPE, 46);
-    a.send(&hello);
-    b.expect_frame(&hello);
-    let answer = frame(a_mac, b_mac, TEST_ETHERTYPE, 46);
-    b.send(&answer);
-    a.expect_frame(&answer);
-    let again = frame(b_mac, a_mac, TEST_ETHERTYPE, 100);
-    a.send(&again);
-    b.expect_frame(&again);
-}
+use common::station::exchange;
 
 /// Checklist 67: the URL forms of vde_plug land on the right ports with
 /// vdeplug4's description, and frames flow between plugs and a raw client.

@@ -130,19 +130,19 @@ pub struct Switch {
     dir: TempDir,
 }
 
+/// Adds the control directory, management socket and pid file options,
+/// all inside `dir`, as every test starts its switches.
+pub fn with_switch_files<'c>(command: &'c mut Command, dir: &Path) -> &'c mut Command {
+    command.arg("-s").arg(dir.join("sw")).arg("-M").arg(dir.join("sw.mgmt")).arg("-p").arg(dir.join("sw.pid"))
+}
+
 impl Switch {
     pub fn start(target: Target, extra_args: &[&str]) -> Switch {
         let dir = tempfile::Builder::new().prefix("vswitch-test-").tempdir().expect("create temporary directory");
         // A file, not a pipe: a pipe kept open by the daemon would make
         // readers wait for EOF forever.
         let stderr = fs::File::create(dir.path().join("sw.stderr")).expect("create stderr log");
-        let launcher = Command::new(target.program())
-            .arg("-s")
-            .arg(dir.path().join("sw"))
-            .arg("-M")
-            .arg(dir.path().join("sw.mgmt"))
-            .arg("-p")
-            .arg(dir.path().join("sw.pid"))
+        let launcher = with_switch_files(&mut Command::new(target.program()), dir.path())
             .arg("-d")
             .args(extra_args)
             .stdin(Stdio::null())

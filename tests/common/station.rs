@@ -49,7 +49,7 @@ pub fn exchange(a: &dyn Station, mac_a: Mac, b: &dyn Station, mac_b: Mac) {
     let answer = frame(mac_a, mac_b, TEST_ETHERTYPE, 46);
     b.send(&answer);
     a.expect_frame(&answer);
-    let again = frame(mac_b, mac_a, TEST_ETHERTYPE, 46);
+    let again = frame(mac_b, mac_a, TEST_ETHERTYPE, 100);
     a.send(&again);
     b.expect_frame(&again);
 }
