@@ -7,7 +7,7 @@ mod mactable;
 mod port;
 mod vlan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use fstp::{DEFAULT_PRIORITY, Fstp, PORT_COST, Role, Tree};
 pub use mactable::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, MAX_BUCKETS, MacTable, Station, bucket_count};
@@ -150,6 +150,8 @@ pub enum ConfigError {
 
 pub struct Switch {
     ports: Vec<Option<Port>>,
+    /// The ports that exist, so hub mode walks them and not every slot.
+    existing: BTreeSet<PortId>,
     endpoints: Vec<Option<Endpoint>>,
     free_keys: Vec<u32>,
     vlans: BTreeMap<VlanId, Vlan>,
@@ -177,6 +179,7 @@ impl Switch {
         grow(&mut ports, numports as usize);
         Switch {
             ports,
+            existing: BTreeSet::new(),
             endpoints: Vec::new(),
             free_keys: Vec::new(),
             vlans,
@@ -219,6 +222,7 @@ impl Switch {
         }
         self.vlans.get_mut(&0).expect("ensured above").set_member(p, false);
         self.events.push(Event::PortAdd(p));
+        self.existing.insert(p);
         self.ports[p as usize].insert(Port::new(allocatable))
     }
 
@@ -417,8 +421,8 @@ impl Switch {
     }
 
     fn flood_hub(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
-        for p in 1..self.ports.len() as PortId {
-            if p != src && self.ports[p as usize].is_some() {
+        for &p in self.existing.range(1..) {
+            if p != src {
                 Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
             }
         }
@@ -568,6 +572,7 @@ impl Switch {
             return Err(ConfigError::InUse);
         }
         let port = self.ports[p as usize].take().expect("exists");
+        self.existing.remove(&p);
         for id in port.tagged_vlans.iter().chain([&port.untagged_vlan]) {
             if let Some(v) = self.vlans.get_mut(id) {
                 v.remove_member(p);
