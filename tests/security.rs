@@ -30,6 +30,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Group, Pid};
 
 use common::client::{unique_socket_path, v3_request};
+use common::station::exchange;
 use common::*;
 use vswitch::wire::{ClientAddr, Request, RequestKind, SOCKADDR_UN_LEN};
 
@@ -201,16 +202,6 @@ impl Drop for NobodyClient {
         let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
     }
-}
-
-/// A broadcast and unicasts both ways between `a` and `b`.
-fn exchange(a: &dyn Station, mac_a: [u8; 6], b: &dyn Station, mac_b: [u8; 6]) {
-    let hello = frame(BROADCAST, mac_a, TEST_ETHERTYPE, 46);
-    a.send(&hello);
-    b.expect_frame(&hello);
-    let answer = frame(mac_a, mac_b, TEST_ETHERTYPE, 46);
-    b.send(&answer);
-    a.expect_frame(&answer);
 }
 
 fn wait_port_inactive(mgmt: &mut Mgmt, port: u32) {
