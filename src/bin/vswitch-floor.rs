@@ -20,7 +20,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 
-use vswitch::net::sys::{BATCH, connect_raw, recv_batch, send_batch};
+use vswitch::net::sys::{BATCH, RecvBatch, connect_raw, send_batch};
 use vswitch::wire::{Request, reply_for_path};
 
 const LISTENER: u64 = u64::MAX;
@@ -68,6 +68,10 @@ fn main() -> Result<()> {
         (Some("--fanout"), Some("all")) => false,
         _ => bail!("usage: vswitch-floor DIR [--fanout pair|all]"),
     };
+    // A session of its own, as the daemonised switches have: with
+    // autogrouping the scheduler treats each session as a group, and the
+    // floor must be scheduled like the switches it is compared with.
+    let _ = nix::unistd::setsid();
     fs::create_dir_all(&dir)?;
     let ctl = dir.join("ctl");
     let _ = fs::remove_file(&ctl);
@@ -75,8 +79,7 @@ fn main() -> Result<()> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
     let mut endpoints: Vec<Endpoint> = Vec::new();
-    let mut bufs = vec![[0u8; 2048]; BATCH];
-    let mut lens = [0usize; BATCH];
+    let mut rx = RecvBatch::<2048>::default();
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
         let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
@@ -93,10 +96,10 @@ fn main() -> Result<()> {
                 continue;
             }
             let from = ev.data() as usize;
-            let got = recv_batch(endpoints[from].data.as_fd(), &mut bufs, &mut lens)?;
+            let got = rx.recv(endpoints[from].data.as_fd(), BATCH)?;
             let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-            for (slot, (buf, &len)) in frames.iter_mut().zip(bufs.iter().zip(&lens)).take(got) {
-                *slot = &buf[..len];
+            for (i, slot) in frames.iter_mut().enumerate().take(got) {
+                *slot = rx.frame(i);
             }
             for (i, peer) in endpoints.iter().enumerate() {
                 let wanted = if pairwise { i == from ^ 1 } else { i != from };

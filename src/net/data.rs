@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollFlags};
 
-use super::sys::{self, BATCH};
+use super::sys::{self, BATCH, RecvBatch};
 use super::{Token, interest, log};
 use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Outgoing, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
@@ -65,6 +65,8 @@ pub struct Link {
     held_by: u32,
     /// The epoll interest currently registered.
     registered: EpollFlags,
+    /// The wake-up in which frames last came from this endpoint.
+    last_busy: u64,
 }
 
 impl Link {
@@ -76,10 +78,10 @@ impl Link {
         }
     }
 
-    fn recv_batch(&self, bufs: &mut [[u8; BUF]], lens: &mut [usize]) -> io::Result<usize> {
+    fn recv_batch(&self, rx: &mut RecvBatch<BUF>, max: usize) -> io::Result<usize> {
         match self.kind {
-            LinkKind::Socket { .. } => sys::recv_batch(self.fd.as_fd(), bufs, lens),
-            LinkKind::Tap => sys::read_batch(self.fd.as_fd(), bufs, lens),
+            LinkKind::Socket { .. } => rx.recv(self.fd.as_fd(), max),
+            LinkKind::Tap => rx.read(self.fd.as_fd(), max),
         }
     }
 
@@ -112,8 +114,7 @@ struct Queued {
 
 pub struct DataPlane {
     links: Vec<Option<Link>>,
-    bufs: Box<[[u8; BUF]; BATCH]>,
-    lens: [usize; BATCH],
+    rx: RecvBatch<BUF>,
     /// The retagged copy of each frame, when some destination needs one.
     edited: Box<[[u8; MAX_FRAME + VLAN_TAG_LEN]; BATCH]>,
     edited_len: [usize; BATCH],
@@ -125,14 +126,15 @@ pub struct DataPlane {
     /// so timers cost O(stalled endpoints), not O(endpoints).
     stalled: Vec<EndpointKey>,
     congested: Vec<EndpointKey>,
+    /// Counts the loop's wake-ups; see [`DataPlane::pump`].
+    wakeup: u64,
 }
 
 impl Default for DataPlane {
     fn default() -> Self {
         DataPlane {
             links: Vec::new(),
-            bufs: Box::new([[0; BUF]; BATCH]),
-            lens: [0; BATCH],
+            rx: RecvBatch::default(),
             edited: Box::new([[0; MAX_FRAME + VLAN_TAG_LEN]; BATCH]),
             edited_len: [0; BATCH],
             decisions: Vec::with_capacity(BATCH * 4),
@@ -140,6 +142,7 @@ impl Default for DataPlane {
             spare: Vec::new(),
             stalled: Vec::new(),
             congested: Vec::new(),
+            wakeup: 0,
         }
     }
 }
@@ -171,6 +174,7 @@ impl DataPlane {
             waiters: Vec::new(),
             held_by: 0,
             registered: flags,
+            last_busy: 0,
         });
         Ok(())
     }
@@ -263,17 +267,31 @@ impl DataPlane {
         drop(self.remove(epoll, key));
     }
 
+    /// Marks the start of a new round of readiness events.
+    pub fn wake_up(&mut self) {
+        self.wakeup += 1;
+    }
+
     /// Moves the frames waiting on `from`'s socket.
+    ///
+    /// An endpoint that was quiet in the previous wake-up gets a receive of
+    /// one frame: at low rates a batched receive's second attempt, which
+    /// finds nothing, costs as much as the frame itself. If more frames were
+    /// waiting, the level-triggered wait reports the socket again at once,
+    /// and as it is busy now the rest come in a batch.
     fn pump(&mut self, epoll: &Epoll, from: EndpointKey, switch: &mut Switch, now: u64) -> io::Result<()> {
         for _ in 0..ROUNDS_PER_WAKEUP {
-            let Some(link) = self.links.get(from.0 as usize).and_then(Option::as_ref) else { return Ok(()) };
+            let wakeup = self.wakeup;
+            let Some(link) = self.links.get_mut(from.0 as usize).and_then(Option::as_mut) else { return Ok(()) };
             if link.held_by > 0 {
                 return Ok(());
             }
-            let n = link.recv_batch(&mut self.bufs[..], &mut self.lens)?;
+            let max = if link.last_busy + 1 >= wakeup { BATCH } else { 1 };
+            let n = link.recv_batch(&mut self.rx, max)?;
             if n == 0 {
                 return Ok(());
             }
+            link.last_busy = wakeup;
             self.decide(from, n, switch, now);
             self.send(epoll, from, switch);
             if n < BATCH {
@@ -287,7 +305,7 @@ impl DataPlane {
         self.queue.clear();
         for i in 0..n {
             self.decisions.clear();
-            let frame = &self.bufs[i][..self.lens[i]];
+            let frame = self.rx.frame(i);
             if switch.ingress(from, frame, now, &mut self.decisions).is_err() {
                 continue;
             }
@@ -310,7 +328,7 @@ impl DataPlane {
     fn frame(&self, q: &Queued) -> &[u8] {
         let i = q.frame as usize;
         match q.edit {
-            Edit::AsIs => &self.bufs[i][..self.lens[i]],
+            Edit::AsIs => self.rx.frame(i),
             Edit::Tag(_) | Edit::Untag => &self.edited[i][..self.edited_len[i]],
         }
     }

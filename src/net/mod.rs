@@ -366,6 +366,7 @@ impl Server {
                     return Exit::Shutdown;
                 }
             };
+            self.data.wake_up();
             if self.data.next_deadline().is_some() {
                 self.data.expire_stalls(&self.epoll, Instant::now());
             }

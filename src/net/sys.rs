@@ -1,5 +1,5 @@
 //! The system calls the safe wrappers do not cover in the form the hot path
-//! needs: batched datagram I/O on caller-owned buffers (and its tap
+//! needs: batched datagram I/O, with receive headers built once (and its tap
 //! counterpart, one frame per read or write), connecting to a raw 110-byte
 //! `sockaddr_un`, creating a tap interface, and syslog. Every `unsafe` block
 //! in vswitch is here; each one passes pointers to memory that outlives the
@@ -11,59 +11,126 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use nix::sys::socket::MsgFlags;
+
 use crate::wire::ClientAddr;
 
 /// Most datagrams one batched call moves.
 pub const BATCH: usize = 64;
 
-/// Receives up to `bufs.len()` (at most [`BATCH`]) datagrams without
-/// blocking; `lens[i]` gets the length of datagram `i` (clipped to the
-/// buffer). Returns how many arrived; `Ok(0)` when none was waiting.
-pub fn recv_batch<const N: usize>(fd: BorrowedFd, bufs: &mut [[u8; N]], lens: &mut [usize]) -> io::Result<usize> {
-    let count = bufs.len().min(BATCH).min(lens.len());
-    let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
-    let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
-    for (i, buf) in bufs.iter_mut().take(count).enumerate() {
-        let iov = iovs[i].write(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: N });
-        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
-        let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_hdr.msg_iov = iov;
-        hdr.msg_hdr.msg_iovlen = 1;
-        hdrs[i].write(hdr);
+/// Buffers for a batch of up to [`BATCH`] received frames of at most `N`
+/// bytes, with the `recvmmsg` headers that point at them built once: a
+/// frame at a time, setting up 64 headers per call cost more than the
+/// system call's own work for one frame.
+pub struct RecvBatch<const N: usize> {
+    // Vecs rather than boxes: the headers hold pointers into the other two,
+    // and a Vec's heap block may be aliased like that while the Vec moves.
+    bufs: Vec<[u8; N]>,
+    /// Only read by the kernel, through `hdrs`; kept for their lifetime.
+    _iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    lens: [usize; BATCH],
+}
+
+impl<const N: usize> Default for RecvBatch<N> {
+    fn default() -> Self {
+        let mut bufs = vec![[0u8; N]; BATCH];
+        let mut iovs: Vec<libc::iovec> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: N }).collect();
+        let hdrs = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
+                let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                hdr.msg_hdr.msg_iov = iov;
+                hdr.msg_hdr.msg_iovlen = 1;
+                hdr
+            })
+            .collect();
+        RecvBatch { bufs, _iovs: iovs, hdrs, lens: [0; BATCH] }
     }
-    // SAFETY: the first `count` headers are initialised and point at live
-    // iovecs, which point at `count` distinct buffers of N bytes.
-    let n = unsafe {
-        libc::recvmmsg(
-            fd.as_raw_fd(),
-            hdrs.as_mut_ptr().cast(),
-            count as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(err) };
+}
+
+impl<const N: usize> RecvBatch<N> {
+    /// Frame `i` of the last call, cut to `N` bytes if it was longer.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..self.lens[i]]
     }
-    let n = n as usize;
-    for (i, len) in lens.iter_mut().take(n).enumerate() {
-        // SAFETY: recvmmsg filled in the first n headers.
-        *len = (unsafe { hdrs[i].assume_init_ref() }.msg_len as usize).min(N);
+
+    /// Receives up to `max` (at most [`BATCH`]) datagrams from `fd` without
+    /// blocking, replacing the previous batch: frames `0..n` are the new
+    /// ones. Returns how many arrived;
+    /// `Ok(0)` when none was waiting.
+    pub fn recv(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
+        if max == 1 {
+            // As in send_one: no headers to copy in and out.
+            return match nix::sys::socket::recv(fd.as_raw_fd(), &mut self.bufs[0], MsgFlags::MSG_DONTWAIT) {
+                Ok(len) => {
+                    self.lens[0] = len;
+                    Ok(1)
+                }
+                Err(nix::errno::Errno::EAGAIN) => Ok(0),
+                Err(e) => Err(e.into()),
+            };
+        }
+        // SAFETY: every header points at its own iovec over an N-byte
+        // buffer, all owned by `self` and alive for the call; the kernel
+        // writes only the buffers, msg_len and the header's flag and length
+        // fields.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                max.min(BATCH) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(err) };
+        }
+        let n = n as usize;
+        for (len, hdr) in self.lens.iter_mut().zip(self.hdrs.iter()).take(n) {
+            *len = (hdr.msg_len as usize).min(N);
+        }
+        Ok(n)
     }
-    Ok(n)
+
+    /// Like [`RecvBatch::recv`] for a descriptor that yields one frame per
+    /// `read` (a tap interface). An error after some frames is left for
+    /// the next call, which meets it again.
+    pub fn read(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
+        let mut n = 0;
+        while n < max.min(BATCH) {
+            match nix::unistd::read(fd, &mut self.bufs[n]) {
+                Ok(len) => {
+                    self.lens[n] = len;
+                    n += 1;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) if n == 0 => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Sends `frames` (at most [`BATCH`]) on a connected datagram socket without
 /// blocking. Returns how many were sent before the first failure, and that
 /// failure if any.
 pub fn send_batch(fd: BorrowedFd, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+    if let [frame] = frames {
+        return send_one(fd, frame);
+    }
     let count = frames.len().min(BATCH);
     let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
     let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
     for (i, frame) in frames.iter().take(count).enumerate() {
         let iov = iovs[i].write(libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() });
-        // SAFETY: as in recv_batch.
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
         let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
         hdr.msg_hdr.msg_iov = iov;
         hdr.msg_hdr.msg_iovlen = 1;
@@ -93,27 +160,17 @@ pub fn send_batch(fd: BorrowedFd, frames: &[&[u8]]) -> (usize, Option<io::Error>
     (sent, None)
 }
 
-/// Reads up to `bufs.len()` (at most [`BATCH`]) frames without blocking
-/// from a descriptor that yields one frame per `read` (a tap interface),
-/// with the contract of [`recv_batch`]: a longer frame comes back cut to
-/// the buffer, `Ok(0)` when nothing was waiting. An error after some frames
-/// is left for the next call, which meets it again.
-pub fn read_batch<const N: usize>(fd: BorrowedFd, bufs: &mut [[u8; N]], lens: &mut [usize]) -> io::Result<usize> {
-    let count = bufs.len().min(BATCH).min(lens.len());
-    let mut n = 0;
-    while n < count {
-        match nix::unistd::read(fd, &mut bufs[n]) {
-            Ok(len) => {
-                lens[n] = len;
-                n += 1;
-            }
+/// A lone frame goes by `send`, which has no message headers to copy in:
+/// at low rates that is most frames, and the difference is measurable.
+fn send_one(fd: BorrowedFd, frame: &[u8]) -> (usize, Option<io::Error>) {
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        match nix::sys::socket::send(fd.as_raw_fd(), frame, flags) {
+            Ok(_) => return (1, None),
             Err(nix::errno::Errno::EINTR) => {}
-            Err(nix::errno::Errno::EAGAIN) => break,
-            Err(e) if n == 0 => return Err(e.into()),
-            Err(_) => break,
+            Err(e) => return (0, Some(e.into())),
         }
     }
-    Ok(n)
 }
 
 /// Writes `frames` (at most [`BATCH`]), one `write` each, to a descriptor
@@ -241,4 +298,54 @@ pub fn set_disposition(signal: nix::sys::signal::Signal, how: Disposition) -> ni
     };
     // SAFETY: ignoring or restoring the default installs no handler code.
     unsafe { nix::sys::signal::signal(signal, handler) }.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+
+    #[test]
+    fn batches_and_lone_frames_arrive_whole_and_in_order() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let frames: Vec<Vec<u8>> = (1..=5u8).map(|i| vec![i; 60 + i as usize]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        assert_eq!(send_batch(a.as_fd(), &refs[..1]).0, 1);
+        assert_eq!(send_batch(a.as_fd(), &refs[1..]).0, 4);
+        let mut rx = RecvBatch::<128>::default();
+        assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 1);
+        assert_eq!(rx.frame(0), &frames[0][..]);
+        assert_eq!(rx.recv(b.as_fd(), BATCH).unwrap(), 4);
+        for (i, f) in frames[1..].iter().enumerate() {
+            assert_eq!(rx.frame(i), &f[..]);
+        }
+        assert_eq!(rx.recv(b.as_fd(), BATCH).unwrap(), 0);
+        assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_datagram_longer_than_the_buffer_comes_back_cut() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.send(&[7; 200]).unwrap();
+        a.send(&[8; 200]).unwrap();
+        a.send(&[9; 200]).unwrap();
+        let mut rx = RecvBatch::<128>::default();
+        assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 1);
+        assert_eq!(rx.frame(0), &[7; 128][..]);
+        assert_eq!(rx.recv(b.as_fd(), BATCH).unwrap(), 2);
+        assert_eq!(rx.frame(1), &[9; 128][..]);
+    }
+
+    #[test]
+    fn a_batch_survives_being_moved() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let rx = RecvBatch::<64>::default();
+        let mut moved = Box::new(rx);
+        a.send(&[1, 2, 3]).unwrap();
+        a.send(&[4, 5]).unwrap();
+        assert_eq!(moved.recv(b.as_fd(), BATCH).unwrap(), 2);
+        assert_eq!(moved.frame(1), &[4, 5][..]);
+    }
 }

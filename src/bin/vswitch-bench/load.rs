@@ -2,17 +2,17 @@
 //! calls, counting every frame sent and received.
 
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use vswitch::client::Client;
-use vswitch::net::sys::{BATCH, recv_batch, send_batch};
+use vswitch::net::sys::{BATCH, RecvBatch, send_batch};
 
 /// What one measured run moved.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,34 +40,14 @@ pub fn attach(dir: &Path, n: usize, description: &str) -> Result<Vec<Client>> {
     (0..n).map(|i| Ok(Client::connect(dir, 0, &format!("{description}{i}"))?)).collect()
 }
 
-fn drain(clients: &[&Client]) -> u64 {
-    let mut bufs = vec![[0u8; 2048]; BATCH];
-    let mut lens = [0usize; BATCH];
-    let mut total = 0;
-    for c in clients {
-        while let Ok(n @ 1..) = recv_batch(c.data().as_fd(), &mut bufs, &mut lens) {
-            total += n as u64;
-        }
-    }
-    total
+/// One non-blocking pass over `clients`: a batch from each, counted.
+fn drain_once(clients: &[Client], rx: &mut RecvBatch<2048>) -> u64 {
+    clients.iter().map(|c| rx.recv(c.data().as_fd(), BATCH).unwrap_or(0) as u64).sum()
 }
 
-/// Counts frames arriving at `receivers` until `stop` is set and they are
-/// drained.
-fn count_until(receivers: Vec<Client>, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
-    thread::spawn(move || {
-        let refs: Vec<&Client> = receivers.iter().collect();
-        let mut received = 0;
-        loop {
-            let mut fds: Vec<PollFd> = refs.iter().map(|c| PollFd::new(c.data().as_fd(), PollFlags::POLLIN)).collect();
-            let _ = poll(&mut fds, PollTimeout::from(20u16));
-            let got = drain(&refs);
-            received += got;
-            if got == 0 && stop.load(Ordering::Relaxed) {
-                return received;
-            }
-        }
-    })
+fn drain(clients: &[Client]) {
+    let mut rx = RecvBatch::default();
+    while drain_once(clients, &mut rx) > 0 {}
 }
 
 /// A batch of copies of one frame.
@@ -75,26 +55,48 @@ fn repeated(frame: Vec<u8>) -> Vec<Vec<u8>> {
     vec![frame; BATCH]
 }
 
-/// Sends the batch `batches[i]` from `senders[i]` over and over, as fast as
-/// the switch takes it.
-fn blast(senders: &[Client], batches: &[Vec<Vec<u8>>], duration: Duration) -> (u64, f64) {
+/// Sends `batches[i]` from `senders[i]` over and over for `duration`, as
+/// fast as the switch takes it, while counting what reaches `receivers`;
+/// then counts stragglers until the switch has been quiet for 100 ms.
+///
+/// One thread does both and only sleeps when neither side can move: a
+/// sender and a receiver in threads of their own sleep and wake each other
+/// per batch, and that cost more CPU than the switch being measured.
+fn exchange(senders: &[Client], batches: &[Vec<Vec<u8>>], receivers: &[Client], duration: Duration) -> Traffic {
     let batches: Vec<Vec<&[u8]>> = batches.iter().map(|b| b.iter().map(Vec::as_slice).collect()).collect();
+    let mut rx = RecvBatch::default();
+    let (mut sent, mut received) = (0u64, 0u64);
     let started = Instant::now();
-    let mut sent = 0u64;
-    while started.elapsed() < duration {
+    let mut seconds = None;
+    let mut quiet_since = None;
+    loop {
+        let sending = seconds.is_none();
         let mut progressed = false;
-        for (s, batch) in senders.iter().zip(&batches) {
-            let (n, _) = send_batch(s.data().as_fd(), batch);
-            sent += n as u64;
-            progressed |= n > 0;
+        if sending {
+            for (s, batch) in senders.iter().zip(&batches) {
+                let (n, _) = send_batch(s.data().as_fd(), batch);
+                sent += n as u64;
+                progressed |= n > 0;
+            }
+            if started.elapsed() >= duration {
+                seconds = Some(started.elapsed().as_secs_f64());
+            }
         }
-        if !progressed {
-            let mut fds: Vec<PollFd> =
-                senders.iter().map(|c| PollFd::new(c.data().as_fd(), PollFlags::POLLOUT)).collect();
-            let _ = poll(&mut fds, PollTimeout::from(10u16));
+        let got = drain_once(receivers, &mut rx);
+        received += got;
+        progressed |= got > 0;
+        if progressed {
+            quiet_since = None;
+            continue;
         }
+        if !sending && *quiet_since.get_or_insert_with(Instant::now) + Duration::from_millis(100) < Instant::now() {
+            return Traffic { received, expected: sent, seconds: seconds.unwrap_or_default() };
+        }
+        let outgoing = senders.iter().filter(|_| sending).map(|c| PollFd::new(c.data().as_fd(), PollFlags::POLLOUT));
+        let incoming = receivers.iter().map(|c| PollFd::new(c.data().as_fd(), PollFlags::POLLIN));
+        let mut fds: Vec<PollFd> = outgoing.chain(incoming).collect();
+        let _ = poll(&mut fds, PollTimeout::from(10u16));
     }
-    (sent, started.elapsed().as_secs_f64())
 }
 
 /// `n` senders each streaming unicast frames of `len` bytes to their own
@@ -113,15 +115,10 @@ pub fn unicast_pairs(dir: &Path, n: usize, len: usize, duration: Duration) -> Re
         s.data().send(&frame(mac(i as u16, 2), mac(i as u16, 1), 60))?;
     }
     thread::sleep(Duration::from_millis(50));
-    drain(&senders.iter().chain(&receivers).collect::<Vec<_>>());
+    drain(&senders);
+    drain(&receivers);
     let frames: Vec<Vec<Vec<u8>>> = (0..n).map(|i| repeated(frame(mac(i as u16, 2), mac(i as u16, 1), len))).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = count_until(receivers, stop.clone());
-    let (sent, seconds) = blast(&senders, &frames, duration);
-    thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    let received = counter.join().map_err(|_| anyhow!("receiver thread panicked"))?;
-    Ok(Traffic { received, expected: sent, seconds })
+    Ok(exchange(&senders, &frames, &receivers, duration))
 }
 
 /// One sender broadcasting 64-byte frames to `n` receivers.
@@ -129,13 +126,8 @@ pub fn broadcast(dir: &Path, n: usize, duration: Duration) -> Result<Traffic> {
     let sender = Client::connect(dir, 0, "tx")?;
     let receivers = attach(dir, n, "rx")?;
     let frames = vec![repeated(frame([0xff; 6], mac(0, 1), 64))];
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = count_until(receivers, stop.clone());
-    let (sent, seconds) = blast(std::slice::from_ref(&sender), &frames, duration);
-    thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    let received = counter.join().map_err(|_| anyhow!("receiver thread panicked"))?;
-    Ok(Traffic { received, expected: sent * n as u64, seconds })
+    let t = exchange(std::slice::from_ref(&sender), &frames, &receivers, duration);
+    Ok(Traffic { expected: t.expected * n as u64, ..t })
 }
 
 /// One pair streaming 64-byte unicast frames with one broadcast in every
@@ -149,53 +141,62 @@ pub fn pair_beside_stalled_client(dir: &Path, stalled: bool, duration: Duration)
     receiver.data().send(&frame(mac(0, 1), mac(0, 2), 60))?;
     sender.data().send(&frame(mac(0, 2), mac(0, 1), 60))?;
     thread::sleep(Duration::from_millis(50));
-    drain(&[&sender, &receiver]);
+    let pair = [sender, receiver];
+    drain(&pair);
+    let [sender, receiver] = pair;
     let mut batch = repeated(frame(mac(0, 2), mac(0, 1), 64));
     batch[0] = frame([0xff; 6], mac(0, 1), 64);
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = count_until(vec![receiver], stop.clone());
-    let (sent, seconds) = blast(std::slice::from_ref(&sender), &[batch], duration);
-    thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    let received = counter.join().map_err(|_| anyhow!("receiver thread panicked"))?;
-    Ok(Traffic { received, expected: sent, seconds })
+    Ok(exchange(&[sender], &[batch], &[receiver], duration))
 }
 
-/// Round-trip times of `samples` ping-pongs between two clients, sorted.
-pub fn round_trips(dir: &Path, samples: usize) -> Result<Vec<Duration>> {
-    let a = Client::connect(dir, 0, "ping")?;
-    let b = Client::connect(dir, 0, "pong")?;
+/// Round-trip times between a pinging and an echoing client on each of
+/// `dirs`, `samples` per switch, sorted. The switches take turns ping by
+/// ping, so whatever else the machine does in the meantime lands on all of
+/// them alike.
+pub fn round_trips(dirs: &[PathBuf], samples: usize) -> Result<Vec<Vec<Duration>>> {
     let ping = frame(mac(0, 2), mac(0, 1), 64);
     let pong = frame(mac(0, 1), mac(0, 2), 64);
     let stop = Arc::new(AtomicBool::new(false));
-    let echo = {
-        let stop = stop.clone();
-        thread::spawn(move || {
+    let mut pingers = Vec::new();
+    let mut echoes = Vec::new();
+    for dir in dirs {
+        pingers.push(Client::connect(dir, 0, "ping")?);
+        let echo = Client::connect(dir, 0, "pong")?;
+        let (stop, pong) = (stop.clone(), pong.clone());
+        echoes.push(thread::spawn(move || {
             let mut buf = [0u8; 2048];
-            b.data().set_read_timeout(Some(Duration::from_millis(50))).ok();
+            echo.data().set_read_timeout(Some(Duration::from_millis(50))).ok();
             while !stop.load(Ordering::Relaxed) {
-                if b.data().recv(&mut buf).is_ok() {
-                    let _ = b.data().send(&pong);
+                if echo.data().recv(&mut buf).is_ok() {
+                    let _ = echo.data().send(&pong);
                 }
             }
-        })
-    };
-    a.data().set_read_timeout(Some(Duration::from_millis(200)))?;
+        }));
+    }
     let mut buf = [0u8; 2048];
-    let mut rtts = Vec::with_capacity(samples);
-    // Warm up learning in both directions before timing.
-    for _ in 0..samples + 10 {
-        let started = Instant::now();
-        a.data().send(&ping)?;
-        if a.data().recv(&mut buf).is_ok() {
-            rtts.push(started.elapsed());
+    let mut rtts = vec![Vec::with_capacity(samples); dirs.len()];
+    // The first rounds let the switches learn both stations; untimed.
+    const WARM_UP: usize = 10;
+    for round in 0..samples + WARM_UP {
+        for turn in 0..dirs.len() {
+            let i = (round + turn) % dirs.len();
+            let pinger = pingers[i].data();
+            pinger.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let started = Instant::now();
+            pinger.send(&ping)?;
+            if pinger.recv(&mut buf).is_ok() && round >= WARM_UP {
+                rtts[i].push(started.elapsed());
+            }
+            // Long enough for every switch to go back to sleep.
+            thread::sleep(Duration::from_micros(20));
         }
-        thread::sleep(Duration::from_micros(500));
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = echo.join();
-    let keep = rtts.len().saturating_sub(10);
-    let mut rtts = rtts.split_off(rtts.len() - keep);
-    rtts.sort();
+    for echo in echoes {
+        let _ = echo.join();
+    }
+    for r in &mut rtts {
+        r.sort();
+    }
     Ok(rtts)
 }

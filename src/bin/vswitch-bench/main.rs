@@ -6,10 +6,11 @@ mod load;
 mod report;
 mod target;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -36,6 +37,9 @@ struct Args {
     /// limits throughput; off by default.
     #[arg(long)]
     pin: bool,
+    /// Round trips timed per switch and repetition.
+    #[arg(long, default_value_t = 30_000)]
+    round_trips: usize,
     /// Run only the workloads whose label contains this text.
     #[arg(long)]
     only: Option<String>,
@@ -98,7 +102,7 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Rss1000 => 1000,
         _ => 0,
     };
-    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin)?;
+    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU))?;
     let dir = sw.ctl_dir();
     let _idle_clients = load::attach(&dir, idle, "idle")?;
     let base_cpu = sw.cpu_time();
@@ -110,15 +114,47 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Stalled(stalled) => {
             traffic(&sw, base_cpu, load::pair_beside_stalled_client(&dir, stalled, duration)?)
         }
-        Workload::Latency => {
-            let rtts = load::round_trips(&dir, 2000)?;
-            let pick =
-                |q: f64| rtts.get(((rtts.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1e6);
-            Measurement { p50_us: pick(0.5), p99_us: pick(0.99), ..Measurement::default() }
-        }
+        Workload::Latency => bail!("round trips are measured on all targets at once"),
         Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
     };
     Ok(measured)
+}
+
+/// Round trips through every target in turns: per target, the round-trip
+/// times and the switch's CPU time spent on them.
+///
+/// The switches and both clients share one CPU. Across CPUs every hop is a
+/// wake-up of an idle virtual CPU, tens of microseconds on these machines
+/// and whichever switch is measured, and where the scheduler places each
+/// task changes from run to run; on one CPU the round trip is the
+/// switches' own path plus the clients'.
+fn latency(samples: usize) -> Result<Vec<(Kind, Vec<Duration>, Duration)>> {
+    let kinds = Workload::Latency.targets();
+    let switches: Vec<Switch> =
+        kinds.iter().map(|&k| Switch::start(k, 32, Fanout::Pair, Some(target::LOAD_CPU))).collect::<Result<_>>()?;
+    let dirs: Vec<PathBuf> = switches.iter().map(Switch::ctl_dir).collect();
+    let base_cpu: Vec<Duration> = switches.iter().map(Switch::cpu_time).collect();
+    // The clients' threads inherit the pinning from this one.
+    let rtts = std::thread::spawn(move || {
+        target::pin(nix::unistd::Pid::from_raw(0), target::LOAD_CPU);
+        load::round_trips(&dirs, samples)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the latency clients panicked"))??;
+    let cpu = switches.iter().zip(base_cpu).map(|(sw, base)| sw.cpu_time().saturating_sub(base));
+    Ok(kinds.iter().copied().zip(rtts).zip(cpu).map(|((k, r), c)| (k, r, c)).collect())
+}
+
+/// Percentiles of sorted round trips, and CPU per forwarded frame.
+fn round_trip_figures(rtts: &[Duration], cpu: Duration) -> Measurement {
+    let pick = |q: f64| rtts.get(((rtts.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    Measurement {
+        p50_us: pick(0.5),
+        p99_us: pick(0.99),
+        // Every round trip is two forwarded frames.
+        cpu_ns_per_frame: cpu.as_nanos() as f64 / (2 * rtts.len().max(1)) as f64,
+        ..Measurement::default()
+    }
 }
 
 fn raise_fd_limit() {
@@ -146,16 +182,36 @@ fn main() -> Result<()> {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").expect("valid template"));
     let mut records = Vec::new();
+    // Round trips of all repetitions together: the tail is a rare event.
+    let mut pooled: BTreeMap<Kind, (Vec<Duration>, Duration)> = BTreeMap::new();
     for rep in 0..args.reps {
         for &workload in &workloads {
-            for &kind in workload.targets() {
-                bar.set_message(format!("{} on {}", workload.label(), kind.name()));
-                let m = run(workload, kind, duration, args.pin)
-                    .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
-                records.push(Record { workload, target: kind, rep, m });
-                bar.inc(1);
+            bar.set_message(workload.label());
+            if workload == Workload::Latency {
+                for (kind, rtts, cpu) in latency(args.round_trips).context("round trips")? {
+                    records.push(Record { workload, target: kind, rep: Some(rep), m: round_trip_figures(&rtts, cpu) });
+                    let (all, total_cpu) = pooled.entry(kind).or_default();
+                    all.extend(rtts);
+                    *total_cpu += cpu;
+                }
+            } else {
+                for &kind in workload.targets() {
+                    let m = run(workload, kind, duration, args.pin)
+                        .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
+                    records.push(Record { workload, target: kind, rep: Some(rep), m });
+                }
             }
+            bar.inc(workload.targets().len() as u64);
         }
+    }
+    for (kind, (mut rtts, cpu)) in pooled {
+        rtts.sort();
+        records.push(Record {
+            workload: Workload::Latency,
+            target: kind,
+            rep: None,
+            m: round_trip_figures(&rtts, cpu),
+        });
     }
     bar.finish_and_clear();
     print!("{}", report::table(&workloads, &records));

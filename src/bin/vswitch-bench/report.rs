@@ -25,7 +25,8 @@ pub struct Measurement {
 pub struct Record {
     pub workload: Workload,
     pub target: Kind,
-    pub rep: usize,
+    /// `None` for figures over all repetitions together.
+    pub rep: Option<usize>,
     #[serde(flatten)]
     pub m: Measurement,
 }
@@ -48,7 +49,12 @@ fn spread(values: impl Iterator<Item = f64>) -> Spread {
 }
 
 fn field(records: &[Record], w: Workload, k: Kind, f: fn(&Measurement) -> f64) -> Spread {
-    spread(records.iter().filter(|r| r.workload == w && r.target == k).map(|r| f(&r.m)))
+    spread(records.iter().filter(|r| r.workload == w && r.target == k && r.rep.is_some()).map(|r| f(&r.m)))
+}
+
+/// A field over all repetitions together, where the workload has one.
+fn pooled(records: &[Record], w: Workload, k: Kind, f: fn(&Measurement) -> f64) -> Option<f64> {
+    records.iter().find(|r| r.workload == w && r.target == k && r.rep.is_none()).map(|r| f(&r.m))
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -63,21 +69,28 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
         let get = |k: Kind, f: fn(&Measurement) -> f64| field(records, w, k, f);
         match w {
             Workload::Latency => {
-                let _ = writeln!(out, "  {:<11} {:>22} {:>22}", "switch", "p50 µs (min-max)", "p99 µs (min-max)");
-                for &k in &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor] {
+                let _ = writeln!(
+                    out,
+                    "  {:<11} {:>24} {:>24} {:>13}",
+                    "switch", "p50 µs (per-run range)", "p99 µs (per-run range)", "CPU ns/frame"
+                );
+                for &k in w.targets() {
                     let (p50, p99) = (get(k, |m| m.p50_us), get(k, |m| m.p99_us));
+                    let all = |f| pooled(records, w, k, f).unwrap_or(f64::NAN);
                     let _ = writeln!(
                         out,
-                        "  {:<11} {:>8.1} ({:>5.1}-{:>5.1}) {:>8.1} ({:>5.1}-{:>5.1})",
+                        "  {:<11} {:>10.1} ({:>5.1}-{:>5.1}) {:>10.1} ({:>5.1}-{:>5.1}) {:>13.0}",
                         k.name(),
-                        p50.median,
+                        all(|m| m.p50_us),
                         p50.min,
                         p50.max,
-                        p99.median,
+                        all(|m| m.p99_us),
                         p99.min,
-                        p99.max
+                        p99.max,
+                        all(|m| m.cpu_ns_per_frame)
                     );
                 }
+                let _ = writeln!(out, "  (round trips of all runs together; switches and clients on one CPU)");
             }
             Workload::Rss1000 => {
                 for &k in &[Kind::Vswitch, Kind::VdeSwitch] {

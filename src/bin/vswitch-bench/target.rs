@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Kind {
     Vswitch,
     VdeSwitch,
@@ -61,7 +61,8 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 impl Switch {
-    pub fn start(kind: Kind, numports: u32, fanout: Fanout, pinned: bool) -> Result<Switch> {
+    /// Starts a fresh `kind`, bound to `cpu` if given.
+    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
@@ -105,8 +106,8 @@ impl Switch {
                 && std::os::unix::net::UnixStream::connect(sw.join("ctl")).is_ok()
             {
                 let pid = Pid::from_raw(pid);
-                if pinned {
-                    pin(pid, SWITCH_CPU);
+                if let Some(cpu) = cpu {
+                    pin(pid, cpu);
                 }
                 return Ok(Switch { pid, child, dir });
             }
@@ -121,20 +122,13 @@ impl Switch {
         self.dir.path().join("sw")
     }
 
-    fn stat_fields(&self) -> Vec<u64> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // The command name may contain spaces: fields are counted after ')'.
-        let after_name = stat.rsplit(')').next().unwrap_or("");
-        after_name.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect()
-    }
-
-    /// User plus system CPU time used so far.
+    /// User plus system CPU time used so far, to the nanosecond: the tick
+    /// counts in /proc/PID/stat are too coarse for a run of a few thousand
+    /// frames.
     pub fn cpu_time(&self) -> Duration {
-        let f = self.stat_fields();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
-        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+        nix::time::clock_getcpuclockid(self.pid)
+            .and_then(nix::time::clock_gettime)
+            .map_or(Duration::ZERO, Duration::from)
     }
 
     /// Resident set size in KiB.
