@@ -28,8 +28,8 @@ impl Kind {
     }
 }
 
-/// The switch under test runs on this CPU, the load generators on the
-/// other, so neither steals the other's time slices on a 2-core machine.
+/// With `--pin`, the switch under test runs on this CPU and the load
+/// generator on the other, so neither steals the other's time slices.
 pub const SWITCH_CPU: usize = 0;
 pub const LOAD_CPU: usize = 1;
 
