@@ -118,8 +118,8 @@ pub fn engine(data: &[u8]) {
             }
             _ => {}
         }
-        sw.drain_events().for_each(drop);
-        let sent: Vec<EndpointKey> = sw.drain_outbox().map(|o| o.endpoint).collect();
+        drop(sw.take_events());
+        let sent: Vec<EndpointKey> = sw.take_outbox().into_iter().map(|o| o.endpoint).collect();
         assert!(sent.iter().all(|&k| sw.endpoint(k).is_some()), "a BPDU went to a detached endpoint");
     }
 }

@@ -48,7 +48,7 @@ fn attach(dir: &std::path::Path, mut stream: UnixStream, index: usize) -> Result
 /// destination that has gone away loses the rest.
 fn send_all(fd: BorrowedFd, mut frames: &[&[u8]]) {
     while !frames.is_empty() {
-        let (sent, error) = send_batch(fd, frames);
+        let (sent, error) = send_batch(fd, frames.iter().copied());
         frames = &frames[sent..];
         match error {
             Some(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -690,8 +690,8 @@ impl Switch {
     }
 
     /// Takes the frames the switch originated since the last call.
-    pub fn drain_outbox(&mut self) -> std::vec::Drain<'_, Outgoing> {
-        self.outbox.drain(..)
+    pub fn take_outbox(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outbox)
     }
 }
 

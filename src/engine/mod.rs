@@ -452,9 +452,10 @@ impl Switch {
         self.fstp_tick(now);
     }
 
-    /// Takes the events produced since the last call.
-    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
-        self.events.drain(..)
+    /// Takes the events produced since the last call (without allocating
+    /// when there are none, which is nearly always).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     // ----- VLAN bookkeeping ------------------------------------------------

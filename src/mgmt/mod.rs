@@ -154,7 +154,7 @@ fn lookup(line: &str) -> Option<(&'static Command, &str)> {
 /// Moves the events the engine produced so far into `ctx.events`, writing
 /// the lines this session subscribed to into `out`.
 fn collect_events(ctx: &mut Context, out: &mut String) {
-    let events: Vec<Event> = ctx.switch.drain_events().collect();
+    let events = ctx.switch.take_events();
     for event in events {
         notify(ctx, out, event);
     }

@@ -70,7 +70,7 @@ impl Console {
             credentials: Credentials::default(),
         };
         self.switch.attach(request).expect("attach");
-        self.switch.drain_events().for_each(drop);
+        drop(self.switch.take_events());
     }
 }
 

@@ -479,7 +479,7 @@ impl Server {
     /// Hands the engine's pending events to the log and to subscribed
     /// consoles.
     pub(super) fn publish_events(&mut self) {
-        let events: Vec<_> = self.switch.drain_events().collect();
+        let events = self.switch.take_events();
         self.deliver_events(&events, None);
     }
 

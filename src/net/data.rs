@@ -85,7 +85,11 @@ impl Link {
         }
     }
 
-    fn send_batch(&self, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
+    fn send_batch<'a, I>(&self, frames: I) -> (usize, Option<io::Error>)
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: ExactSizeIterator,
+    {
         match self.kind {
             LinkKind::Socket { .. } => sys::send_batch(self.fd.as_fd(), frames),
             LinkKind::Tap => sys::write_batch(self.fd.as_fd(), frames),
@@ -340,11 +344,7 @@ impl DataPlane {
             let Some(link) = self.link(dest) else { continue };
             // Frames already waiting go first: keep the order.
             let sent = if link.queue.is_empty() {
-                let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-                for (slot, q) in frames.iter_mut().zip(run) {
-                    *slot = self.frame(q);
-                }
-                let (sent, error) = link.send_batch(&frames[..run.len()]);
+                let (sent, error) = link.send_batch(run.iter().map(|q| self.frame(q)));
                 match error {
                     None => continue,
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => sent,
@@ -411,13 +411,7 @@ impl DataPlane {
     fn drain_queue(&mut self, epoll: &Epoll, key: EndpointKey, switch: &mut Switch) {
         let Some(link) = self.links.get_mut(key.0 as usize).and_then(Option::as_mut) else { return };
         while !link.queue.is_empty() {
-            let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
-            let mut count = 0;
-            for (slot, f) in frames.iter_mut().zip(&link.queue) {
-                *slot = f;
-                count += 1;
-            }
-            let (sent, error) = link.send_batch(&frames[..count]);
+            let (sent, error) = link.send_batch(link.queue.iter().map(Vec::as_slice));
             self.spare.extend(link.queue.drain(..sent));
             match error {
                 None => {}
@@ -442,11 +436,11 @@ impl DataPlane {
     /// source back: a full destination queues them behind its waiting
     /// frames, or drops them once its queue is full.
     pub fn send_originated(&mut self, epoll: &Epoll, switch: &mut Switch) {
-        let frames: Vec<Outgoing> = switch.drain_outbox().collect();
+        let frames = switch.take_outbox();
         for Outgoing { endpoint, frame } in frames {
             let Some(link) = self.link_mut(endpoint) else { continue };
             if link.queue.is_empty() {
-                match link.send_batch(&[&frame]).1 {
+                match link.send_batch([frame.as_slice()]).1 {
                     None => continue,
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Some(e) => {

@@ -118,23 +118,31 @@ impl<const N: usize> RecvBatch<N> {
     }
 }
 
-/// Sends `frames` (at most [`BATCH`]) on a connected datagram socket without
-/// blocking. Returns how many were sent before the first failure, and that
-/// failure if any.
-pub fn send_batch(fd: BorrowedFd, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
-    if let [frame] = frames {
+/// Sends `frames` (the first [`BATCH`] of them) on a connected datagram
+/// socket without blocking. Returns how many were sent before the first
+/// failure, and that failure if any.
+pub fn send_batch<'a, I>(fd: BorrowedFd, frames: I) -> (usize, Option<io::Error>)
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut frames = frames.into_iter();
+    if frames.len() == 1
+        && let Some(frame) = frames.next()
+    {
         return send_one(fd, frame);
     }
-    let count = frames.len().min(BATCH);
     let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
     let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
-    for (i, frame) in frames.iter().take(count).enumerate() {
-        let iov = iovs[i].write(libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() });
+    let mut count = 0;
+    for (iov, frame) in iovs.iter_mut().zip(frames) {
+        let iov = iov.write(libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() });
         // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
         let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
         hdr.msg_hdr.msg_iov = iov;
         hdr.msg_hdr.msg_iovlen = 1;
-        hdrs[i].write(hdr);
+        hdrs[count].write(hdr);
+        count += 1;
     }
     let mut sent = 0;
     while sent < count {
@@ -173,19 +181,21 @@ fn send_one(fd: BorrowedFd, frame: &[u8]) -> (usize, Option<io::Error>) {
     }
 }
 
-/// Writes `frames` (at most [`BATCH`]), one `write` each, to a descriptor
-/// that takes one frame per write (a tap interface), with the contract of
-/// [`send_batch`].
-pub fn write_batch(fd: BorrowedFd, frames: &[&[u8]]) -> (usize, Option<io::Error>) {
-    let count = frames.len().min(BATCH);
+/// Writes `frames` (the first [`BATCH`]), one `write` each, to a
+/// descriptor that takes one frame per write (a tap interface), with the
+/// contract of [`send_batch`].
+pub fn write_batch<'a>(fd: BorrowedFd, frames: impl IntoIterator<Item = &'a [u8]>) -> (usize, Option<io::Error>) {
     let mut sent = 0;
-    while sent < count {
-        match nix::unistd::write(fd, frames[sent]) {
-            // A tap takes a frame whole or not at all.
-            Ok(_) => sent += 1,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return (sent, Some(e.into())),
+    for frame in frames.into_iter().take(BATCH) {
+        loop {
+            match nix::unistd::write(fd, frame) {
+                // A tap takes a frame whole or not at all.
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return (sent, Some(e.into())),
+            }
         }
+        sent += 1;
     }
     (sent, None)
 }
@@ -312,8 +322,8 @@ mod tests {
         let (a, b) = UnixDatagram::pair().unwrap();
         let frames: Vec<Vec<u8>> = (1..=5u8).map(|i| vec![i; 60 + i as usize]).collect();
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-        assert_eq!(send_batch(a.as_fd(), &refs[..1]).0, 1);
-        assert_eq!(send_batch(a.as_fd(), &refs[1..]).0, 4);
+        assert_eq!(send_batch(a.as_fd(), refs[..1].iter().copied()).0, 1);
+        assert_eq!(send_batch(a.as_fd(), refs[1..].iter().copied()).0, 4);
         let mut rx = RecvBatch::<128>::default();
         assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 1);
         assert_eq!(rx.frame(0), &frames[0][..]);

@@ -74,7 +74,7 @@ fn exchange(senders: &[Client], batches: &[Vec<Vec<u8>>], receivers: &[Client], 
         let mut progressed = false;
         if sending {
             for (s, batch) in senders.iter().zip(&batches) {
-                let (n, _) = send_batch(s.data().as_fd(), batch);
+                let (n, _) = send_batch(s.data().as_fd(), batch.iter().copied());
                 sent += n as u64;
                 progressed |= n > 0;
             }

@@ -115,7 +115,7 @@ impl Net {
         let mut carried = 0;
         loop {
             for (i, sw) in self.switches.iter_mut().enumerate() {
-                queue.extend(sw.drain_outbox().map(|o| (i, o.endpoint, o.frame)));
+                queue.extend(sw.take_outbox().into_iter().map(|o| (i, o.endpoint, o.frame)));
             }
             let Some((sw, key, bytes)) = queue.pop_front() else { return Some(carried) };
             let wire = self.wires[sw].iter().find(|(k, _)| *k == key).map(|&(_, w)| w);
@@ -316,14 +316,14 @@ fn a_silent_root_times_out_after_more_than_twelve_seconds() {
     assert_eq!(net.tree(1, 0).root_port(), 1);
     // The root stops speaking but the link stays up.
     net.switches[0].set_fstp(false);
-    net.switches[1].drain_events().count();
+    drop(net.switches[1].take_events());
     net.advance(12);
     assert_eq!(net.tree(1, 0).root_port(), 1, "12 s are not enough");
     net.advance(4);
     assert_eq!(net.tree(1, 0).root_port(), 0);
     assert_eq!(net.tree(1, 0).root(), BridgeId::new(0x8000, mac(0x0b)));
     let me = BridgeId::new(0x8000, mac(0x0b));
-    assert!(net.switches[1].drain_events().any(|e| e == Event::FstpRoot { port: 0, vlan: 0, root: me }));
+    assert!(net.switches[1].take_events().into_iter().any(|e| e == Event::FstpRoot { port: 0, vlan: 0, root: me }));
 }
 
 #[test]
@@ -439,7 +439,7 @@ fn vlans_have_independent_trees() {
 fn status_events_tell_what_changed() {
     let mut net = Net::new(&[(0x8000, 0x0a), (0x8000, 0x0b)]);
     net.cable(0, 1, 1, 1);
-    let events: Vec<Event> = net.switches[1].drain_events().collect();
+    let events: Vec<Event> = net.switches[1].take_events();
     let root = BridgeId::new(0x8000, mac(0x0a));
     let fstp: Vec<&Event> = events
         .iter()
@@ -506,20 +506,20 @@ fn a_port_blocked_by_a_neighbour_that_falls_silent_forwards_again() {
         max_age: 40,
         hello: 4,
     };
-    net.switches[0].drain_events().count();
+    drop(net.switches[0].take_events());
     net.send(0, h, &redundant.encode(mac(0x0b), None));
     assert_eq!(net.roles(0, 0), "4:Alternate/Backup/blk");
-    let events: Vec<Event> = net.switches[0].drain_events().collect();
+    let events: Vec<Event> = net.switches[0].take_events();
     assert!(events.contains(&Event::FstpPortActive { port: 4, vlan: 0 }));
     assert!(events.contains(&Event::FstpStatus { port: 4, vlan: 0, state: PortState::Discarding }));
     // Windows are four hellos (16 s) long. The port is reported gone once
     // a window without BPDUs ends, and unblocked when the window that
     // heard the last BPDU has been reused: 32 to 48 s of silence.
     net.advance(32);
-    assert_eq!(net.switches[0].drain_events().collect::<Vec<_>>(), [Event::FstpPortInactive { port: 4, vlan: 0 }]);
+    assert_eq!(net.switches[0].take_events(), [Event::FstpPortInactive { port: 4, vlan: 0 }]);
     assert_eq!(net.roles(0, 0), "4:Alternate/Backup/blk");
     net.advance(16);
     assert_eq!(net.roles(0, 0), "4:Designated/fwd");
-    let events: Vec<Event> = net.switches[0].drain_events().collect();
+    let events: Vec<Event> = net.switches[0].take_events();
     assert_eq!(events, [Event::FstpStatus { port: 4, vlan: 0, state: PortState::Forwarding }]);
 }
