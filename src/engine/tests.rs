@@ -250,7 +250,7 @@ fn stations_age_out_at_the_next_frame_after_gc() {
     assert_eq!(lab.sw.mac_table().len(), 1, "no sweep without traffic");
     drop(lab.sw.take_events());
     assert_eq!(lab.targets(b, &frame(mac(1), mac(2), 60)), vec![a], "expired: flooded");
-    let events: Vec<Event> = lab.sw.take_events();
+    let events = lab.sw.take_events();
     assert_eq!(events[0], Event::HashDel { mac: mac(1), vlan: 0, port: 1 });
 }
 
@@ -280,7 +280,7 @@ fn last_endpoint_leaving_deactivates_port_but_keeps_it() {
     lab.sw.detach(a);
     let port = lab.sw.port(4).expect("port kept");
     assert!(!port.is_active());
-    let events: Vec<Event> = lab.sw.take_events();
+    let events = lab.sw.take_events();
     assert_eq!(events.last(), Some(&Event::PortDel(4)));
 }
 

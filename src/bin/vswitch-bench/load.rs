@@ -50,6 +50,20 @@ fn drain(clients: &[Client]) {
     while drain_once(clients, &mut rx) > 0 {}
 }
 
+/// Pair `i`'s receiver and sender each speak once (as `mac(i, 2)` and
+/// `mac(i, 1)`) so the switch learns where both live; what that flooded is
+/// drained.
+fn introduce(senders: &[Client], receivers: &[Client]) -> Result<()> {
+    for (i, (s, r)) in senders.iter().zip(receivers).enumerate() {
+        r.data().send(&frame(mac(i as u16, 1), mac(i as u16, 2), 60))?;
+        s.data().send(&frame(mac(i as u16, 2), mac(i as u16, 1), 60))?;
+    }
+    thread::sleep(Duration::from_millis(50));
+    drain(senders);
+    drain(receivers);
+    Ok(())
+}
+
 /// A batch of copies of one frame.
 fn repeated(frame: Vec<u8>) -> Vec<Vec<u8>> {
     vec![frame; BATCH]
@@ -109,14 +123,7 @@ pub fn unicast_pairs(dir: &Path, n: usize, len: usize, duration: Duration) -> Re
         senders.push(Client::connect(dir, 0, &format!("tx{i}"))?);
         receivers.push(Client::connect(dir, 0, &format!("rx{i}"))?);
     }
-    // Each station speaks once so the switch learns where both live.
-    for (i, (s, r)) in senders.iter().zip(&receivers).enumerate() {
-        r.data().send(&frame(mac(i as u16, 1), mac(i as u16, 2), 60))?;
-        s.data().send(&frame(mac(i as u16, 2), mac(i as u16, 1), 60))?;
-    }
-    thread::sleep(Duration::from_millis(50));
-    drain(&senders);
-    drain(&receivers);
+    introduce(&senders, &receivers)?;
     let frames: Vec<Vec<Vec<u8>>> = (0..n).map(|i| repeated(frame(mac(i as u16, 2), mac(i as u16, 1), len))).collect();
     Ok(exchange(&senders, &frames, &receivers, duration))
 }
@@ -135,18 +142,13 @@ pub fn broadcast(dir: &Path, n: usize, duration: Duration) -> Result<Traffic> {
 /// the broadcasts fill its socket. Delivered frames/s at the receiver shows
 /// what a dead listener costs everyone else.
 pub fn pair_beside_stalled_client(dir: &Path, stalled: bool, duration: Duration) -> Result<Traffic> {
-    let sender = Client::connect(dir, 0, "tx")?;
-    let receiver = Client::connect(dir, 0, "rx")?;
+    let senders = [Client::connect(dir, 0, "tx")?];
+    let receivers = [Client::connect(dir, 0, "rx")?];
     let _stalled = stalled.then(|| Client::connect(dir, 0, "never-reads")).transpose()?;
-    receiver.data().send(&frame(mac(0, 1), mac(0, 2), 60))?;
-    sender.data().send(&frame(mac(0, 2), mac(0, 1), 60))?;
-    thread::sleep(Duration::from_millis(50));
-    let pair = [sender, receiver];
-    drain(&pair);
-    let [sender, receiver] = pair;
+    introduce(&senders, &receivers)?;
     let mut batch = repeated(frame(mac(0, 2), mac(0, 1), 64));
     batch[0] = frame([0xff; 6], mac(0, 1), 64);
-    Ok(exchange(&[sender], &[batch], &[receiver], duration))
+    Ok(exchange(&senders, &[batch], &receivers, duration))
 }
 
 /// Round-trip times between a pinging and an echoing client on each of
@@ -160,7 +162,9 @@ pub fn round_trips(dirs: &[PathBuf], samples: usize) -> Result<Vec<Vec<Duration>
     let mut pingers = Vec::new();
     let mut echoes = Vec::new();
     for dir in dirs {
-        pingers.push(Client::connect(dir, 0, "ping")?);
+        let pinger = Client::connect(dir, 0, "ping")?;
+        pinger.data().set_read_timeout(Some(Duration::from_millis(200)))?;
+        pingers.push(pinger);
         let echo = Client::connect(dir, 0, "pong")?;
         let (stop, pong) = (stop.clone(), pong.clone());
         echoes.push(thread::spawn(move || {
@@ -181,7 +185,6 @@ pub fn round_trips(dirs: &[PathBuf], samples: usize) -> Result<Vec<Vec<Duration>
         for turn in 0..dirs.len() {
             let i = (round + turn) % dirs.len();
             let pinger = pingers[i].data();
-            pinger.set_read_timeout(Some(Duration::from_millis(200)))?;
             let started = Instant::now();
             pinger.send(&ping)?;
             if pinger.recv(&mut buf).is_ok() && round >= WARM_UP {

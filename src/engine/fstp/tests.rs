@@ -323,7 +323,7 @@ fn a_silent_root_times_out_after_more_than_twelve_seconds() {
     assert_eq!(net.tree(1, 0).root_port(), 0);
     assert_eq!(net.tree(1, 0).root(), BridgeId::new(0x8000, mac(0x0b)));
     let me = BridgeId::new(0x8000, mac(0x0b));
-    assert!(net.switches[1].take_events().into_iter().any(|e| e == Event::FstpRoot { port: 0, vlan: 0, root: me }));
+    assert!(net.switches[1].take_events().contains(&Event::FstpRoot { port: 0, vlan: 0, root: me }));
 }
 
 #[test]
@@ -439,7 +439,7 @@ fn vlans_have_independent_trees() {
 fn status_events_tell_what_changed() {
     let mut net = Net::new(&[(0x8000, 0x0a), (0x8000, 0x0b)]);
     net.cable(0, 1, 1, 1);
-    let events: Vec<Event> = net.switches[1].take_events();
+    let events = net.switches[1].take_events();
     let root = BridgeId::new(0x8000, mac(0x0a));
     let fstp: Vec<&Event> = events
         .iter()
@@ -509,7 +509,7 @@ fn a_port_blocked_by_a_neighbour_that_falls_silent_forwards_again() {
     drop(net.switches[0].take_events());
     net.send(0, h, &redundant.encode(mac(0x0b), None));
     assert_eq!(net.roles(0, 0), "4:Alternate/Backup/blk");
-    let events: Vec<Event> = net.switches[0].take_events();
+    let events = net.switches[0].take_events();
     assert!(events.contains(&Event::FstpPortActive { port: 4, vlan: 0 }));
     assert!(events.contains(&Event::FstpStatus { port: 4, vlan: 0, state: PortState::Discarding }));
     // Windows are four hellos (16 s) long. The port is reported gone once
@@ -520,6 +520,6 @@ fn a_port_blocked_by_a_neighbour_that_falls_silent_forwards_again() {
     assert_eq!(net.roles(0, 0), "4:Alternate/Backup/blk");
     net.advance(16);
     assert_eq!(net.roles(0, 0), "4:Designated/fwd");
-    let events: Vec<Event> = net.switches[0].take_events();
+    let events = net.switches[0].take_events();
     assert_eq!(events, [Event::FstpStatus { port: 4, vlan: 0, state: PortState::Forwarding }]);
 }
