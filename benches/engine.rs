@@ -3,7 +3,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
-use vswitch::engine::{Attach, Credentials, Delivery, EndpointKey, Module, PortRequest, Switch};
+use vswitch::engine::{Attach, Credentials, Delivery, EndpointKey, PortRequest, Switch};
 
 fn mac(n: u32) -> [u8; 6] {
     let b = n.to_be_bytes();
@@ -31,7 +31,7 @@ fn switch_with_ports(n: u32) -> (Switch, Vec<EndpointKey>) {
             let a = Attach {
                 request: PortRequest::Port(p),
                 id: p,
-                module: Module::UnixProg,
+                module: "unix prog",
                 description: String::new(),
                 user: Some(0),
                 credentials: Credentials::default(),

@@ -2,7 +2,7 @@
 //! the regression test that replays every saved crasher. Each takes raw
 //! bytes and panics only if an invariant breaks.
 
-use crate::engine::{Attach, Credentials, Delivery, EndpointKey, Module, PortRequest, Switch, VLAN_NONE};
+use crate::engine::{Attach, Credentials, Delivery, EndpointKey, PortRequest, Switch, VLAN_NONE};
 use crate::mgmt::{self, Context, Session, SessionKind, SwitchInfo};
 use crate::wire::{Frame, Mac, Request};
 
@@ -62,7 +62,7 @@ pub fn engine(data: &[u8]) {
                 let a = Attach {
                     request,
                     id: u32::from(arg),
-                    module: Module::UnixProg,
+                    module: "unix prog",
                     description: String::new(),
                     user: Some(0),
                     credentials: Credentials { uid: 0, gids: vec![0] },
@@ -145,7 +145,7 @@ fn session_fixture() -> (Switch, SwitchInfo) {
         let a = Attach {
             request: PortRequest::Port(port),
             id: port,
-            module: Module::UnixProg,
+            module: "unix prog",
             description: format!("fuzz{port}"),
             user: Some(0),
             credentials: Credentials::default(),

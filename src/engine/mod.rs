@@ -32,28 +32,14 @@ pub const MAX_PORTS: u32 = 1 << 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey(pub u32);
 
-/// How an endpoint moves bytes, shown as the `module` in port listings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Module {
-    UnixProg,
-    TunTap,
-}
-
-impl Module {
-    pub fn name(self) -> &'static str {
-        match self {
-            Module::UnixProg => "unix prog",
-            Module::TunTap => "tuntap",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub port: PortId,
     /// The number shown as `endpoint ID` and used by `port/epclose`.
     pub id: u32,
-    pub module: Module,
+    /// How the endpoint moves bytes, as named in port listings; the
+    /// engine knows nothing else about it.
+    pub module: &'static str,
     pub description: String,
 }
 
@@ -70,7 +56,9 @@ pub enum PortRequest {
 pub struct Attach {
     pub request: PortRequest,
     pub id: u32,
-    pub module: Module,
+    /// How the endpoint moves bytes, as named in port listings; the
+    /// engine knows nothing else about it.
+    pub module: &'static str,
     pub description: String,
     /// The identity that owns a port while attached (the owner of the
     /// client's socket file, `None` for abstract addresses).

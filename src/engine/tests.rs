@@ -41,7 +41,7 @@ impl Lab {
         let a = Attach {
             request,
             id: self.next_id,
-            module: Module::UnixProg,
+            module: "unix prog",
             description: format!("ep{}", self.next_id),
             user: Some(0),
             credentials: Credentials::default(),
@@ -97,7 +97,7 @@ fn port_range_and_exhaustion() {
     let req = |request| Attach {
         request,
         id: 1,
-        module: Module::UnixProg,
+        module: "unix prog",
         description: String::new(),
         user: None,
         credentials: Credentials::default(),
@@ -115,7 +115,7 @@ fn another_user_cannot_join_an_active_port() {
     let stranger = Attach {
         request: PortRequest::Port(5),
         id: 99,
-        module: Module::UnixProg,
+        module: "unix prog",
         description: String::new(),
         user: Some(1000),
         credentials: Credentials { uid: 1000, gids: vec![1000] },
@@ -129,7 +129,7 @@ fn abstract_clients_of_different_users_cannot_share_a_port() {
     let abstract_client = |uid| Attach {
         request: PortRequest::Port(5),
         id: uid,
-        module: Module::UnixProg,
+        module: "unix prog",
         description: String::new(),
         user: None,
         credentials: Credentials { uid, gids: vec![uid] },
@@ -147,7 +147,7 @@ fn acl_is_checked_with_kernel_credentials() {
     let abstract_client = Attach {
         request: PortRequest::Port(5),
         id: 9,
-        module: Module::UnixProg,
+        module: "unix prog",
         description: String::new(),
         user: None,
         credentials: Credentials { uid: 1000, gids: vec![1000] },

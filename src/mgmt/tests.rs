@@ -7,7 +7,7 @@ use std::fs;
 use nix::errno::Errno;
 
 use super::*;
-use crate::engine::{Attach, Credentials, Module, PortId, PortRequest};
+use crate::engine::{Attach, Credentials, PortId, PortRequest};
 
 fn info() -> SwitchInfo {
     SwitchInfo {
@@ -64,7 +64,7 @@ impl Console {
         let request = Attach {
             request: PortRequest::Port(port),
             id,
-            module: Module::UnixProg,
+            module: "unix prog",
             description: format!("client {id}"),
             user: Some(0),
             credentials: Credentials::default(),

@@ -130,6 +130,8 @@ pub struct SocketSession {
     pub closing: bool,
     /// The peer will send nothing more: close once its commands are served.
     eof: bool,
+    /// Tells this session's events from those of an earlier one in the slot.
+    pub generation: u32,
 }
 
 impl SocketSession {
@@ -142,6 +144,7 @@ impl SocketSession {
             out: VecDeque::new(),
             event_backlog: 0,
             closing: false,
+            generation: 0,
             eof: false,
         }
     }
@@ -294,10 +297,13 @@ impl Server {
                         continue;
                     }
                     let slot = self.sessions.vacant_key();
-                    if self.epoll.add(&stream, interest(Token::Session(slot), EpollFlags::EPOLLIN)).is_err() {
+                    let generation = self.next_generation();
+                    let token = Token::Session(slot, generation);
+                    if self.epoll.add(&stream, interest(token, EpollFlags::EPOLLIN)).is_err() {
                         continue;
                     }
                     let mut session = SocketSession::new(stream, Session::new(SessionKind::Socket));
+                    session.generation = generation;
                     let greeting = format!("{BANNER}{PROMPT}");
                     session.send_reply(greeting.as_bytes());
                     self.sessions.insert(session);
@@ -378,7 +384,7 @@ impl Server {
         if session.has_pending_output() {
             flags |= EpollFlags::EPOLLOUT;
         }
-        let _ = self.epoll.modify(&session.stream, &mut interest(Token::Session(slot), flags));
+        let _ = self.epoll.modify(&session.stream, &mut interest(Token::Session(slot, session.generation), flags));
     }
 
     fn drop_session(&mut self, slot: usize) {
@@ -463,11 +469,11 @@ impl Server {
                     log::log("Shutdown from mgmt command");
                     self.exit.get_or_insert(Exit::Shutdown);
                 }
-                Effect::CloseEndpoint(key) => match self.data.conn_of(key) {
+                Effect::CloseEndpoint(key) => match self.data.lifeline(key) {
                     Some(conn) => self.close_conn(conn),
                     // A tap has no control connection: closing its
                     // descriptor removes the interface, as in vde_switch.
-                    None => drop(self.data.remove(&self.epoll, key)),
+                    None => self.data.remove(&self.epoll, key),
                 },
             }
         }

@@ -13,9 +13,10 @@ use nix::sys::epoll::EpollFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 use nix::unistd::{Gid, Uid};
 
-use super::data::LinkKind;
+use super::data::VDE;
+use super::transport::vde::{self, Vde};
 use super::{Conn, Fatal, HANDSHAKE_TIMEOUT, Server, Token, interest, log, sys};
-use crate::engine::{Attach, AttachError, Credentials, EndpointKey, Module, PortRequest, Switch};
+use crate::engine::{Attach, AttachError, Credentials, EndpointKey, PortRequest, Switch};
 use crate::wire::{Request, RequestError, RequestKind, reply_for_path};
 
 /// Permissions and ownership requested on the command line.
@@ -185,7 +186,7 @@ pub fn handshake(
     let (key, port) = switch.attach(Attach {
         request,
         id: stream.as_raw_fd() as u32,
-        module: Module::UnixProg,
+        module: vde::MODULE,
         description: printable(req.description),
         user: owner,
         credentials: peer.credentials(),
@@ -300,9 +301,10 @@ impl Server {
                         continue;
                     }
                     let slot = self.conns.vacant_key();
+                    let generation = self.next_generation();
                     let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-                    if self.epoll.add(&stream, interest(Token::Conn(slot), flags)).is_ok() {
-                        self.conns.insert(Conn { stream, endpoint: None, accepted_at: self.now });
+                    if self.epoll.add(&stream, interest(Token::Conn(slot, generation), flags)).is_ok() {
+                        self.conns.insert(Conn { stream, endpoint: None, accepted_at: self.now, generation });
                         self.handshakes.push_back((slot, self.now));
                     }
                 }
@@ -334,19 +336,28 @@ impl Server {
         }
         match handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
             Ok(new) => {
-                let kind = LinkKind::Socket { path: new.path.clone(), conn: slot };
-                if let Err(e) = self.data.add(&self.epoll, new.key, new.socket, kind) {
-                    log::log(&format!("epoll add data socket: {e}"));
-                    self.switch.detach(new.key);
-                    let _ = fs::remove_file(&new.path);
-                    self.close_conn(slot);
-                    return;
+                let epoll = &self.epoll;
+                let (key, socket, path) = (new.key, new.socket, new.path.clone());
+                let added = self
+                    .data
+                    .with_transport(VDE, |vde: &mut Vde, registry| vde.add(registry, epoll, key, socket, path, slot));
+                match added.unwrap_or_else(|| Err(io::Error::other("no VDE transport"))) {
+                    Ok((local, desc)) => self.data.attach(key, VDE, local, desc, desc),
+                    Err(e) => {
+                        log::log(&format!("epoll add data socket: {e}"));
+                        self.switch.detach(new.key);
+                        let _ = fs::remove_file(&new.path);
+                        self.close_conn(slot);
+                        return;
+                    }
                 }
                 conn.endpoint = Some(new.key);
                 // From now on only the end of the stream matters. Not
                 // reading it also means a client writing without pause
                 // fills its own socket buffer, not the switch's time.
-                let _ = self.epoll.modify(&conn.stream, &mut interest(Token::Conn(slot), EpollFlags::EPOLLRDHUP));
+                let _ = self
+                    .epoll
+                    .modify(&conn.stream, &mut interest(Token::Conn(slot, conn.generation), EpollFlags::EPOLLRDHUP));
             }
             Err(e) => {
                 if !e.is_silent() {
@@ -378,9 +389,7 @@ impl Server {
         let _ = self.epoll.delete(&conn.stream);
         if let Some(key) = conn.endpoint {
             self.switch.detach(key);
-            if let Some(path) = self.data.remove(&self.epoll, key).as_ref().and_then(|l| l.path()) {
-                let _ = fs::remove_file(path);
-            }
+            self.data.remove(&self.epoll, key);
         }
     }
 }

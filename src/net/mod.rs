@@ -7,7 +7,7 @@ mod ctl;
 mod data;
 pub mod log;
 pub mod sys;
-mod tap;
+mod transport;
 
 use std::collections::VecDeque;
 use std::fs;
@@ -32,6 +32,7 @@ use crate::mgmt::{self, SwitchInfo};
 use console::{MgmtListener, SocketSession, StdinConsole};
 use ctl::CtlDir;
 use data::DataPlane;
+use transport::GENERATION_MASK;
 
 /// A start-up failure: the message to log and the exit status.
 #[derive(Debug)]
@@ -81,36 +82,42 @@ enum Token {
     Tick,
     Mgmt,
     Stdin,
-    Conn(usize),
-    Data(u32),
-    Session(usize),
+    /// Slot and generation: a slot freed and reused within one wake-up
+    /// gets a new generation, so events still queued for the old occupant
+    /// are recognised and dropped.
+    Conn(usize, u32),
+    /// Descriptor registry slot and generation (see `transport::Registry`).
+    Data(u32, u32),
+    Session(usize, u32),
 }
 
 impl Token {
+    /// Kind in the top 8 bits, generation in the next 24, slot in the low 32.
     fn encode(self) -> u64 {
-        let (kind, index) = match self {
-            Token::Ctl => (0, 0),
-            Token::Signals => (1, 0),
-            Token::Mgmt => (2, 0),
-            Token::Stdin => (3, 0),
-            Token::Conn(i) => (4, i as u64),
-            Token::Data(k) => (5, u64::from(k)),
-            Token::Session(i) => (6, i as u64),
-            Token::Tick => (7, 0),
+        let (kind, generation, index) = match self {
+            Token::Ctl => (0, 0, 0),
+            Token::Signals => (1, 0, 0),
+            Token::Mgmt => (2, 0, 0),
+            Token::Stdin => (3, 0, 0),
+            Token::Conn(i, g) => (4, g, i as u64),
+            Token::Data(k, g) => (5, g, u64::from(k)),
+            Token::Session(i, g) => (6, g, i as u64),
+            Token::Tick => (7, 0, 0),
         };
-        kind << 32 | index
+        kind << 56 | u64::from(generation & GENERATION_MASK) << 32 | (index & 0xffff_ffff)
     }
 
     fn decode(raw: u64) -> Option<Token> {
         let index = raw & 0xffff_ffff;
-        Some(match raw >> 32 {
+        let generation = (raw >> 32) as u32 & GENERATION_MASK;
+        Some(match raw >> 56 {
             0 => Token::Ctl,
             1 => Token::Signals,
             2 => Token::Mgmt,
             3 => Token::Stdin,
-            4 => Token::Conn(index as usize),
-            5 => Token::Data(index as u32),
-            6 => Token::Session(index as usize),
+            4 => Token::Conn(index as usize, generation),
+            5 => Token::Data(index as u32, generation),
+            6 => Token::Session(index as usize, generation),
             7 => Token::Tick,
             _ => return None,
         })
@@ -123,6 +130,7 @@ struct Conn {
     endpoint: Option<EndpointKey>,
     /// When it was accepted (seconds since start).
     accepted_at: u64,
+    generation: u32,
 }
 
 /// How long a connection may take to send its port request. Connections
@@ -192,6 +200,8 @@ struct Server {
     pidfile: Option<PathBuf>,
     exit: Option<Exit>,
     moves: log::RateLimited,
+    /// The last generation given to a connection or session token.
+    generation: u32,
 }
 
 fn interest(token: Token, flags: EpollFlags) -> EpollEvent {
@@ -304,6 +314,7 @@ impl Server {
             pidfile: None,
             exit: None,
             moves: log::RateLimited::new(MAC_MOVE_LINES_PER_SECOND),
+            generation: 0,
         }
     }
 
@@ -343,6 +354,12 @@ impl Server {
             self.start_stdin();
         }
         Ok(())
+    }
+
+    /// A generation for a new connection's or session's token.
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
+        self.generation
     }
 
     fn serve(&mut self) -> Exit {
@@ -429,11 +446,18 @@ impl Server {
             }
             Token::Mgmt => self.accept_mgmt(),
             Token::Stdin => self.read_stdin(),
-            Token::Conn(slot) => self.read_conn(slot, flags),
-            Token::Data(key) => {
-                self.data.ready(&self.epoll, EndpointKey(key), flags, &mut self.switch, self.now);
+            Token::Conn(slot, generation) => {
+                if self.conns.get(slot).is_some_and(|c| c.generation == generation) {
+                    self.read_conn(slot, flags);
+                }
             }
-            Token::Session(slot) => {
+            Token::Data(id, generation) => {
+                self.data.ready(&self.epoll, id, generation, flags, &mut self.switch, self.now);
+            }
+            Token::Session(slot, generation) => {
+                if self.sessions.get(slot).is_none_or(|s| s.generation != generation) {
+                    return;
+                }
                 if flags.contains(EpollFlags::EPOLLOUT) {
                     self.flush_session(slot);
                 }
@@ -456,9 +480,7 @@ impl Server {
     }
 
     fn cleanup(mut self) {
-        for path in self.data.paths() {
-            let _ = fs::remove_file(path);
-        }
+        self.data.remove_all(&self.epoll);
         self.conns.clear();
         self.sessions.clear();
         if let Some(m) = self.mgmt.take() {

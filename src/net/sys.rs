@@ -18,69 +18,186 @@ use crate::wire::ClientAddr;
 /// Most datagrams one batched call moves.
 pub const BATCH: usize = 64;
 
+/// The memory of a [`RecvBatch`]: the buffers and the `recvmmsg` headers
+/// that point into them, in one allocation.
+struct Slots<const N: usize> {
+    bufs: [[u8; N]; BATCH],
+    iovs: [libc::iovec; BATCH],
+    hdrs: [libc::mmsghdr; BATCH],
+    names: [libc::sockaddr_storage; BATCH],
+}
+
 /// Buffers for a batch of up to [`BATCH`] received frames of at most `N`
 /// bytes, with the `recvmmsg` headers that point at them built once: a
 /// frame at a time, setting up 64 headers per call cost more than the
-/// system call's own work for one frame.
+/// system call's own work for one frame. Each frame carries the endpoint
+/// it came from (set by the transport that received it) and where it
+/// starts in its buffer (a transport may leave its own header in front).
+///
+/// The headers hold pointers into the buffers, and the kernel writes
+/// through them. So that no Rust reference ever invalidates those
+/// pointers, the memory is reached only through `base`, a raw pointer to
+/// an allocation no reference owns: every pointer the kernel or a method
+/// uses is derived from it, and references into it live at most as long
+/// as a borrow of the batch.
 pub struct RecvBatch<const N: usize> {
-    // Vecs rather than boxes: the headers hold pointers into the other two,
-    // and a Vec's heap block may be aliased like that while the Vec moves.
-    bufs: Vec<[u8; N]>,
-    /// Only read by the kernel, through `hdrs`; kept for their lifetime.
-    _iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
+    base: std::ptr::NonNull<Slots<N>>,
     lens: [usize; BATCH],
+    starts: [usize; BATCH],
+    sources: [u32; BATCH],
+    name_lens: [usize; BATCH],
 }
 
 impl<const N: usize> Default for RecvBatch<N> {
     fn default() -> Self {
-        let mut bufs = vec![[0u8; N]; BATCH];
-        let mut iovs: Vec<libc::iovec> =
-            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: N }).collect();
-        let hdrs = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
-                let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                hdr.msg_hdr.msg_iov = iov;
-                hdr.msg_hdr.msg_iovlen = 1;
-                hdr
-            })
-            .collect();
-        RecvBatch { bufs, _iovs: iovs, hdrs, lens: [0; BATCH] }
+        // SAFETY: every field of Slots is plain old data for which all-zero
+        // bytes are a valid value (empty buffers, null pointers, zero
+        // lengths).
+        let slots = unsafe { Box::<Slots<N>>::new_zeroed().assume_init() };
+        let base = std::ptr::NonNull::from(Box::leak(slots));
+        let p = base.as_ptr();
+        for i in 0..BATCH {
+            // SAFETY: `p` points at a live, exclusively owned Slots; the
+            // element pointers are projections of it, within its arrays,
+            // and no reference to any part of it exists.
+            unsafe {
+                let buf = (&raw mut (*p).bufs).cast::<[u8; N]>().add(i);
+                let iov = (&raw mut (*p).iovs).cast::<libc::iovec>().add(i);
+                iov.write(libc::iovec { iov_base: buf.cast(), iov_len: N });
+                let hdr = (&raw mut (*p).hdrs).cast::<libc::mmsghdr>().add(i);
+                (*hdr).msg_hdr.msg_iov = iov;
+                (*hdr).msg_hdr.msg_iovlen = 1;
+            }
+        }
+        RecvBatch { base, lens: [0; BATCH], starts: [0; BATCH], sources: [0; BATCH], name_lens: [0; BATCH] }
+    }
+}
+
+impl<const N: usize> Drop for RecvBatch<N> {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from Box::leak in `default` and is freed once.
+        drop(unsafe { Box::from_raw(self.base.as_ptr()) });
     }
 }
 
 impl<const N: usize> RecvBatch<N> {
+    fn buf_ptr(&self, i: usize) -> *mut [u8; N] {
+        assert!(i < BATCH);
+        // SAFETY: a projection within the allocation `base` points at; no
+        // reference is created.
+        unsafe { (&raw mut (*self.base.as_ptr()).bufs).cast::<[u8; N]>().add(i) }
+    }
+
+    fn hdr_ptr(&self, i: usize) -> *mut libc::mmsghdr {
+        assert!(i < BATCH);
+        // SAFETY: as in buf_ptr.
+        unsafe { (&raw mut (*self.base.as_ptr()).hdrs).cast::<libc::mmsghdr>().add(i) }
+    }
+
     /// Frame `i` of the last call, cut to `N` bytes if it was longer.
     pub fn frame(&self, i: usize) -> &[u8] {
-        &self.bufs[i][..self.lens[i]]
+        let (start, len) = (self.starts[i], self.lens[i]);
+        // SAFETY: start + len <= N (kept by every setter); the bytes are
+        // initialised (zeroed at allocation) and nothing writes them while
+        // `self` is borrowed shared, since the kernel writes only during
+        // calls that take `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(i).cast::<u8>().add(start), len) }
+    }
+
+    /// The endpoint frame `i` came from, as the transport tagged it.
+    pub fn source(&self, i: usize) -> u32 {
+        self.sources[i]
+    }
+
+    /// Tags frames `range` with the endpoint they came from.
+    pub fn set_sources(&mut self, range: std::ops::Range<usize>, source: u32) {
+        self.sources[range].fill(source);
+    }
+
+    /// Buffer `i`, to receive a frame into by other means than `recv`.
+    pub fn buf_mut(&mut self, i: usize) -> &mut [u8; N] {
+        // SAFETY: the buffer is inside the allocation, initialised, and
+        // borrowed from `&mut self`, so nothing else reaches it meanwhile.
+        unsafe { &mut *self.buf_ptr(i) }
+    }
+
+    /// Sets frame `i` to `len` bytes of its buffer from `start`.
+    pub fn set_frame(&mut self, i: usize, start: usize, len: usize) {
+        let start = start.min(N);
+        self.starts[i] = start;
+        self.lens[i] = len.min(N - start);
+    }
+
+    /// The sender address of frame `i` after [`RecvBatch::recv_from`]: the
+    /// raw `sockaddr` bytes the kernel filled in.
+    pub fn name(&self, i: usize) -> &[u8] {
+        assert!(i < BATCH);
+        // SAFETY: a projection within the allocation; the kernel wrote at
+        // most name_lens[i] (capped to the buffer) bytes of the zeroed
+        // buffer, and nothing writes it while `self` is borrowed shared.
+        unsafe {
+            let name = (&raw const (*self.base.as_ptr()).names).cast::<libc::sockaddr_storage>().add(i);
+            std::slice::from_raw_parts(name.cast::<u8>(), self.name_lens[i])
+        }
     }
 
     /// Receives up to `max` (at most [`BATCH`]) datagrams from `fd` without
     /// blocking, replacing the previous batch: frames `0..n` are the new
-    /// ones. Returns how many arrived;
-    /// `Ok(0)` when none was waiting.
+    /// ones, each starting at the beginning of its buffer. Returns how many
+    /// arrived; `Ok(0)` when none was waiting.
     pub fn recv(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
         if max == 1 {
             // As in send_one: no headers to copy in and out.
-            return match nix::sys::socket::recv(fd.as_raw_fd(), &mut self.bufs[0], MsgFlags::MSG_DONTWAIT) {
+            return match nix::sys::socket::recv(fd.as_raw_fd(), self.buf_mut(0), MsgFlags::MSG_DONTWAIT) {
                 Ok(len) => {
-                    self.lens[0] = len;
+                    self.set_frame(0, 0, len);
                     Ok(1)
                 }
                 Err(nix::errno::Errno::EAGAIN) => Ok(0),
                 Err(e) => Err(e.into()),
             };
         }
+        self.recv_many(fd, max)
+    }
+
+    /// Like [`RecvBatch::recv`], also recording each sender's address
+    /// (see [`RecvBatch::name`]).
+    pub fn recv_from(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
+        let max = max.min(BATCH);
+        let size = std::mem::size_of::<libc::sockaddr_storage>();
+        for i in 0..max {
+            let hdr = self.hdr_ptr(i);
+            // SAFETY: projections within the allocation; no reference exists.
+            unsafe {
+                let name = (&raw mut (*self.base.as_ptr()).names).cast::<libc::sockaddr_storage>().add(i);
+                (*hdr).msg_hdr.msg_name = name.cast();
+                (*hdr).msg_hdr.msg_namelen = size as libc::socklen_t;
+            }
+        }
+        let result = self.recv_many(fd, max);
+        for i in 0..max {
+            let hdr = self.hdr_ptr(i);
+            // SAFETY: as above. The name pointer is taken away again so
+            // that plain receives, the hot path, have the kernel write none.
+            unsafe {
+                self.name_lens[i] = ((*hdr).msg_hdr.msg_namelen as usize).min(size);
+                (*hdr).msg_hdr.msg_name = std::ptr::null_mut();
+                (*hdr).msg_hdr.msg_namelen = 0;
+            }
+        }
+        result
+    }
+
+    fn recv_many(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
         // SAFETY: every header points at its own iovec over an N-byte
-        // buffer, all owned by `self` and alive for the call; the kernel
-        // writes only the buffers, msg_len and the header's flag and length
+        // buffer, all inside the allocation `base` owns and alive for the
+        // call, all derived from `base`; the kernel writes only the
+        // buffers, the names, msg_len and the header's flag and length
         // fields.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
+                self.hdr_ptr(0),
                 max.min(BATCH) as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -91,8 +208,11 @@ impl<const N: usize> RecvBatch<N> {
             return if err.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(err) };
         }
         let n = n as usize;
-        for (len, hdr) in self.lens.iter_mut().zip(self.hdrs.iter()).take(n) {
-            *len = (hdr.msg_len as usize).min(N);
+        for i in 0..n {
+            // SAFETY: the header is inside the allocation; msg_len was
+            // written by the kernel before recvmmsg returned.
+            let len = unsafe { (*self.hdr_ptr(i)).msg_len } as usize;
+            self.set_frame(i, 0, len);
         }
         Ok(n)
     }
@@ -103,9 +223,9 @@ impl<const N: usize> RecvBatch<N> {
     pub fn read(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
         let mut n = 0;
         while n < max.min(BATCH) {
-            match nix::unistd::read(fd, &mut self.bufs[n]) {
+            match nix::unistd::read(fd, self.buf_mut(n)) {
                 Ok(len) => {
-                    self.lens[n] = len;
+                    self.set_frame(n, 0, len);
                     n += 1;
                 }
                 Err(nix::errno::Errno::EINTR) => {}

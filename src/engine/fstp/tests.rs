@@ -70,7 +70,7 @@ impl Net {
         let a = Attach {
             request: PortRequest::Port(port),
             id: self.next_id,
-            module: Module::UnixProg,
+            module: "unix prog",
             description: String::new(),
             user: Some(0),
             credentials: Credentials::default(),

@@ -147,7 +147,7 @@ fn port_block(out: &mut String, sw: &Switch, id: PortId, port: &Port) {
     let _ = writeln!(out, " IN:  pkts {:10}          bytes {:20}", c.in_pkts, c.in_bytes);
     let _ = writeln!(out, " OUT: pkts {:10}          bytes {:20}", c.out_pkts, c.out_bytes);
     for ep in port.endpoints().filter_map(|k| sw.endpoint(k)) {
-        let _ = writeln!(out, "  -- endpoint ID {:04} module {:<12}: {}", ep.id, ep.module.name(), ep.description);
+        let _ = writeln!(out, "  -- endpoint ID {:04} module {:<12}: {}", ep.id, ep.module, ep.description);
     }
 }
 
