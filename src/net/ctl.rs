@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, lchown};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, chown, lchown};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -67,38 +67,139 @@ fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
 
 impl CtlDir {
     /// Creates (or reuses) the directory and listens on its `ctl` socket,
-    /// replacing a stale socket but never a live switch's.
+    /// replacing a stale socket but never a live switch's. Nobody can see
+    /// the directory, or a `ctl` in it, before `ctl` listens: a new
+    /// directory is built under a temporary name beside it and renamed
+    /// into place, and in an existing one `ctl` is bound under a temporary
+    /// name and renamed.
     pub fn open(path: &Path, access: Access) -> Result<CtlDir, Fatal> {
-        match fs::create_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(Fatal::new(
-                    255,
-                    format!("Cannot create ctl directory '{}': {}", path.display(), log::error_text(&e)),
-                ));
-            }
+        let exists = fs::symlink_metadata(path).is_ok();
+        if !exists && let Some(listener) = Self::build_aside(path, &access)? {
+            let dir = Self::resolve(path)?;
+            return Ok(CtlDir { dir, listener, access });
         }
-        let dir = fs::canonicalize(path).map_err(|e| {
-            Fatal::new(1, format!("Cannot resolve ctl directory '{}': {}", path.display(), log::error_text(&e)))
-        })?;
+        if let Err(e) = fs::create_dir(path)
+            && e.kind() != io::ErrorKind::AlreadyExists
+        {
+            return Err(Self::create_error(path, &e));
+        }
+        let dir = Self::resolve(path)?;
         let _ = set_group(&dir, access.group);
         let _ = set_mode(&dir, access.dir_mode);
-        let ctl = dir.join("ctl");
-        let listener = match super::listen_at(&ctl) {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                return Err(Fatal::new(
-                    255,
-                    format!("Could not bind to socket '{}': Address already in use", ctl.display()),
-                ));
-            }
-            Err(_) => UnixListener::bind(&ctl).map_err(|e| Self::bind_error(&ctl, &e))?,
-        };
-        listener.set_nonblocking(true).map_err(|e| Self::bind_error(&ctl, &e))?;
-        let _ = set_group(&ctl, access.group);
-        let _ = set_mode(&ctl, access.ctl_mode);
+        let listener = Self::listen_in_place(&dir.join("ctl"), &access)?;
         Ok(CtlDir { dir, listener, access })
+    }
+
+    fn resolve(path: &Path) -> Result<PathBuf, Fatal> {
+        fs::canonicalize(path).map_err(|e| {
+            Fatal::new(1, format!("Cannot resolve ctl directory '{}': {}", path.display(), log::error_text(&e)))
+        })
+    }
+
+    fn create_error(path: &Path, e: &io::Error) -> Fatal {
+        Fatal::new(255, format!("Cannot create ctl directory '{}': {}", path.display(), log::error_text(e)))
+    }
+
+    /// Builds the directory with a listening `ctl` under a temporary name
+    /// beside `path` and renames it into place. `None` when that cannot be
+    /// done (the temporary paths would be too long for a socket address,
+    /// the file system cannot rename without replacing, or `path` appeared
+    /// meanwhile): the caller then works in place.
+    fn build_aside(path: &Path, access: &Access) -> Result<Option<UnixListener>, Fatal> {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Ok(None) };
+        // The final name is a prefix of the temporary one: the kernel lists
+        // a socket under the path it was bound to (`/proc/net/unix`), and
+        // launchers such as Marionnet wait for the directory's name there.
+        let mut temp_name = name.to_os_string();
+        temp_name.push(format!(".vswitch-{}", std::process::id()));
+        let temp = parent.join(temp_name);
+        let ctl = temp.join("ctl");
+        if UnixAddr::new(&ctl).is_err() {
+            return Ok(None);
+        }
+        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&temp) {
+            return match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(None),
+                _ => Err(Self::create_error(path, &e)),
+            };
+        }
+        let discard = |temp: &Path| {
+            let _ = fs::remove_file(temp.join("ctl"));
+            let _ = fs::remove_dir(temp);
+        };
+        let _ = set_group(&temp, access.group);
+        let _ = set_mode(&temp, access.dir_mode);
+        let listener = match Self::listen(&ctl, access) {
+            Ok(l) => l,
+            Err(e) => {
+                discard(&temp);
+                return Err(Self::bind_error(&path.join("ctl"), &e));
+            }
+        };
+        match renameat2(AT_FDCWD, &temp, AT_FDCWD, path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => Ok(Some(listener)),
+            Err(nix::errno::Errno::EEXIST | nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+                drop(listener);
+                discard(&temp);
+                Ok(None)
+            }
+            Err(e) => {
+                drop(listener);
+                discard(&temp);
+                Err(Self::create_error(path, &io_err(e)))
+            }
+        }
+    }
+
+    /// Binds and listens at `path` with the `ctl` mode and group.
+    fn listen(path: &Path, access: &Access) -> io::Result<UnixListener> {
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let _ = set_group(path, access.group);
+        let _ = set_mode(path, access.ctl_mode);
+        Ok(listener)
+    }
+
+    /// Listens on `ctl` in an existing directory: bound under a temporary
+    /// name and renamed over `ctl`, so that the name `ctl` goes from absent
+    /// or stale straight to listening.
+    fn listen_in_place(ctl: &Path, access: &Access) -> Result<UnixListener, Fatal> {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        use std::os::unix::fs::FileTypeExt;
+        let stale = match fs::symlink_metadata(ctl) {
+            Ok(m) if m.file_type().is_socket() => {
+                if UnixStream::connect(ctl).is_ok() {
+                    return Err(Fatal::new(
+                        255,
+                        format!("Could not bind to socket '{}': Address already in use", ctl.display()),
+                    ));
+                }
+                true
+            }
+            Ok(_) => return Err(Self::bind_error(ctl, &io::Error::from_raw_os_error(libc::EADDRINUSE))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Self::bind_error(ctl, &e)),
+        };
+        let temp = ctl.with_file_name(format!("ctl.vswitch-{}", std::process::id()));
+        if UnixAddr::new(&temp).is_err() {
+            if stale {
+                let _ = fs::remove_file(ctl);
+            }
+            return Self::listen(ctl, access).map_err(|e| Self::bind_error(ctl, &e));
+        }
+        let _ = fs::remove_file(&temp);
+        let listener = Self::listen(&temp, access).map_err(|e| Self::bind_error(ctl, &e))?;
+        // A stale socket is replaced in one step; an absent `ctl` must not
+        // be taken from a switch that binds it meanwhile.
+        let flags = if stale { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
+        let renamed = match renameat2(AT_FDCWD, &temp, AT_FDCWD, ctl, flags) {
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) if !stale => fs::hard_link(&temp, ctl),
+            other => other.map_err(io_err),
+        };
+        let _ = fs::remove_file(&temp);
+        renamed.map_err(|e| Self::bind_error(ctl, &e))?;
+        Ok(listener)
     }
 
     fn bind_error(ctl: &Path, e: &io::Error) -> Fatal {

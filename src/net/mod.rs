@@ -59,6 +59,8 @@ pub struct Config {
     pub hash_size: u32,
     pub info: SwitchInfo,
     pub daemon: bool,
+    /// Whether stdin is a console (not with `-d` or `--nostdin`).
+    pub stdin_console: bool,
     /// Absolute paths: the daemon changes directory before using them.
     pub pidfile: Option<PathBuf>,
     pub rcfile: Option<PathBuf>,
@@ -266,6 +268,38 @@ fn listen_at(path: &std::path::Path) -> io::Result<Option<std::os::unix::net::Un
     }
 }
 
+/// Writes the pid file complete or not at all: the pid goes to a
+/// temporary file beside it, which is then renamed to `path` unless
+/// something is there already. vde_switch's file mode (0644 less the umask).
+fn write_pidfile(path: &std::path::Path, pid: u32) -> Result<(), Fatal> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    use std::os::unix::fs::OpenOptionsExt;
+    let creation = |e: &io::Error| Fatal::new(1, format!("Error in pidfile creation: {}", log::error_text(e)));
+    let writing = |e: &io::Error| Fatal::new(1, format!("Error writing pidfile {}: {e}", path.display()));
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(path.file_name().unwrap_or_default());
+    temp_name.push(format!(".vswitch-{pid}"));
+    let temp = path.with_file_name(temp_name);
+    let open = |p: &std::path::Path| fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(p);
+    let mut file = match open(&temp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&temp).map_err(|e| creation(&e))?;
+            open(&temp).map_err(|e| creation(&e))?
+        }
+        Err(e) => return Err(creation(&e)),
+    };
+    let placed = writeln!(file, "{pid}").map_err(|e| writing(&e)).and_then(|()| {
+        match renameat2(AT_FDCWD, &temp, AT_FDCWD, path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(Errno::EINVAL | Errno::ENOSYS) => fs::hard_link(&temp, path).map_err(|e| creation(&e)),
+            Err(e) => Err(creation(&io_error(e))),
+        }
+    });
+    let _ = fs::remove_file(&temp);
+    placed
+}
+
 /// The event loop's own descriptors: the epoll set, the signal queue and
 /// the one-second tick.
 struct LoopHandles {
@@ -318,21 +352,12 @@ impl Server {
         }
     }
 
-    /// Pid file, management socket, tap interfaces, rc file and stdin
-    /// console, in vde_switch's order.
+    /// Management socket, pid file, tap interfaces, rc file and stdin
+    /// console.
     fn start(&mut self, config: &Config) -> Result<(), Fatal> {
         self.epoll
             .add(&self.ctl.listener, interest(Token::Ctl, EpollFlags::EPOLLIN))
             .map_err(|e| Fatal::new(1, format!("epoll: {}", mgmt::strerror(e))))?;
-        if let Some(path) = &config.pidfile {
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
-                let text = log::error_text(&e);
-                Fatal::new(1, format!("Error in pidfile creation: {text}"))
-            })?;
-            self.pidfile = Some(path.clone());
-            writeln!(file, "{}", self.info.pid)
-                .map_err(|e| Fatal::new(1, format!("Error writing pidfile {}: {e}", path.display())))?;
-        }
         if let Some(path) = &config.mgmt {
             let a = &config.access;
             match MgmtListener::open(path, a.mgmt_mode, a.mgmt_group) {
@@ -346,11 +371,17 @@ impl Server {
                 Err(e) => return Err(Fatal::new(1, format!("mgmt socket {}: {e}", path.display()))),
             }
         }
+        // Last of the files others wait for: once it exists, `ctl` and the
+        // management socket accept.
+        if let Some(path) = &config.pidfile {
+            write_pidfile(path, self.info.pid)?;
+            self.pidfile = Some(path.clone());
+        }
         self.attach_taps(&config.taps);
         if let Some(path) = &config.rcfile {
             self.run_rc_file(path);
         }
-        if !config.daemon {
+        if config.stdin_console {
             self.start_stdin();
         }
         Ok(())

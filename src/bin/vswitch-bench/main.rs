@@ -170,6 +170,7 @@ fn raise_fd_limit() {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    target::find_binaries()?;
     raise_fd_limit();
     if args.pin {
         // The generators' threads inherit this.
