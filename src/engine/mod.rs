@@ -163,6 +163,8 @@ pub struct Switch {
     outbox: Vec<Outgoing>,
     /// The time last passed in, for what happens between ticks.
     now: u64,
+    /// Mirror ports, each sent a copy of every forwarded frame.
+    mirrors: Vec<PortId>,
 }
 
 fn grow<T>(v: &mut Vec<Option<T>>, len: usize) {
@@ -189,6 +191,7 @@ impl Switch {
             fstp: Fstp::new(Mac::default(), DEFAULT_PRIORITY),
             outbox: Vec::new(),
             now: 0,
+            mirrors: Vec::new(),
         }
     }
 
@@ -344,8 +347,13 @@ impl Switch {
         let port = self.ports[src as usize].as_mut().expect("endpoint's port exists");
         port.counters.in_pkts += 1;
         port.counters.in_bytes += len;
+        if port.mirror {
+            self.count_drop(src, DropReason::Mirror);
+            return Err(DropReason::Mirror);
+        }
         if self.hub {
             self.flood_hub(src, len, out);
+            self.mirror(src, len, out);
             return Ok(());
         }
         let tci = frame.tci();
@@ -395,10 +403,12 @@ impl Switch {
                     _ => Edit::AsIs,
                 };
                 self.deliver(dst, edit, len, out);
+                self.mirror(src, len, out);
                 Ok(())
             }
             None => {
                 self.flood_vlan(src, vlan, tci.is_some(), len, out);
+                self.mirror(src, len, out);
                 Ok(())
             }
         }
@@ -422,8 +432,22 @@ impl Switch {
 
     fn flood_hub(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
         for &p in self.existing.range(1..) {
-            if p != src {
+            if p != src && self.ports[p as usize].as_ref().is_some_and(|port| !port.mirror) {
                 Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
+            }
+        }
+    }
+
+    /// Copies a forwarded frame, as it came in, to every mirror port but
+    /// the one it came from.
+    #[inline]
+    fn mirror(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
+        if self.mirrors.is_empty() {
+            return;
+        }
+        for &m in &self.mirrors {
+            if m != src && self.ports[m as usize].as_ref().is_some_and(Port::is_active) {
+                Self::deliver_to(&mut self.ports, m, Edit::AsIs, len, out);
             }
         }
     }
@@ -472,7 +496,7 @@ impl Switch {
     fn refresh_vlan(&mut self, id: VlanId) {
         let ports = &self.ports;
         if let Some(v) = self.vlans.get_mut(&id) {
-            v.refresh(|p| ports[p as usize].as_ref().is_some_and(Port::is_active));
+            v.refresh(|p| ports[p as usize].as_ref().is_some_and(Port::forwards));
         }
     }
 
@@ -574,11 +598,31 @@ impl Switch {
         }
         let port = self.ports[p as usize].take().expect("exists");
         self.existing.remove(&p);
+        self.mirrors.retain(|&m| m != p);
         for id in port.tagged_vlans.iter().chain([&port.untagged_vlan]) {
             if let Some(v) = self.vlans.get_mut(id) {
                 v.remove_member(p);
             }
         }
+        Ok(())
+    }
+
+    /// Makes `p` a mirror port, or a normal one again. A mirror port is
+    /// taken out of floods and its stations are forgotten: it only
+    /// watches, so nothing is ever learned on it.
+    pub fn set_mirror(&mut self, p: PortId, on: bool) -> Result<(), ConfigError> {
+        let port = self.existing_port_mut(p)?;
+        if port.mirror == on {
+            return Ok(());
+        }
+        port.mirror = on;
+        if on {
+            self.mirrors.push(p);
+            self.macs.retain(|s| s.port != p, &mut self.events);
+        } else {
+            self.mirrors.retain(|&m| m != p);
+        }
+        self.refresh_vlans_of(p);
         Ok(())
     }
 
