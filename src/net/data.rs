@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollFlags};
 
+use super::capture::{Captures, Direction};
 use super::sys::{self, BATCH, RecvBatch};
 use super::{Token, interest, log};
 use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Outgoing, Switch};
@@ -140,6 +141,7 @@ pub struct DataPlane {
     congested: Vec<EndpointKey>,
     /// Counts the loop's wake-ups; see [`DataPlane::pump`].
     wakeup: u64,
+    capture: Captures,
 }
 
 impl Default for DataPlane {
@@ -158,6 +160,7 @@ impl Default for DataPlane {
             stalled: Vec::new(),
             congested: Vec::new(),
             wakeup: 0,
+            capture: Captures::default(),
         }
     }
 }
@@ -217,6 +220,10 @@ impl DataPlane {
             LinkKind::Socket { conn, .. } => Some(conn),
             LinkKind::Tap => None,
         }
+    }
+
+    pub fn capture(&mut self) -> &mut Captures {
+        &mut self.capture
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
@@ -307,6 +314,11 @@ impl DataPlane {
                 return Ok(());
             }
             link.last_busy = wakeup;
+            if self.capture.is_on()
+                && let Some(ep) = switch.endpoint(from)
+            {
+                self.capture.record(ep.port, Direction::In, (0..n).map(|i| self.rx.frame(i)));
+            }
             self.decide(from, n, switch, now);
             self.send(epoll, from, switch);
             if n < BATCH {
@@ -387,6 +399,14 @@ impl DataPlane {
 
     fn send(&mut self, epoll: &Epoll, source: EndpointKey, switch: &mut Switch) {
         let queue = std::mem::take(&mut self.queue);
+        if self.capture.is_on() {
+            let mut capture = std::mem::take(&mut self.capture);
+            for run in queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
+                let port = switch.endpoint(run[0].endpoint).map_or(0, |ep| ep.port);
+                capture.record(port, Direction::Out, run.iter().map(|q| self.frame(q)));
+            }
+            self.capture = capture;
+        }
         for run in queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
             let dest = run[0].endpoint;
             let Some(link) = self.link(dest) else { continue };
