@@ -328,6 +328,36 @@ impl Switch {
         now: u64,
         out: &mut Vec<Delivery>,
     ) -> Result<(), DropReason> {
+        if self.mirrors.is_empty() {
+            self.forward::<false>(from, bytes, now, out)
+        } else {
+            self.forward_mirrored(from, bytes, now, out)
+        }
+    }
+
+    /// Forwarding while mirror ports exist, out of line so that without
+    /// them forwarding is the same code as ever, plus one test.
+    #[cold]
+    #[inline(never)]
+    fn forward_mirrored(
+        &mut self,
+        from: EndpointKey,
+        bytes: &[u8],
+        now: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), DropReason> {
+        self.forward::<true>(from, bytes, now, out)
+    }
+
+    /// [`Switch::ingress`]; `MIRRORS`: some port is a mirror port.
+    #[inline(always)]
+    fn forward<const MIRRORS: bool>(
+        &mut self,
+        from: EndpointKey,
+        bytes: &[u8],
+        now: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), DropReason> {
         let Some(src) = self.endpoint(from).map(|e| e.port) else {
             return Ok(());
         };
@@ -347,13 +377,15 @@ impl Switch {
         let port = self.ports[src as usize].as_mut().expect("endpoint's port exists");
         port.counters.in_pkts += 1;
         port.counters.in_bytes += len;
-        if port.mirror {
+        if MIRRORS && port.mirror {
             self.count_drop(src, DropReason::Mirror);
             return Err(DropReason::Mirror);
         }
         if self.hub {
             self.flood_hub(src, len, out);
-            self.mirror(src, len, out);
+            if MIRRORS {
+                self.mirror(src, len, out);
+            }
             return Ok(());
         }
         let tci = frame.tci();
@@ -403,12 +435,16 @@ impl Switch {
                     _ => Edit::AsIs,
                 };
                 self.deliver(dst, edit, len, out);
-                self.mirror(src, len, out);
+                if MIRRORS {
+                    self.mirror(src, len, out);
+                }
                 Ok(())
             }
             None => {
                 self.flood_vlan(src, vlan, tci.is_some(), len, out);
-                self.mirror(src, len, out);
+                if MIRRORS {
+                    self.mirror(src, len, out);
+                }
                 Ok(())
             }
         }
@@ -440,11 +476,7 @@ impl Switch {
 
     /// Copies a forwarded frame, as it came in, to every mirror port but
     /// the one it came from.
-    #[inline]
     fn mirror(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
-        if self.mirrors.is_empty() {
-            return;
-        }
         for &m in &self.mirrors {
             if m != src && self.ports[m as usize].as_ref().is_some_and(Port::is_active) {
                 Self::deliver_to(&mut self.ports, m, Edit::AsIs, len, out);

@@ -402,8 +402,9 @@ impl DataPlane {
         if self.capture.is_on() {
             let mut capture = std::mem::take(&mut self.capture);
             for run in queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
-                let port = switch.endpoint(run[0].endpoint).map_or(0, |ep| ep.port);
-                capture.record(port, Direction::Out, run.iter().map(|q| self.frame(q)));
+                if let Some(ep) = switch.endpoint(run[0].endpoint) {
+                    capture.record(ep.port, Direction::Out, run.iter().map(|q| self.frame(q)));
+                }
             }
             self.capture = capture;
         }
