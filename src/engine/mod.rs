@@ -382,7 +382,7 @@ impl Switch {
             return Err(DropReason::Mirror);
         }
         if self.hub {
-            self.flood_hub(src, len, out);
+            self.flood_hub::<MIRRORS>(src, len, out);
             if MIRRORS {
                 self.mirror(src, len, out);
             }
@@ -466,9 +466,9 @@ impl Switch {
         }
     }
 
-    fn flood_hub(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
+    fn flood_hub<const MIRRORS: bool>(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
         for &p in self.existing.range(1..) {
-            if p != src && self.ports[p as usize].as_ref().is_some_and(|port| !port.mirror) {
+            if p != src && !(MIRRORS && self.mirrors.contains(&p)) {
                 Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
             }
         }

@@ -266,12 +266,12 @@ impl Captures {
     fn stop(&mut self, port: PortId) -> bool {
         let Some(i) = self.running.iter().position(|c| c.port == port) else { return false };
         let mut c = self.running.remove(i);
-        // A FIFO's reader may not take the rest now: it is lost, counted.
-        if c.write_out().is_err() || !c.pending.is_empty() {
-            c.dropped += 1;
-        }
+        // A FIFO's reader may not take the rest now; it is not waited for.
+        let _ = c.write_out();
+        let unwritten = c.pending.len();
+        let tail = if unwritten > 0 { format!(", last {unwritten} bytes not written") } else { String::new() };
         log::log(&format!(
-            "capture of {} to {} stopped: {} frames, {} dropped",
+            "capture of {} to {} stopped: {} frames, {} dropped{tail}",
             c.describe(),
             c.path,
             c.frames,
