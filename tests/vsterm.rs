@@ -352,6 +352,14 @@ fn interactive(target: Target) {
     tmux.keys(&["Enter"]);
     tmux.wait_for("the reply", |s| s.contains("port/print \n0000 DATA END WITH '.'\n.\n1000 Success\n"));
 
+    // vswitch's extensions are not in `help` but complete all the same.
+    if target == Target::Vswitch {
+        tmux.keys(&["capture/pr", "Tab", "Enter"]);
+        tmux.wait_for("capture/print's reply", |s| {
+            s.contains("capture/print \n0000 DATA END WITH '.'\n.\n1000 Success\n")
+        });
+    }
+
     tmux.keys(&["debug/add port", "Enter"]);
     tmux.wait_for("debug/add's reply", |s| s.contains("debug/add port\n1000 Success\n"));
 

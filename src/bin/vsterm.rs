@@ -197,6 +197,10 @@ enum Status {
     None,
 }
 
+/// An extension command without effects, run to tell vswitch from
+/// vde_switch.
+const EXTENSION_PROBE: &str = "capture/print";
+
 /// The 4-digit code opening a line (`1000 Success`, `3021 port/+ 07`).
 fn code(line: &[u8]) -> Option<u16> {
     let digits = line.get(..4)?;
@@ -472,7 +476,13 @@ fn run_interactive(args: &Args) -> Result<ExitCode> {
     if help.closed {
         bail!("the switch closed the connection");
     }
-    let paths = command_paths(&help.text);
+    let mut paths = command_paths(&help.text);
+    // vswitch's own commands stay out of `help`; a switch that runs one of
+    // them (a listing, which changes nothing) has them all.
+    let probe = connection.command(EXTENSION_PROBE.as_bytes())?;
+    if !paths.is_empty() && status(&probe.text) == Status::Success {
+        paths.extend(vswitch::mgmt::EXTENSIONS.iter().map(|c| c.path.to_string()));
+    }
     if paths.is_empty() {
         eprintln!("vsterm: no command list in the switch's help reply; completion is off");
     }

@@ -532,7 +532,7 @@ impl Host for Plant<'_> {
         let ports = &*self.ports;
         if let Some(v) = self.vlans.get_mut(&vlan) {
             v.set_discarding(port, discarding);
-            v.refresh(|p| ports.get(p as usize).and_then(Option::as_ref).is_some_and(Port::is_active));
+            v.refresh(|p| ports.get(p as usize).and_then(Option::as_ref).is_some_and(Port::forwards));
         }
     }
 

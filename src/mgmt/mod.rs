@@ -20,7 +20,7 @@ use nix::errno::Errno;
 pub use commands::{Action, COMMANDS, Command, EXTENSIONS, read_script};
 pub use events::{CATEGORIES, Category, format_event};
 
-use crate::engine::{EndpointKey, Event, Switch};
+use crate::engine::{EndpointKey, Event, PortId, Switch};
 use crate::wire::Mac;
 
 pub const BANNER: &str = "VDE switch V.2.3.2\n(C) Virtual Square Team (coord. R. Davoli) 2005,2006,2007 - GPLv2\n";
@@ -97,6 +97,17 @@ pub enum Effect {
     CloseEndpoint(EndpointKey),
 }
 
+/// The transport's frame captures, as the `capture/…` commands see them.
+pub trait CaptureDesk {
+    /// Starts capturing `port` (0: every port) to `path`; on failure the
+    /// errno to answer and a one-line reason.
+    fn start(&mut self, port: PortId, path: &str, overwrite: bool) -> Result<(), (Errno, String)>;
+    /// Stops the capture of `port`; false if there is none.
+    fn stop(&mut self, port: PortId) -> bool;
+    /// One line per capture and per mirror port.
+    fn print(&self, out: &mut String);
+}
+
 /// Everything a command may look at or change, and what it leaves for the
 /// transport to do.
 pub struct Context<'a> {
@@ -111,11 +122,13 @@ pub struct Context<'a> {
     pub events: Vec<Event>,
     /// Lines for the switch's log.
     pub log: Vec<String>,
+    /// Frame captures, where the transport has them.
+    pub capture: Option<&'a mut dyn CaptureDesk>,
 }
 
 impl<'a> Context<'a> {
     pub fn new(switch: &'a mut Switch, info: &'a SwitchInfo, now: u64, session: &'a mut Session) -> Self {
-        Context { switch, info, now, session, effects: Vec::new(), events: Vec::new(), log: Vec::new() }
+        Context { switch, info, now, session, effects: Vec::new(), events: Vec::new(), log: Vec::new(), capture: None }
     }
 }
 

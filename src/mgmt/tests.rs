@@ -326,7 +326,7 @@ fn drop_counters_are_an_unlisted_extension() {
     c.run("port/create 3");
     let reply = c.run("port/drops 3");
     assert!(reply.starts_with("0000 DATA END WITH '.'\nPort 0003 runt=0 oversize=0 "), "{reply}");
-    assert!(reply.ends_with("send-failed=0\n.\n1000 Success\n"), "{reply}");
+    assert!(reply.ends_with("mirror-port=0\n.\n1000 Success\n"), "{reply}");
     assert_eq!(c.run("port/drops 99"), "0000 DATA END WITH '.'\n.\n1022 Invalid argument\n");
     assert!(!c.run("help").contains("port/drops"), "help must stay vde_switch's");
 }

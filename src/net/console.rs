@@ -13,7 +13,8 @@ use nix::errno::Errno;
 use nix::sys::epoll::EpollFlags;
 use nix::unistd::Gid;
 
-use super::{Exit, Server, Token, interest, log};
+use super::ctl::Peer;
+use super::{Exit, Server, Token, capture, interest, log};
 use crate::engine::Event;
 pub use crate::mgmt::MAX_LINE;
 use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Session, SessionKind, format_event};
@@ -262,6 +263,9 @@ impl Server {
         };
         let mut session = Session::new(SessionKind::RcFile);
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
+        let as_switch = |f: &mut dyn FnMut() -> io::Result<()>| f();
+        let mut desk = capture::Desk::new(self.data.capture(), &as_switch);
+        ctx.capture = Some(&mut desk);
         let mut discarded = String::new();
         if let Err(e) = mgmt::run_script(&mut ctx, &name, &text, &mut discarded) {
             ctx.log.push(format!("{name}: {}", mgmt::strerror(e)));
@@ -435,6 +439,12 @@ impl Server {
         // Events of earlier traffic first, so every console sees all events
         // in the order they happened.
         self.publish_events();
+        // Files a command names are opened with the rights of whoever is
+        // at the other end of the management socket, not the switch's.
+        let peer = match origin {
+            Origin::Session(slot) => self.sessions.get(slot).map(|s| Peer::of(&s.stream)),
+            Origin::Stdin => None,
+        };
         let state = match origin {
             Origin::Session(slot) => self.sessions.get_mut(slot).map(|s| &mut s.state),
             Origin::Stdin => self.stdin.as_mut().map(|c| &mut c.state),
@@ -443,6 +453,12 @@ impl Server {
         // too far behind): the command is not run, and nobody reads a reply.
         let Some(state) = state else { return Reply { text: String::new(), ends_session: true } };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
+        let as_client = |f: &mut dyn FnMut() -> io::Result<()>| match &peer {
+            Some(peer) => peer.impersonate(f),
+            None => f(),
+        };
+        let mut desk = capture::Desk::new(self.data.capture(), &as_client);
+        ctx.capture = Some(&mut desk);
         let text = mgmt::execute(&mut ctx, line);
         let Context { effects, events, log: lines, .. } = ctx;
         for line in &lines {

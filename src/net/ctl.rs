@@ -346,14 +346,14 @@ fn bind_with_mode(socket: &OwnedFd, path: &Path, mode: u32) -> io::Result<()> {
 
 /// The process at the other end of a control connection, as the kernel
 /// knows it.
-struct Peer {
+pub(super) struct Peer {
     uid: Uid,
     gid: Gid,
     groups: Vec<Gid>,
 }
 
 impl Peer {
-    fn of(stream: &UnixStream) -> Peer {
+    pub(super) fn of(stream: &UnixStream) -> Peer {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         let Ok(cred) = getsockopt(stream, PeerCredentials) else {
             // Unknown peers get an identity that owns nothing.
@@ -375,7 +375,7 @@ impl Peer {
     /// not the switch's: a client cannot make the switch reach a socket it
     /// could not reach itself. Only a root switch has another identity to
     /// borrow; otherwise the kernel already checks with the switch's own.
-    fn impersonate<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    pub(super) fn impersonate<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         use nix::unistd::{getgroups, setfsgid, setfsuid, setgroups};
         if !Uid::effective().is_root() || self.uid.is_root() {
             return f();

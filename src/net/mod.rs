@@ -2,6 +2,7 @@
 //! the engine and the console and carries their decisions out; it decides
 //! nothing about switching itself.
 
+mod capture;
 mod console;
 mod ctl;
 mod data;
@@ -427,6 +428,9 @@ impl Server {
             }
             // BPDUs the ticks, frames and commands above made the switch send.
             self.data.send_originated(&self.epoll, &mut self.switch);
+            if self.data.capture().is_on() {
+                self.data.capture().write_out();
+            }
             self.publish_events();
         }
         self.exit.expect("loop ends on exit")
@@ -438,6 +442,7 @@ impl Server {
             self.now += 1;
             self.switch.tick(self.now);
             self.data.tick(&self.epoll);
+            self.data.capture().tick();
             self.expire_handshakes();
             self.moves.next_second("MAC moves");
             for token in std::mem::take(&mut self.paused) {

@@ -101,8 +101,10 @@ pub fn find_binaries() -> Result<()> {
 }
 
 impl Switch {
-    /// Starts a fresh `kind`, bound to `cpu` if given.
-    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>) -> Result<Switch> {
+    /// Starts a fresh `kind`, bound to `cpu` if given; a capturing vswitch
+    /// writes every port's frames to a file in its directory from the
+    /// start (an rc file's `capture/start 0`).
+    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>, capture: bool) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
@@ -123,7 +125,13 @@ impl Switch {
             }
             Kind::Vswitch | Kind::VdeSwitch => {
                 let program = if kind == Kind::Vswitch { sibling("vswitch")? } else { PathBuf::from("vde_switch") };
-                let status = Command::new(&program)
+                let mut command = Command::new(&program);
+                if capture {
+                    let rc = dir.path().join("capture.rc");
+                    fs::write(&rc, format!("capture/start 0 {}\n", dir.path().join("all.pcapng").display()))?;
+                    command.arg("-f").arg(rc);
+                }
+                let status = command
                     .arg("-s")
                     .arg(&sw)
                     .arg("-p")

@@ -1,6 +1,7 @@
 //! The command table. Order matters: it is both the `help` listing order
 //! and the lookup order (first path that prefixes the input line wins).
 
+mod capture;
 mod debug;
 mod fstp;
 mod global;
@@ -132,7 +133,13 @@ pub static COMMANDS: &[Command] = &[
 
 /// vswitch's additions, looked up after the reference's commands and kept
 /// out of `help`, whose output clients compare byte for byte.
-pub static EXTENSIONS: &[Command] = &[data("port/drops", "[N]", "frames not delivered, by reason", port::drops)];
+pub static EXTENSIONS: &[Command] = &[
+    data("port/drops", "[N]", "frames not delivered, by reason", port::drops),
+    cmd("port/setmirror", "N 0/1", "send port N a copy of every forwarded frame 1=Y 0=N", capture::setmirror),
+    cmd("capture/start", "PORT FILE [overwrite]", "capture port PORT (0=all) to pcapng FILE", capture::start),
+    cmd("capture/stop", "PORT", "stop capturing port PORT", capture::stop),
+    data("capture/print", "", "list captures and mirror ports", capture::print),
+];
 
 /// Maps engine configuration errors to the errno the reference reports.
 fn errno(e: crate::engine::ConfigError) -> Errno {
