@@ -1,14 +1,34 @@
 //! Log lines go to stderr as `<program>: <message>` until the switch
 //! daemonises, then to syslog, as vde_switch does.
+//!
+//! Once the event loop runs, nothing it writes to a descriptor it does not
+//! own may block it: a supervisor that reads stderr lazily, a terminal
+//! paused with Ctrl-S or a stuck syslog daemon would otherwise stop
+//! switching. So log lines and the stdin console's output go through a
+//! bounded queue that one writer thread empties with ordinary blocking
+//! writes (and `syslog(3)` calls). Only the writer waits; a log line that
+//! finds the queue full is dropped and counted, and the count is logged
+//! once the queue has drained. Console output is never dropped: the stdin
+//! console stops reading input while its output is [`backlog`]ged.
 
+use std::collections::VecDeque;
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::sys;
 
 static PROGRAM: OnceLock<String> = OnceLock::new();
 static TO_SYSLOG: AtomicBool = AtomicBool::new(false);
+
+/// Log lines that may wait for the writer before lines are dropped (every
+/// kind of line input can cause is rate-limited to a few a second, so this
+/// holds several seconds of the worst case).
+pub const LOG_QUEUE_LINES: usize = 64;
+/// Console output bytes beyond which the stdin console stops reading.
+pub const CONSOLE_QUEUE_BYTES: usize = 64 << 10;
 
 /// Sets the name log lines are prefixed with (`argv[0]`).
 pub fn init(program: &str) {
@@ -23,13 +43,155 @@ pub fn switch_to_syslog() {
     TO_SYSLOG.store(true, Ordering::Relaxed);
 }
 
-pub fn log(message: &str) {
-    if TO_SYSLOG.load(Ordering::Relaxed) {
-        sys::syslog(message);
-    } else {
-        let program = PROGRAM.get().map_or("vswitch", String::as_str);
-        let _ = writeln!(std::io::stderr(), "{program}: {message}");
+/// Where a queued piece of output goes.
+enum Sink {
+    Log(String),
+    /// Console bytes for a descriptor (stdout, or descriptor 0 for the
+    /// stdin console's prompt).
+    Console(RawFd, Vec<u8>),
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Sink>,
+    log_lines: usize,
+    console_bytes: usize,
+    dropped: u64,
+    /// The writer thread runs: otherwise output is written at once.
+    running: bool,
+    /// The writer is in the middle of a write (the queue may be empty).
+    busy: bool,
+}
+
+static QUEUE: Mutex<Queue> = Mutex::new(Queue {
+    items: VecDeque::new(),
+    log_lines: 0,
+    console_bytes: 0,
+    dropped: 0,
+    running: false,
+    busy: false,
+});
+static WAKE: Condvar = Condvar::new();
+static DRAINED: Condvar = Condvar::new();
+
+fn queue() -> std::sync::MutexGuard<'static, Queue> {
+    QUEUE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_now(sink: &Sink) {
+    match sink {
+        Sink::Log(message) if TO_SYSLOG.load(Ordering::Relaxed) => sys::syslog(message),
+        Sink::Log(message) => {
+            let program = PROGRAM.get().map_or("vswitch", String::as_str);
+            let _ = writeln!(std::io::stderr(), "{program}: {message}");
+        }
+        Sink::Console(fd, bytes) => {
+            let stdin = std::io::stdin();
+            let stdout = std::io::stdout();
+            let fd = if *fd == 0 { stdin.as_fd() } else { stdout.as_fd() };
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                match nix::unistd::write(fd, rest) {
+                    Ok(0) => break,
+                    Ok(n) => rest = &rest[n..],
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+        }
     }
+}
+
+/// Starts the writer thread: from now on nothing here blocks the caller.
+/// Call after daemonising (a fork does not take threads along).
+pub fn start_writer() {
+    let mut q = queue();
+    if q.running {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("log".into()).spawn(writer);
+    q.running = spawned.is_ok();
+}
+
+fn writer() {
+    let mut q = queue();
+    loop {
+        let Some(item) = q.items.pop_front() else {
+            if q.dropped > 0 {
+                let line = format!("{} log lines dropped (output blocked)", q.dropped);
+                q.dropped = 0;
+                q.log_lines += 1;
+                q.items.push_back(Sink::Log(line));
+                continue;
+            }
+            DRAINED.notify_all();
+            q = WAKE.wait(q).unwrap_or_else(std::sync::PoisonError::into_inner);
+            continue;
+        };
+        q.busy = true;
+        drop(q);
+        write_now(&item);
+        q = queue();
+        q.busy = false;
+        match &item {
+            Sink::Log(_) => q.log_lines -= 1,
+            Sink::Console(_, b) => q.console_bytes -= b.len(),
+        }
+    }
+}
+
+fn enqueue(sink: Sink) {
+    let mut q = queue();
+    if !q.running {
+        drop(q);
+        return write_now(&sink);
+    }
+    match &sink {
+        Sink::Log(_) => {
+            if q.log_lines >= LOG_QUEUE_LINES {
+                q.dropped += 1;
+                return;
+            }
+            q.log_lines += 1;
+        }
+        Sink::Console(_, b) => q.console_bytes += b.len(),
+    }
+    q.items.push_back(sink);
+    WAKE.notify_one();
+}
+
+pub fn log(message: &str) {
+    enqueue(Sink::Log(message.to_string()));
+}
+
+/// Writes console output to stdout (or, for the prompt, descriptor 0).
+pub fn console(fd: RawFd, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        enqueue(Sink::Console(fd, bytes.to_vec()));
+    }
+}
+
+/// Console output bytes not yet written.
+pub fn backlog() -> usize {
+    queue().console_bytes
+}
+
+/// Waits up to `limit` for queued output to be written, then writes
+/// directly again: used on the way out, so the last lines are not lost.
+pub fn drain(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut q = queue();
+    while q.running && (!q.items.is_empty() || q.busy || q.dropped > 0) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        q = DRAINED.wait_timeout(q, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+    }
+    // A writer stuck in a write keeps its thread; later lines are written
+    // by the caller, which is about to exit.
+    q.running = false;
+    q.items.clear();
 }
 
 /// The C library's text for an OS error, as vde_switch prints it (without
