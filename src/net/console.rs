@@ -399,6 +399,13 @@ impl Server {
     /// socket is not watched for input, and reading is how it is noticed.
     pub(super) fn read_session(&mut self, slot: usize) {
         let Some(session) = self.sessions.get_mut(slot) else { return };
+        if session.loading.is_some() {
+            // Not watched for input while a `load` waits: this is a
+            // hang-up, reported whatever the interest, and nobody is left
+            // to read the reply.
+            self.drop_session(slot);
+            return;
+        }
         if session.has_pending_output() {
             // Not reading while a reply is going out; a dead peer shows here.
             if !session.flush() {
@@ -554,9 +561,11 @@ impl Server {
         if behind || console.loading.is_some() || !console.queued.is_empty() {
             // Nothing is read while output is behind or lines wait: a
             // stdout nobody reads stops this console, not the switch.
+            // Taken out of the set, not just its interest: a hang-up is
+            // reported whatever the interest, and would spin the loop.
             if console.polled && !console.paused {
                 console.paused = true;
-                let _ = self.epoll.modify(io::stdin().as_fd(), &mut interest(Token::Stdin, EpollFlags::empty()));
+                let _ = self.epoll.delete(io::stdin().as_fd());
             }
             return;
         }
@@ -611,7 +620,7 @@ impl Server {
             return;
         }
         console.paused = false;
-        let _ = self.epoll.modify(io::stdin().as_fd(), &mut interest(Token::Stdin, EpollFlags::EPOLLIN));
+        let _ = self.epoll.add(io::stdin().as_fd(), interest(Token::Stdin, EpollFlags::EPOLLIN));
         self.serve_stdin();
     }
 

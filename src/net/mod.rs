@@ -143,7 +143,7 @@ const HANDSHAKE_TIMEOUT: u64 = 10;
 const MAX_HANDSHAKES: usize = 128;
 /// Most console sessions at once (and at most an eighth of the descriptor
 /// limit); beyond, the one idle longest is closed.
-const MAX_SESSIONS: usize = 32;
+const MAX_SESSIONS: usize = 128;
 
 /// `cap`, or `1/share` of the process's descriptor limit if that is less
 /// (read each time: the limit may be changed from outside, `prlimit`), so
