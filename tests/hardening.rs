@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::signal::{Signal, kill};
 
 use common::station::exchange;
 use common::*;
@@ -279,3 +280,35 @@ fn thousands_of_idle_connections_leave_room_for_real_clients() {
     drop(mgmt);
     sw.wait_open_fds(baseline);
 }
+
+/// BPDUs `station` receives within `window`.
+fn bpdus_within(station: &dyn Station, window: Duration) -> usize {
+    let deadline = Instant::now() + window;
+    let mut count = 0;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match station.recv_timeout(left) {
+            Some(f) if f.starts_with(&[0x01, 0x80, 0xc2, 0, 0, 0]) => count += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    count
+}
+
+/// Stopped for three hello intervals (4 s each), the switch sends no burst
+/// of hellos when it continues: its clock jumps instead of replaying every
+/// missed second. vde_switch's clock stands still while it is stopped.
+fn no_bpdu_burst_after_a_stop(target: Target) {
+    let sw = Switch::start(target, &["-F"]);
+    let client = Client::connect(&sw.ctl_dir(), None, "bpdus");
+    assert!(bpdus_within(&client, Duration::from_secs(6)) >= 1, "hellos arrive while the switch runs");
+    kill(sw.pid(), Signal::SIGSTOP).expect("stop the switch");
+    thread::sleep(Duration::from_secs(13));
+    kill(sw.pid(), Signal::SIGCONT).expect("continue the switch");
+    // A burst would come at once; the next regular hello not before 4 s.
+    let burst = bpdus_within(&client, Duration::from_millis(1500));
+    assert!(burst <= 1, "{burst} BPDUs right after continuing");
+    sw.assert_alive();
+}
+
+test_both_targets!(no_bpdu_burst_after_a_stop);

@@ -16,6 +16,7 @@ use nix::sys::epoll::EpollFlags;
 use nix::unistd::Gid;
 
 use super::ctl::Peer;
+use super::log::ConsoleOut;
 use super::jobs::{LOAD_TIME_LIMIT, Outcome, Waiter};
 use super::{ACCEPT_BATCH, Accepted, Exit, MAX_SESSIONS, Server, Token, interest, log};
 use crate::engine::Event;
@@ -604,12 +605,11 @@ impl Server {
     }
 
     fn answer_stdin(&mut self, reply: Reply) {
-        log::console(1, reply.text.as_bytes());
-        // The reference writes its prompt to descriptor 0, which on a
-        // terminal is the terminal itself; after `logout` (which keeps
-        // this console open) and `shutdown` it writes nothing.
+        log::console(ConsoleOut::Stdout, reply.text.as_bytes());
+        // No prompt after `logout` (which keeps this console open) and
+        // `shutdown`, as in the reference.
         if !reply.ends_session {
-            log::console(0, PROMPT.as_bytes());
+            log::console(ConsoleOut::Stdin, PROMPT.as_bytes());
         }
     }
 
@@ -720,7 +720,7 @@ impl Server {
                 && self.stdin.as_ref().is_some_and(|c| c.state.wants(category))
                 && log::backlog() <= log::CONSOLE_QUEUE_BYTES
             {
-                log::console(1, line.as_bytes());
+                log::console(ConsoleOut::Stdout, line.as_bytes());
             }
         }
         for slot in dead {

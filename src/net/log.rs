@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write as _;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,15 +43,22 @@ pub fn switch_to_syslog() {
     TO_SYSLOG.store(true, Ordering::Relaxed);
 }
 
+/// Where the stdin console's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleOut {
+    /// Replies and events.
+    Stdout,
+    /// The prompt: vde_switch writes it to descriptor 0, which on a
+    /// terminal is the terminal itself.
+    Stdin,
+}
+
 /// Where a queued piece of output goes.
 enum Sink {
     Log(String),
-    /// Console bytes for a descriptor (stdout, or descriptor 0 for the
-    /// stdin console's prompt).
-    Console(RawFd, Vec<u8>),
+    Console(ConsoleOut, Vec<u8>),
 }
 
-#[derive(Default)]
 struct Queue {
     items: VecDeque<Sink>,
     log_lines: usize,
@@ -85,10 +92,13 @@ fn write_now(sink: &Sink) {
             let program = PROGRAM.get().map_or("vswitch", String::as_str);
             let _ = writeln!(std::io::stderr(), "{program}: {message}");
         }
-        Sink::Console(fd, bytes) => {
+        Sink::Console(to, bytes) => {
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();
-            let fd = if *fd == 0 { stdin.as_fd() } else { stdout.as_fd() };
+            let fd = match to {
+                ConsoleOut::Stdin => stdin.as_fd(),
+                ConsoleOut::Stdout => stdout.as_fd(),
+            };
             let mut rest = &bytes[..];
             while !rest.is_empty() {
                 match nix::unistd::write(fd, rest) {
@@ -164,10 +174,10 @@ pub fn log(message: &str) {
     enqueue(Sink::Log(message.to_string()));
 }
 
-/// Writes console output to stdout (or, for the prompt, descriptor 0).
-pub fn console(fd: RawFd, bytes: &[u8]) {
+/// Writes the stdin console's output.
+pub fn console(to: ConsoleOut, bytes: &[u8]) {
     if !bytes.is_empty() {
-        enqueue(Sink::Console(fd, bytes.to_vec()));
+        enqueue(Sink::Console(to, bytes.to_vec()));
     }
 }
 
