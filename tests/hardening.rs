@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, kill};
 
+use common::client::v3_request;
 use common::station::exchange;
 use common::*;
+use vswitch::wire::RequestKind;
 
 const PROMPT: &[u8] = b"\nvde$ ";
 
@@ -234,13 +236,22 @@ fn a_load_stuck_in_the_file_system_stops_nothing() {
         let _ = sender.send(String::from_utf8_lossy(&reply).into_owned());
     });
 
-    // While that load waits on the file system, everything else goes on.
+    // So does a client whose socket path lies on that file system: its
+    // handshake waits in the background.
+    let mut stuck_client = UnixStream::connect(sw.ctl_dir().join("ctl")).expect("connect to ctl");
+    let request = v3_request(RequestKind::NewControl, 0, &stalled.path.join("client"), "stuck");
+    stuck_client.write_all(&request).expect("send the port request");
+
+    // While those wait on the file system, everything else goes on.
     let mut mgmt = sw.mgmt();
     assert!(mgmt.cmd_ok("port/showinfo").contains("Numports=32"));
     plugs_exchange(&sw.ctl_dir(), &mut mgmt);
 
     let reply = receiver.recv_timeout(Duration::from_secs(30)).expect("the stuck load is answered");
     assert!(reply.ends_with("1110 Connection timed out\n\nvde$ "), "stuck load: {reply:?}");
+    stuck_client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(stuck_client.read(&mut byte).expect("read the handshake reply"), 0, "the stuck client is refused");
     sw.assert_alive();
     drop(stalled);
 }

@@ -16,8 +16,8 @@ use nix::sys::epoll::EpollFlags;
 use nix::unistd::Gid;
 
 use super::ctl::Peer;
-use super::log::ConsoleOut;
 use super::jobs::{LOAD_TIME_LIMIT, Outcome, Waiter};
+use super::log::ConsoleOut;
 use super::{ACCEPT_BATCH, Accepted, Exit, MAX_SESSIONS, Server, Token, interest, log};
 use crate::engine::Event;
 pub use crate::mgmt::MAX_LINE;

@@ -137,8 +137,6 @@ pub enum HandshakeError {
     Attach(#[from] AttachError),
     #[error("Cannot create data socket: {}", log::error_text(.0))]
     DataSocket(io::Error),
-    #[error("Refusing client: too many socket look-ups under way")]
-    Busy,
     #[error("Refusing client: its socket path could not be reached in time")]
     TimedOut,
 }
@@ -392,17 +390,43 @@ impl Server {
             let reached = reach(None, &addr);
             return self.finish_handshake(slot, request, reached);
         }
-        // The path may sit on a mount that hangs: reached in a job.
-        let peer = Peer::of(&conn.stream);
+        // The path may sit on a mount that hangs: reached in a job. With
+        // every job slot taken the connection waits its turn; its
+        // handshake time limit runs on meanwhile. Until then only a
+        // hang-up matters.
         conn.request = Some(request.to_vec());
-        let waiter = Waiter::Conn(slot, conn.serial);
-        let started = self.jobs.start(waiter, LOOKUP_TIME_LIMIT, move || Outcome::Reached(reach(Some(&peer), &addr)));
-        let Some(conn) = self.conns.get(slot) else { return };
-        if !started {
-            return self.refuse(slot, &HandshakeError::Busy);
-        }
-        // Until the job is done only a hang-up matters.
+        let serial = conn.serial;
         let _ = self.epoll.modify(&conn.stream, &mut interest(Token::Conn(slot), EpollFlags::EPOLLRDHUP));
+        if !self.start_lookup(slot) {
+            if self.lookups_waiting.len() >= MAX_HANDSHAKES {
+                let mut waiting = std::mem::take(&mut self.lookups_waiting);
+                waiting.retain(|&(slot, serial)| self.is_pending(slot, serial));
+                self.lookups_waiting = waiting;
+            }
+            self.lookups_waiting.push_back((slot, serial));
+        }
+    }
+
+    /// Starts the job reaching the client socket of the connection in
+    /// `slot`. False when no job can start now.
+    fn start_lookup(&mut self, slot: usize) -> bool {
+        let Some(conn) = self.conns.get(slot) else { return true };
+        let Some(addr) = conn.request.as_deref().and_then(|r| Request::parse(r).ok()).map(|r| r.addr) else {
+            return true;
+        };
+        let peer = Peer::of(&conn.stream);
+        let waiter = Waiter::Conn(slot, conn.serial);
+        self.jobs.start(waiter, LOOKUP_TIME_LIMIT, move || Outcome::Reached(reach(Some(&peer), &addr)))
+    }
+
+    /// Starts the look-ups that waited for a free job slot, oldest first.
+    pub(super) fn start_waiting_lookups(&mut self) {
+        while let Some(&(slot, serial)) = self.lookups_waiting.front() {
+            if self.is_pending(slot, serial) && !self.start_lookup(slot) {
+                return;
+            }
+            self.lookups_waiting.pop_front();
+        }
     }
 
     /// Goes on with a handshake once its client socket was reached (or not).

@@ -7,7 +7,9 @@
 //! identity of whoever asked for the work (the identity is per thread, so
 //! jobs of different users never see each other's), sends its outcome back
 //! through a channel and wakes the loop through an eventfd. At most
-//! [`MAX_JOBS`] threads exist at a time; beyond that new work is refused.
+//! [`MAX_JOBS`] threads exist at a time; beyond that new work waits (a
+//! client's look-up, within its handshake time limit) or is refused (a
+//! `load`).
 //! A job not done within its time limit is abandoned: whoever waited for it
 //! gets an error, and the thread's eventual outcome is thrown away (its
 //! slot stays taken until it returns, so a hung mount costs at most

@@ -224,6 +224,9 @@ struct Server {
     /// accepted and closed instead of waiting in the backlog.
     reserve: Option<fs::File>,
     jobs: jobs::Jobs,
+    /// Connections whose client socket waits for a free job slot, oldest
+    /// first, with their serial.
+    lookups_waiting: VecDeque<(usize, u64)>,
     data: DataPlane,
     mgmt: Option<MgmtListener>,
     sessions: Slab<SocketSession>,
@@ -383,6 +386,7 @@ impl Server {
             serial: 0,
             reserve: open_reserve(),
             jobs,
+            lookups_waiting: VecDeque::new(),
             data: DataPlane::default(),
             mgmt: None,
             sessions: Slab::new(),
@@ -487,6 +491,7 @@ impl Server {
                 (_, Some(jobs::Outcome::Reached(_))) => {}
             }
         }
+        self.start_waiting_lookups();
     }
 
     fn advance_clock(&mut self) {
