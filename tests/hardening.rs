@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{Signal, kill};
 
-use common::client::v3_request;
+use common::client::{unique_socket_path, v3_request};
 use common::station::exchange;
 use common::*;
 use vswitch::wire::RequestKind;
@@ -323,3 +323,47 @@ fn no_bpdu_burst_after_a_stop(target: Target) {
 }
 
 test_both_targets!(no_bpdu_burst_after_a_stop);
+
+/// Out of descriptors, a new control connection is accepted and closed at
+/// once (a descriptor is kept in reserve for that), instead of waiting in
+/// the listen backlog for a reply that never comes; once clients leave,
+/// everything works again.
+#[test]
+fn out_of_descriptors_a_newcomer_is_closed_not_left_waiting() {
+    let sw = Switch::start(Target::Vswitch, &[]);
+    let mut mgmt = sw.mgmt();
+    let baseline = sw.open_fds();
+    let limit = format!("--nofile={0}:{0}", baseline + 8);
+    let status = Command::new("prlimit").args(["--pid", &sw.pid().to_string(), &limit]).status().expect("prlimit");
+    assert!(status.success(), "lower the switch's descriptor limit");
+
+    // Clients until one finds no descriptor for its data socket: the switch
+    // then has exactly one left (its control connection's, closed again).
+    let sockets = tempfile::tempdir().expect("temporary directory");
+    let mut attached = Vec::new();
+    let refused = loop {
+        let path = unique_socket_path(sockets.path());
+        let data = std::os::unix::net::UnixDatagram::bind(&path).expect("bind a client socket");
+        let mut stream = UnixStream::connect(sw.ctl_dir().join("ctl")).expect("connect to ctl");
+        match send_request(&mut stream, &v3_request(RequestKind::NewControl, 0, &path, "fill")) {
+            HandshakeOutcome::Reply(_) => attached.push((stream, data)),
+            outcome => break outcome,
+        }
+        assert!(attached.len() < 10, "the descriptor limit holds");
+    };
+    assert_eq!(refused, HandshakeOutcome::Closed, "the client that did not fit");
+    // An idle connection takes that last descriptor.
+    let before = sw.open_fds();
+    let idle = UnixStream::connect(sw.ctl_dir().join("ctl")).expect("connect to ctl");
+    sw.wait_open_fds(before + 1);
+
+    let newcomer = raw_handshake(&sw.ctl_dir(), &v3_request(RequestKind::NewControl, 0, Path::new("/x"), "late"));
+    assert_eq!(newcomer, HandshakeOutcome::Closed, "out of descriptors, a newcomer is closed at once");
+
+    let clients = attached.len();
+    drop(idle);
+    drop(attached);
+    sw.wait_open_fds(before - 2 * clients);
+    assert!(mgmt.cmd_ok("port/showinfo").contains("Numports=32"));
+    plugs_exchange(&sw.ctl_dir(), &mut mgmt);
+}
