@@ -126,14 +126,18 @@ fn full_pipe() -> (OwnedFd, OwnedFd) {
 fn a_stderr_nobody_reads_stops_nothing() {
     let dir = tempfile::Builder::new().prefix("vswitch-stderr-").tempdir().expect("temporary directory");
     let (stderr_read, stderr_write) = full_pipe();
-    // The stdin console stays open (and idle) as long as this end lives.
-    let (stdin_read, _stdin_write) = nix::unistd::pipe().expect("pipe");
+    // The stdin console's replies go to a pipe nobody reads either.
+    let (stdout_read, stdout_write) = full_pipe();
+    let (stdin_read, stdin_write) = nix::unistd::pipe().expect("pipe");
     let _switch = ProcessGuard::spawn(
         with_switch_files(&mut Command::new(Target::Vswitch.program()), dir.path())
             .stdin(Stdio::from(stdin_read))
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(stdout_write))
             .stderr(Stdio::from(stderr_write)),
     );
+    // Far more reply than the pipe and the switch's console queue hold.
+    let mut stdin = fs::File::from(stdin_write);
+    stdin.write_all(&b"help\n".repeat(200)).expect("send commands to the stdin console");
     let mgmt_path = dir.path().join("sw.mgmt");
     let ctl = dir.path().join("sw").join("ctl");
     let mut mgmt = wait_until(STARTUP_TIMEOUT, "the management socket", || Mgmt::try_connect(&mgmt_path).ok());
@@ -172,6 +176,23 @@ fn a_stderr_nobody_reads_stops_nothing() {
     let log = log();
     assert!(log.contains("V0 request not supported"), "refusals are logged: {log}");
     assert!(log.contains("more refused connections not logged"), "refusals are rate-limited: {log}");
+
+    // The stdin console waited for its output instead of losing it.
+    let replies = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&replies);
+    thread::spawn(move || {
+        let mut pipe = fs::File::from(stdout_read);
+        let mut chunk = [0u8; 65536];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                return;
+            }
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    let answered = || String::from_utf8_lossy(&replies.lock().unwrap()).matches("COMMAND PATH").count();
+    wait_until(Duration::from_secs(10), "every stdin command answered", || (answered() == 200).then_some(()));
+    drop(stdin);
 }
 
 /// A FUSE file system that never answers: the kernel waits for the reply
