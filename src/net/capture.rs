@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::ctl::Peer;
 use super::log;
 use crate::engine::PortId;
 use crate::mgmt::CaptureDesk;
@@ -352,33 +353,35 @@ pub fn open(path: &str, overwrite: bool) -> Result<(File, bool), (Errno, String)
     Ok((file, false))
 }
 
-/// Runs a file operation with the identity of whoever gave the command.
-pub type AsClient<'a> = &'a dyn Fn(&mut dyn FnMut() -> io::Result<()>) -> io::Result<()>;
-
 /// The console's way to the captures, opening files with the identity of
 /// whoever gave the command.
 pub struct Desk<'a> {
     captures: &'a mut Captures,
-    as_client: AsClient<'a>,
+    /// The console peer, `None` for stdin and rc files (the switch's own
+    /// identity).
+    peer: Option<&'a Peer>,
 }
 
 impl<'a> Desk<'a> {
-    pub fn new(captures: &'a mut Captures, as_client: AsClient<'a>) -> Self {
-        Desk { captures, as_client }
+    pub fn new(captures: &'a mut Captures, peer: Option<&'a Peer>) -> Self {
+        Desk { captures, peer }
     }
 }
 
 impl CaptureDesk for Desk<'_> {
     fn start(&mut self, port: PortId, path: &str, overwrite: bool) -> Result<(), (Errno, String)> {
-        let mut opened = None;
-        let switched = (self.as_client)(&mut || {
-            opened = Some(open(path, overwrite));
-            Ok(())
-        });
-        if let Err(e) = switched {
-            return Err((errno_of(&e), format!("{path}: {}", log::error_text(&e))));
-        }
-        let (file, fifo) = opened.expect("ran above")?;
+        let (file, fifo) = match self.peer {
+            None => open(path, overwrite)?,
+            // The file-system identity is per thread: borrowed on a thread
+            // of its own, the loop keeps the switch's.
+            Some(peer) => std::thread::scope(|scope| {
+                let opening = scope.spawn(|| {
+                    peer.assume().map_err(|e| (errno_of(&e), format!("{path}: {}", log::error_text(&e))))?;
+                    open(path, overwrite)
+                });
+                opening.join().unwrap_or_else(|_| Err((Errno::EIO, format!("{path}: opening failed"))))
+            })?,
+        };
         self.captures.start(port, path, file, fifo)
     }
 

@@ -506,7 +506,11 @@ impl DataPlane {
             let mut capture = std::mem::take(&mut self.capture);
             for run in queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
                 if let Some(ep) = switch.endpoint(run[0].endpoint) {
-                    capture.record(ep.port, Direction::Out, run.iter().map(|q| frame_of(&self.rx, &self.edited, &self.edited_len, q)));
+                    capture.record(
+                        ep.port,
+                        Direction::Out,
+                        run.iter().map(|q| frame_of(&self.rx, &self.edited, &self.edited_len, q)),
+                    );
                 }
             }
             self.capture = capture;

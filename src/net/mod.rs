@@ -6,6 +6,7 @@ mod capture;
 mod console;
 mod ctl;
 mod data;
+mod jobs;
 pub mod log;
 pub mod sys;
 mod transport;
@@ -92,6 +93,7 @@ enum Token {
     /// Descriptor registry slot and generation (see `transport::Registry`).
     Data(u32, u32),
     Session(usize, u32),
+    Jobs,
 }
 
 impl Token {
@@ -106,6 +108,7 @@ impl Token {
             Token::Data(k, g) => (5, g, u64::from(k)),
             Token::Session(i, g) => (6, g, i as u64),
             Token::Tick => (7, 0, 0),
+            Token::Jobs => (8, 0, 0),
         };
         kind << 56 | u64::from(generation & GENERATION_MASK) << 32 | (index & 0xffff_ffff)
     }
@@ -122,6 +125,7 @@ impl Token {
             5 => Token::Data(index as u32, generation),
             6 => Token::Session(index as usize, generation),
             7 => Token::Tick,
+            8 => Token::Jobs,
             _ => return None,
         })
     }
@@ -133,12 +137,42 @@ struct Conn {
     endpoint: Option<EndpointKey>,
     /// When it was accepted (seconds since start).
     accepted_at: u64,
-    generation: u32,
+    /// Tells this connection from earlier ones in the same slot.
+    serial: u64,
+    /// The port request, kept while its client socket is being reached.
+    request: Option<Vec<u8>>,
 }
 
 /// How long a connection may take to send its port request. Connections
 /// that never do would otherwise hold a descriptor each for ever.
 const HANDSHAKE_TIMEOUT: u64 = 10;
+/// Most connections that may owe their port request at once (and at most a
+/// quarter of the descriptor limit); beyond, the oldest is closed. A client
+/// sends its request right after connecting, so only idle or hostile
+/// connections are ever closed this way.
+const MAX_HANDSHAKES: usize = 128;
+/// Most console sessions at once (and at most an eighth of the descriptor
+/// limit); beyond, the one idle longest is closed.
+const MAX_SESSIONS: usize = 128;
+
+/// `cap`, or `1/share` of the process's descriptor limit if that is less
+/// (read each time: the limit may be changed from outside, `prlimit`), so
+/// idle connections can never take the descriptors endpoints need.
+fn cap(cap: usize, share: u64) -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    cap.min(usize::try_from(limit / share).unwrap_or(usize::MAX)).max(1)
+}
+/// Lines about refused or dropped connections a second: any local user who
+/// may connect can cause them.
+const REFUSAL_LINES_PER_SECOND: u32 = 10;
+/// Log lines of console commands a second (`hash/setsize`, `load` giving
+/// up): every console user can cause them.
+const CONSOLE_LINES_PER_SECOND: u32 = 10;
+/// Most connections accepted from one listener per wake-up.
+const ACCEPT_BATCH: usize = 64;
+/// How long the last log lines may take to be written on the way out.
+const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// A station flapping between ports (a loop, a spoofer) moves on every
 /// frame; logging each would make the log, not the network, the bottleneck.
 const MAC_MOVE_LINES_PER_SECOND: u32 = 10;
@@ -191,9 +225,18 @@ struct Server {
     /// of descriptors, and a level-triggered wait would spin on them.
     paused: Vec<Token>,
     conns: Slab<Conn>,
-    /// Connections still owing their request, oldest first, with the time
-    /// they were accepted (a slot may have been reused since).
+    /// Connections still owing their request, oldest first, with their
+    /// serial (a slot may have been reused since).
     handshakes: VecDeque<(usize, u64)>,
+    /// Last serial given to a connection or session.
+    serial: u64,
+    /// Held open so that, out of descriptors, a connection can still be
+    /// accepted and closed instead of waiting in the backlog.
+    reserve: Option<fs::File>,
+    jobs: jobs::Jobs,
+    /// Connections whose client socket waits for a free job slot, oldest
+    /// first, with their serial.
+    lookups_waiting: VecDeque<(usize, u64)>,
     data: DataPlane,
     mgmt: Option<MgmtListener>,
     sessions: Slab<SocketSession>,
@@ -203,8 +246,14 @@ struct Server {
     pidfile: Option<PathBuf>,
     exit: Option<Exit>,
     moves: log::RateLimited,
-    /// The last generation given to a connection or session token.
-    generation: u32,
+    refusals: log::RateLimited,
+    console_lines: log::RateLimited,
+}
+
+/// The token generation of a connection or session: the low bits of its
+/// serial number, enough to tell it from the slot's previous occupant.
+fn token_generation(serial: u64) -> u32 {
+    serial as u32 & GENERATION_MASK
 }
 
 fn interest(token: Token, flags: EpollFlags) -> EpollEvent {
@@ -242,8 +291,10 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
         server.cleanup();
         return Err(fatal);
     }
+    log::start_writer();
     let exit = server.serve();
     server.cleanup();
+    log::drain(LOG_DRAIN_LIMIT);
     Ok(exit)
 }
 
@@ -301,12 +352,50 @@ fn write_pidfile(path: &std::path::Path, pid: u32) -> Result<(), Fatal> {
     placed
 }
 
-/// The event loop's own descriptors: the epoll set, the signal queue and
-/// the one-second tick.
+/// What accepting on a listener gave.
+enum Accepted {
+    Stream(UnixStream),
+    /// Nobody is waiting.
+    Nothing,
+    /// A connection was accepted and closed at once for lack of descriptors.
+    Shed,
+    Failed(io::Error),
+}
+
+/// Accepts one connection. Out of descriptors, the reserve descriptor is
+/// given up for a moment to accept the connection and close it: otherwise
+/// it would wait in the backlog, keeping the listener readable and its
+/// client waiting for a reply that never comes.
+fn accept(listener: &std::os::unix::net::UnixListener, reserve: &mut Option<fs::File>) -> Accepted {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return Accepted::Stream(stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Nothing,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if reserve.take().is_none() {
+                    return Accepted::Failed(e);
+                }
+                drop(listener.accept());
+                *reserve = open_reserve();
+                return if reserve.is_some() { Accepted::Shed } else { Accepted::Failed(e) };
+            }
+            Err(e) => return Accepted::Failed(e),
+        }
+    }
+}
+
+fn open_reserve() -> Option<fs::File> {
+    fs::File::open("/dev/null").ok()
+}
+
+/// The event loop's own descriptors: the epoll set, the signal queue, the
+/// one-second tick and the file-system jobs.
 struct LoopHandles {
     epoll: Epoll,
     signals: SignalFd,
     ticks: TimerFd,
+    jobs: jobs::Jobs,
 }
 
 fn loop_handles() -> io::Result<LoopHandles> {
@@ -319,12 +408,14 @@ fn loop_handles() -> io::Result<LoopHandles> {
     let second = TimeSpec::from_duration(Duration::from_secs(1));
     ticks.set(Expiration::Interval(second), TimerSetTimeFlags::empty()).map_err(io_error)?;
     epoll.add(&ticks, interest(Token::Tick, EpollFlags::EPOLLIN)).map_err(io_error)?;
-    Ok(LoopHandles { epoll, signals, ticks })
+    let jobs = jobs::Jobs::new()?;
+    epoll.add(&*jobs.wake, interest(Token::Jobs, EpollFlags::EPOLLIN)).map_err(io_error)?;
+    Ok(LoopHandles { epoll, signals, ticks, jobs })
 }
 
 impl Server {
     fn new(config: &Config, ctl: CtlDir, info: SwitchInfo, handles: LoopHandles) -> Server {
-        let LoopHandles { epoll, signals, ticks } = handles;
+        let LoopHandles { epoll, signals, ticks, jobs } = handles;
         let mut switch = Switch::new(config.numports, config.hub, config.hash_size);
         switch.set_bridge_id(info.mac, info.priority);
         if config.fstp {
@@ -340,6 +431,10 @@ impl Server {
             paused: Vec::new(),
             conns: Slab::new(),
             handshakes: VecDeque::new(),
+            serial: 0,
+            reserve: open_reserve(),
+            jobs,
+            lookups_waiting: VecDeque::new(),
             data: DataPlane::default(),
             mgmt: None,
             sessions: Slab::new(),
@@ -349,7 +444,8 @@ impl Server {
             pidfile: None,
             exit: None,
             moves: log::RateLimited::new(MAC_MOVE_LINES_PER_SECOND),
-            generation: 0,
+            refusals: log::RateLimited::new(REFUSAL_LINES_PER_SECOND),
+            console_lines: log::RateLimited::new(CONSOLE_LINES_PER_SECOND),
         }
     }
 
@@ -386,12 +482,6 @@ impl Server {
             self.start_stdin();
         }
         Ok(())
-    }
-
-    /// A generation for a new connection's or session's token.
-    fn next_generation(&mut self) -> u32 {
-        self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
-        self.generation
     }
 
     fn serve(&mut self) -> Exit {
@@ -436,8 +526,31 @@ impl Server {
         self.exit.expect("loop ends on exit")
     }
 
+    /// Hands finished (and abandoned) file-system jobs to their waiters.
+    fn jobs_done(&mut self) {
+        for done in self.jobs.collect(Instant::now()) {
+            match (done.waiter, done.outcome) {
+                (jobs::Waiter::Conn(slot, serial), Some(jobs::Outcome::Reached(r))) => {
+                    self.reached(slot, serial, Some(r));
+                }
+                (jobs::Waiter::Conn(slot, serial), None) => self.reached(slot, serial, None),
+                (waiter, Some(jobs::Outcome::Scripts(scripts))) => self.scripts_read(waiter, Some(scripts)),
+                (waiter, None) => self.scripts_read(waiter, None),
+                (_, Some(jobs::Outcome::Reached(_))) => {}
+            }
+        }
+        self.start_waiting_lookups();
+    }
+
     fn advance_clock(&mut self) {
         let now = self.started.elapsed().as_secs();
+        // After the process was stopped (SIGSTOP, a suspended VM) many
+        // seconds may have passed: the clock jumps to one before now, and
+        // only the last second is run, rather than every missed one (each
+        // would send its hellos: a burst of BPDUs into the network).
+        if now > self.now + 1 {
+            self.now = now - 1;
+        }
         while self.now < now {
             self.now += 1;
             self.switch.tick(self.now);
@@ -445,10 +558,15 @@ impl Server {
             self.data.capture().tick();
             self.expire_handshakes();
             self.moves.next_second("MAC moves");
+            self.refusals.next_second("refused connections");
+            self.console_lines.next_second("console log lines");
+            self.resume_stdin();
             for token in std::mem::take(&mut self.paused) {
                 self.watch_listener(token, EpollFlags::EPOLLIN);
             }
         }
+        // Jobs past their time limit are given up on.
+        self.jobs_done();
     }
 
     fn watch_listener(&mut self, token: Token, flags: EpollFlags) {
@@ -466,7 +584,7 @@ impl Server {
     /// Stops watching a listener until the next tick, after `error` made
     /// accepting fail (out of descriptors, typically).
     fn pause_listener(&mut self, token: Token, error: &io::Error) {
-        log::log(&format!("accept: {error}"));
+        self.refusals.note(|| format!("accept: {error}"));
         self.watch_listener(token, EpollFlags::empty());
         self.paused.push(token);
     }
@@ -483,15 +601,16 @@ impl Server {
             Token::Mgmt => self.accept_mgmt(),
             Token::Stdin => self.read_stdin(),
             Token::Conn(slot, generation) => {
-                if self.conns.get(slot).is_some_and(|c| c.generation == generation) {
+                if self.conns.get(slot).is_some_and(|c| token_generation(c.serial) == generation) {
                     self.read_conn(slot, flags);
                 }
             }
             Token::Data(id, generation) => {
                 self.data.ready(&self.epoll, id, generation, flags, &mut self.switch, self.now);
             }
+            Token::Jobs => self.jobs_done(),
             Token::Session(slot, generation) => {
-                if self.sessions.get(slot).is_none_or(|s| s.generation != generation) {
+                if self.sessions.get(slot).is_none_or(|s| token_generation(s.serial) != generation) {
                     return;
                 }
                 if flags.contains(EpollFlags::EPOLLOUT) {

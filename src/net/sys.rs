@@ -1,7 +1,8 @@
 //! The system calls the safe wrappers do not cover in the form the hot path
 //! needs: batched datagram I/O, with receive headers built once (and its tap
 //! counterpart, one frame per read or write), connecting to a raw 110-byte
-//! `sockaddr_un`, creating a tap interface, and syslog. Every `unsafe` block
+//! `sockaddr_un`, creating a tap interface, syslog, and per-thread
+//! supplementary groups. Every `unsafe` block
 //! in vswitch is here; each one passes pointers to memory that outlives the
 //! call.
 #![allow(unsafe_code)]
@@ -411,6 +412,16 @@ pub fn peer_groups(fd: BorrowedFd) -> io::Result<Vec<u32>> {
         }
         groups.resize(count, 0);
     }
+}
+
+/// Sets the supplementary groups of the calling thread only. The C
+/// library's `setgroups` changes every thread of the process (POSIX wants
+/// one set per process), which would hand one client's groups to the
+/// event loop and to jobs run for other users.
+pub fn set_thread_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the raw system call reads `groups.len()` ids from a live slice.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// What a signal does; never a handler of ours, so no code of ours ever
