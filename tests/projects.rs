@@ -58,13 +58,23 @@ fn describe_status(status: Option<ExitStatus>) -> String {
     }
 }
 
-/// Entries left in `dir` (recursively, sorted), as paths relative to it.
+/// Entries left in `dir` (recursively, sorted), as paths relative to it;
+/// data sockets `NNN.FD` as `NNN.N` (descriptor numbers differ).
 fn left_in(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
-            out.push(path.strip_prefix(base).unwrap_or(&path).display().to_string());
+            let mut shown = path.strip_prefix(base).unwrap_or(&path).display().to_string();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((port, fd)) = name.split_once('.')
+                && port.len() == 3
+                && [port, fd].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                shown.truncate(shown.len() - fd.len());
+                shown.push('N');
+            }
+            out.push(shown);
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 walk(base, &path, out);
             }
@@ -337,8 +347,9 @@ fn openqa(target: Target) -> Vec<String> {
 // log; guests join with `-netdev vde,sock=DIR,port=P`; switches are
 // trunked with `dpipe vde_plug --port 21 DIR1 = vde_plug --port 21 DIR2`.
 // Stop: `kill $(cat *.pid)`, then `rm -rf SESSION/switch` and the pid,
-// mgmt and log files. (QemuNet runs socat right after the launcher
-// returns; the replay waits for the pid file, as its TRUNK step checks.)
+// mgmt and log files. QemuNet runs socat right after the launcher returns,
+// without waiting: vde_switch is waited for here (its launcher returns
+// before the console listens), vswitch is not.
 fn qemunet(target: Target) -> Vec<String> {
     let session = tempfile::tempdir().expect("temporary directory");
     let s = session.path();
@@ -361,10 +372,14 @@ fn qemunet(target: Target) -> Vec<String> {
             .status()
             .expect("run the switch");
         assert!(status.success());
-        wait_until(STARTUP_TIMEOUT, "the pid file and console", || {
-            let pid = fs::read_to_string(s.join(format!("{name}.pid"))).ok().filter(|p| !p.is_empty());
-            pid.and(Mgmt::try_connect(&s.join(format!("{name}.mgmt"))).ok())
-        });
+        // vswitch's launcher returns once the daemon is ready, as QemuNet
+        // assumes; vde_switch's returns before its console listens.
+        if target == Target::VdeSwitch {
+            wait_until(STARTUP_TIMEOUT, "the pid file and console", || {
+                let pid = fs::read_to_string(s.join(format!("{name}.pid"))).ok().filter(|p| !p.is_empty());
+                pid.and(Mgmt::try_connect(&s.join(format!("{name}.mgmt"))).ok())
+            });
+        }
         fs::write(
             s.join("switch").join(format!("{name}.cmd")),
             "port/create 21\nvlan/create 10\nvlan/create 20\nport/setvlan 1 10\nport/setvlan 2 20\nvlan/addport 10 21\nvlan/addport 20 21\n",
@@ -484,6 +499,54 @@ fn marionnet(target: Target) -> Vec<String> {
     facts
 }
 
+// --- Kathara (NetworkPlugin, vde/go-src/src/lib/switch_utils.go) ---
+//
+// The katharanp_vde Docker network plugin, one switch per collision domain:
+// `mkdir -p /hosttmp/katharanp/kt-ID/`, then `vde_switch -n 65535 -x -d -s
+// kt-ID/ctl -p kt-ID/pid`, run to completion. A switch exists when its pid
+// file does; containers join through libvdeplug (`vde_open` on kt-ID/ctl).
+// Delete: read the pid file, SIGKILL, remove the whole directory.
+fn kathara(target: Target) -> Vec<String> {
+    let plugin = tempfile::tempdir().expect("temporary directory");
+    let switch_path = plugin.path().join("kt-0123456789ab");
+    let (ctl, pidfile) = (switch_path.join("ctl"), switch_path.join("pid"));
+    fs::create_dir_all(&switch_path).expect("mkdir -p");
+    let status = Command::new(target.program())
+        .args(["-n", "65535", "-x", "-d", "-s"])
+        .arg(&ctl)
+        .arg("-p")
+        .arg(&pidfile)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run the switch");
+    let mut facts = vec![describe_status(Some(status))];
+    // Containers join whenever Docker asks, usually well after the launch;
+    // vde_switch's launcher returns before its pid file is written.
+    let pid: i32 = wait_until(STARTUP_TIMEOUT, "the pid file", || {
+        fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse().ok())
+    });
+    {
+        let a = Client::connect(&ctl, None, "container-a");
+        let b = Client::connect(&ctl, None, "container-b");
+        exchange(&a, station_mac(1), &b, station_mac(2));
+        let c = Client::connect(&ctl, None, "container-c");
+        facts.push(format!("ports {} {} {}", a.port(), b.port(), c.port()));
+        // `-x`: a hub, every container sees every frame.
+        let unicast = common::frame(station_mac(2), station_mac(1), common::TEST_ETHERTYPE, 46);
+        a.send(&unicast);
+        b.expect_frame(&unicast);
+        c.expect_frame(&unicast);
+    }
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGKILL);
+    wait_until(STARTUP_TIMEOUT, "the switch to die", || process_gone(pid).then_some(()));
+    facts.push(format!("left after SIGKILL {:?}", left_in(&switch_path)));
+    fs::remove_dir_all(&switch_path).expect("remove the switch directory");
+    facts
+}
+
 fn replay(project: fn(Target) -> Vec<String>) {
     let reference = project(Target::VdeSwitch);
     println!("{reference:#?}");
@@ -509,6 +572,11 @@ fn openqa_os_autoinst() {
 #[test]
 fn qemunet_session() {
     replay(qemunet);
+}
+
+#[test]
+fn kathara_collision_domain() {
+    replay(kathara);
 }
 
 #[test]

@@ -129,6 +129,50 @@ fn clients_connecting_the_instant_files_appear_always_succeed() {
     assert_eq!(fresh.pid_ok + existing.pid_ok, STARTS, "pid file before the listeners: {fresh:?} {existing:?}");
 }
 
+/// Starts `target -d` and, the instant the launcher returns, connects to
+/// `ctl` and the management socket and reads the pid file, as scripts do
+/// (QemuNet talks to the console right after the command). How many of
+/// `STARTS` found all three ready.
+fn ready_on_return(target: Target) -> usize {
+    let mut ready = 0;
+    for _ in 0..STARTS {
+        let dir = tempfile::Builder::new().prefix("vswitch-launch-").tempdir().expect("temporary directory");
+        let (sw, mgmt, pidfile) = (dir.path().join("sw"), dir.path().join("sw.mgmt"), dir.path().join("sw.pid"));
+        let status = Command::new(target.program())
+            .arg("-d")
+            .arg("-s")
+            .arg(&sw)
+            .arg("-M")
+            .arg(&mgmt)
+            .arg("-p")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run the switch");
+        assert!(status.success(), "{} -d: {status}", target.program());
+        let pid_now = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let all =
+            UnixStream::connect(sw.join("ctl")).is_ok() && UnixStream::connect(&mgmt).is_ok() && pid_now.is_some();
+        ready += usize::from(all);
+        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
+            fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
+        });
+        let _ = kill(pid, Signal::SIGTERM);
+        wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
+    }
+    println!("{}: ctl, mgmt and pid file ready when `-d` returned: {ready}/{STARTS}", target.program());
+    ready
+}
+
+#[test]
+fn the_daemon_launcher_returns_once_everything_is_ready() {
+    // vde_switch's launcher returns before its console listens: printed only.
+    ready_on_return(Target::VdeSwitch);
+    assert_eq!(ready_on_return(Target::Vswitch), STARTS);
+}
+
 /// Every entry of `dir`, sorted, with the content of regular files.
 fn listing(dir: &Path) -> Vec<(String, Option<String>)> {
     let mut entries: Vec<_> = fs::read_dir(dir)

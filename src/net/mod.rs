@@ -210,10 +210,14 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
     let mut info = config.info.clone();
     info.ctl_dir = ctl.dir.display().to_string();
     info.ctl_mode = config.access.ctl_mode;
+    let mut readiness = None;
     if config.daemon {
-        if let Err(e) = nix::unistd::daemon(false, false) {
-            ctl.cleanup();
-            return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
+        match sys::daemon_when_ready() {
+            Ok(report) => readiness = Some(report),
+            Err(e) => {
+                ctl.cleanup();
+                return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
+            }
         }
         log::switch_to_syslog();
         log::log("VDE_SWITCH started");
@@ -230,6 +234,11 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
     if let Err(fatal) = server.start(&config) {
         server.cleanup();
         return Err(fatal);
+    }
+    // The launcher of `-d` returns now: every listener and the pid file are
+    // in place, the tap interfaces attached and the rc file run.
+    if let Some(report) = readiness.take() {
+        let _ = nix::unistd::write(&report, b"1");
     }
     let exit = server.serve();
     server.cleanup();
