@@ -44,6 +44,8 @@ struct Tally {
     /// file appeared.
     pid_ok: usize,
     pid_tries: usize,
+    /// Connecting to the management socket the instant it appeared.
+    mgmt_ok: usize,
 }
 
 /// One start of `target` watched by a client that connects as soon as it
@@ -69,6 +71,10 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
             (dir_seen, ctl_ok, pid_seen, pid_ok)
         })
     };
+    let mgmt_watcher = {
+        let mgmt = mgmt.clone();
+        thread::spawn(move || spin_until_exists(&mgmt) && UnixStream::connect(&mgmt).is_ok())
+    };
     let status = Command::new(target.program())
         .arg("-s")
         .arg(&sw)
@@ -83,6 +89,7 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
         .status()
         .expect("run the switch");
     let (dir_seen, ctl_ok, pid_seen, pid_ok) = watcher.join().expect("watcher thread");
+    let mgmt_ok = mgmt_watcher.join().expect("management socket watcher");
     assert!(status.success() && dir_seen && pid_seen, "{} did not start: {status}", target.program());
     // vde_switch may not have written the pid into its file yet.
     let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
@@ -94,6 +101,7 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
     tally.ctl_ok += usize::from(ctl_ok);
     tally.pid_tries += 1;
     tally.pid_ok += usize::from(pid_ok);
+    tally.mgmt_ok += usize::from(mgmt_ok);
 }
 
 fn race(target: Target) -> (Tally, Tally) {
@@ -107,7 +115,7 @@ fn race(target: Target) -> (Tally, Tally) {
     }
     println!(
         "{}: connect at first sight of the new directory {}/{}, of ctl in an existing directory {}/{}, \
-         ctl and mgmt at first sight of the pid file {}/{}",
+         ctl and mgmt at first sight of the pid file {}/{}, mgmt at first sight of it {}/{}",
         target.program(),
         fresh.ctl_ok,
         fresh.ctl_tries,
@@ -115,6 +123,8 @@ fn race(target: Target) -> (Tally, Tally) {
         existing.ctl_tries,
         fresh.pid_ok + existing.pid_ok,
         fresh.pid_tries + existing.pid_tries,
+        fresh.mgmt_ok + existing.mgmt_ok,
+        STARTS,
     );
     (fresh, existing)
 }
@@ -127,6 +137,7 @@ fn clients_connecting_the_instant_files_appear_always_succeed() {
     assert_eq!(fresh.ctl_ok, fresh.ctl_tries, "new directory visible before ctl listened: {fresh:?}");
     assert_eq!(existing.ctl_ok, existing.ctl_tries, "ctl visible before it listened: {existing:?}");
     assert_eq!(fresh.pid_ok + existing.pid_ok, STARTS, "pid file before the listeners: {fresh:?} {existing:?}");
+    assert_eq!(fresh.mgmt_ok + existing.mgmt_ok, STARTS, "mgmt visible before it listened: {fresh:?} {existing:?}");
 }
 
 /// Starts `target -d` and, the instant the launcher returns, connects to
