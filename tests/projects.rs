@@ -438,15 +438,19 @@ fn qemunet(target: Target) -> Vec<String> {
     facts
 }
 
-// --- Marionnet (bin/simulation_level.ml: vde_switch_process) ---
+// --- Marionnet (bin/simulation_level.ml: vde_switch_process; switch.ml) ---
 //
 // `vde_switch -n 33 -mod 777 -unix WORKDIR/switch-socket-XXXXXX --mgmt
 // WORKDIR/switch-socket-mgmt-XXXXXX` (plus -x for hubs, --fstp, --rcfile
 // when set), stdin a pipe that never sends, stdout and stderr /dev/null.
 // It waits, polling every 50 ms, until both names show up in
-// /proc/net/unix (`grep NAME /proc/net/unix`), then 0.3 s more. Stop:
-// SIGINT, 0.1 s later SIGKILL while the process lives (10 tries, 0.1 s
-// apart), then it unlinks both names.
+// /proc/net/unix (`grep NAME /proc/net/unix`), then 0.3 s more. Before
+// attaching its internal cables it counts the active ports: on one
+// management connection it writes `port/print` and reads lines, counting
+// those that scan as `Port %d %s ACTIVE`, up to a line starting with `.`;
+// it asks again every 0.2 s on the same connection until enough ports are
+// active. Stop: SIGINT, 0.1 s later SIGKILL while the process lives (10
+// tries, 0.1 s apart), then it unlinks both names.
 fn marionnet(target: Target) -> Vec<String> {
     let dir = tempfile::tempdir().expect("temporary directory");
     let socket = dir.path().join("switch-socket-a1B2c3");
@@ -480,8 +484,34 @@ fn marionnet(target: Target) -> Vec<String> {
         let a = Client::connect(&socket, None, "uml-a");
         let b = Client::connect(&socket, Some(32), "uml-b");
         exchange(&a, station_mac(1), &b, station_mac(2));
-        let mut console = Mgmt::connect(&mgmt);
-        facts.push(mask(&console.cmd("port/showinfo"), dir.path(), target));
+        let console = std::os::unix::net::UnixStream::connect(&mgmt).expect("connect to the management socket");
+        console.set_read_timeout(Some(EVENT_TIMEOUT)).expect("read timeout");
+        let mut lines = BufReader::new(console.try_clone().expect("clone stream")).lines();
+        let mut active_ports = |mut console: &std::os::unix::net::UnixStream| {
+            console.write_all(b"port/print\n").expect("send port/print");
+            let mut active = 0;
+            loop {
+                let line = lines.next().expect("a line before `.`").expect("read a line");
+                if line.starts_with('.') {
+                    return active;
+                }
+                let mut words = line.split_whitespace();
+                let scans = words.next() == Some("Port")
+                    && words.next().is_some_and(|n| n.parse::<u32>().is_ok())
+                    && words.next().is_some()
+                    && words.next() == Some("ACTIVE");
+                active += usize::from(scans);
+            }
+        };
+        let first = active_ports(&console);
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut now_active = first;
+        while now_active < 2 {
+            assert!(Instant::now() < deadline, "ports never became active");
+            thread::sleep(Duration::from_millis(200));
+            now_active = active_ports(&console);
+        }
+        facts.push(format!("active ports {first}, then {now_active}"));
     }
     let pid = Pid::from_raw(switch.pid() as i32);
     thread::sleep(Duration::from_millis(100));
