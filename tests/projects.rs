@@ -93,6 +93,19 @@ fn mode_and_group(path: &Path) -> String {
     }
 }
 
+/// Stops the daemon named by a pid file when dropped, so that a replay
+/// that fails half-way leaves no switch running.
+struct DaemonGuard(PathBuf);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let pid = fs::read_to_string(&self.0).ok().and_then(|p| p.trim().parse().ok()).map(Pid::from_raw);
+        if let Some(pid) = pid.filter(|&pid| !process_gone(pid)) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// Reads lines of a child's output on a thread, so waits can be bounded.
 fn line_reader(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (sender, lines) = mpsc::channel();
@@ -355,6 +368,7 @@ fn qemunet(target: Target) -> Vec<String> {
     let s = session.path();
     let mut facts = Vec::new();
     let names = ["s1", "s2"];
+    let _daemons: Vec<DaemonGuard> = names.iter().map(|n| DaemonGuard(s.join(format!("{n}.pid")))).collect();
     for name in names {
         let switch_dir = s.join("switch").join(name);
         fs::create_dir_all(&switch_dir).expect("mkdir -p");
@@ -541,6 +555,7 @@ fn kathara(target: Target) -> Vec<String> {
     let switch_path = plugin.path().join("kt-0123456789ab");
     let (ctl, pidfile) = (switch_path.join("ctl"), switch_path.join("pid"));
     fs::create_dir_all(&switch_path).expect("mkdir -p");
+    let _daemon = DaemonGuard(pidfile.clone());
     let status = Command::new(target.program())
         .args(["-n", "65535", "-x", "-d", "-s"])
         .arg(&ctl)
@@ -569,6 +584,8 @@ fn kathara(target: Target) -> Vec<String> {
         b.expect_frame(&unicast);
         c.expect_frame(&unicast);
     }
+    // Docker disconnects the containers before deleting the network.
+    wait_until(EVENT_TIMEOUT, "the containers' data sockets to go", || (left_in(&ctl).len() == 1).then_some(()));
     let pid = Pid::from_raw(pid);
     let _ = kill(pid, Signal::SIGKILL);
     wait_until(STARTUP_TIMEOUT, "the switch to die", || process_gone(pid).then_some(()));

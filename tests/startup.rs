@@ -90,13 +90,15 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
         .expect("run the switch");
     let (dir_seen, ctl_ok, pid_seen, pid_ok) = watcher.join().expect("watcher thread");
     let mgmt_ok = mgmt_watcher.join().expect("management socket watcher");
+    if pid_seen {
+        // vde_switch may not have written the pid into its file yet.
+        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
+            fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
+        });
+        let _ = kill(pid, Signal::SIGTERM);
+        wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
+    }
     assert!(status.success() && dir_seen && pid_seen, "{} did not start: {status}", target.program());
-    // vde_switch may not have written the pid into its file yet.
-    let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
-        fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
-    });
-    let _ = kill(pid, Signal::SIGTERM);
-    wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
     tally.ctl_tries += 1;
     tally.ctl_ok += usize::from(ctl_ok);
     tally.pid_tries += 1;
