@@ -44,6 +44,8 @@ struct Tally {
     /// file appeared.
     pid_ok: usize,
     pid_tries: usize,
+    /// Connecting to the management socket the instant it appeared.
+    mgmt_ok: usize,
 }
 
 /// One start of `target` watched by a client that connects as soon as it
@@ -69,6 +71,10 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
             (dir_seen, ctl_ok, pid_seen, pid_ok)
         })
     };
+    let mgmt_watcher = {
+        let mgmt = mgmt.clone();
+        thread::spawn(move || spin_until_exists(&mgmt) && UnixStream::connect(&mgmt).is_ok())
+    };
     let status = Command::new(target.program())
         .arg("-s")
         .arg(&sw)
@@ -83,17 +89,21 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
         .status()
         .expect("run the switch");
     let (dir_seen, ctl_ok, pid_seen, pid_ok) = watcher.join().expect("watcher thread");
+    let mgmt_ok = mgmt_watcher.join().expect("management socket watcher");
+    if pid_seen {
+        // vde_switch may not have written the pid into its file yet.
+        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
+            fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
+        });
+        let _ = kill(pid, Signal::SIGTERM);
+        wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
+    }
     assert!(status.success() && dir_seen && pid_seen, "{} did not start: {status}", target.program());
-    // vde_switch may not have written the pid into its file yet.
-    let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
-        fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
-    });
-    let _ = kill(pid, Signal::SIGTERM);
-    wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
     tally.ctl_tries += 1;
     tally.ctl_ok += usize::from(ctl_ok);
     tally.pid_tries += 1;
     tally.pid_ok += usize::from(pid_ok);
+    tally.mgmt_ok += usize::from(mgmt_ok);
 }
 
 fn race(target: Target) -> (Tally, Tally) {
@@ -107,7 +117,7 @@ fn race(target: Target) -> (Tally, Tally) {
     }
     println!(
         "{}: connect at first sight of the new directory {}/{}, of ctl in an existing directory {}/{}, \
-         ctl and mgmt at first sight of the pid file {}/{}",
+         ctl and mgmt at first sight of the pid file {}/{}, mgmt at first sight of it {}/{}",
         target.program(),
         fresh.ctl_ok,
         fresh.ctl_tries,
@@ -115,6 +125,8 @@ fn race(target: Target) -> (Tally, Tally) {
         existing.ctl_tries,
         fresh.pid_ok + existing.pid_ok,
         fresh.pid_tries + existing.pid_tries,
+        fresh.mgmt_ok + existing.mgmt_ok,
+        STARTS,
     );
     (fresh, existing)
 }
@@ -127,6 +139,51 @@ fn clients_connecting_the_instant_files_appear_always_succeed() {
     assert_eq!(fresh.ctl_ok, fresh.ctl_tries, "new directory visible before ctl listened: {fresh:?}");
     assert_eq!(existing.ctl_ok, existing.ctl_tries, "ctl visible before it listened: {existing:?}");
     assert_eq!(fresh.pid_ok + existing.pid_ok, STARTS, "pid file before the listeners: {fresh:?} {existing:?}");
+    assert_eq!(fresh.mgmt_ok + existing.mgmt_ok, STARTS, "mgmt visible before it listened: {fresh:?} {existing:?}");
+}
+
+/// Starts `target -d` and, the instant the launcher returns, connects to
+/// `ctl` and the management socket and reads the pid file, as scripts do
+/// (QemuNet talks to the console right after the command). How many of
+/// `STARTS` found all three ready.
+fn ready_on_return(target: Target) -> usize {
+    let mut ready = 0;
+    for _ in 0..STARTS {
+        let dir = tempfile::Builder::new().prefix("vswitch-launch-").tempdir().expect("temporary directory");
+        let (sw, mgmt, pidfile) = (dir.path().join("sw"), dir.path().join("sw.mgmt"), dir.path().join("sw.pid"));
+        let status = Command::new(target.program())
+            .arg("-d")
+            .arg("-s")
+            .arg(&sw)
+            .arg("-M")
+            .arg(&mgmt)
+            .arg("-p")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run the switch");
+        assert!(status.success(), "{} -d: {status}", target.program());
+        let pid_now = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let all =
+            UnixStream::connect(sw.join("ctl")).is_ok() && UnixStream::connect(&mgmt).is_ok() && pid_now.is_some();
+        ready += usize::from(all);
+        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
+            fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
+        });
+        let _ = kill(pid, Signal::SIGTERM);
+        wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
+    }
+    println!("{}: ctl, mgmt and pid file ready when `-d` returned: {ready}/{STARTS}", target.program());
+    ready
+}
+
+#[test]
+fn the_daemon_launcher_returns_once_everything_is_ready() {
+    // vde_switch's launcher returns before its console listens: printed only.
+    ready_on_return(Target::VdeSwitch);
+    assert_eq!(ready_on_return(Target::Vswitch), STARTS);
 }
 
 /// Every entry of `dir`, sorted, with the content of regular files.

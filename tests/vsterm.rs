@@ -420,7 +420,7 @@ fn interactive_session_ends_cleanly_when_the_switch_goes_away() {
     kill(sw.pid(), Signal::SIGTERM).expect("stop the switch");
     let screen = tmux.wait_for("vsterm to exit", |s| s.contains("VSTERM-EXIT="));
     assert!(
-        screen.contains(&format!("{prompt}port/sh\nvsterm: the switch closed the connection\nVSTERM-EXIT=2\n")),
+        screen.contains(&format!("{prompt}port/sh\nvsterm: the switch closed the connection\nVSTERM-EXIT=255\n")),
         "{screen}"
     );
     tmux.wait_for("the terminal modes", |s| s.contains("icanon echo"));

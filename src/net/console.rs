@@ -100,19 +100,14 @@ impl MgmtListener {
     /// Listens on `path`. Returns `Ok(None)` when another live process
     /// already serves that path: like vde_switch, run without a console.
     pub fn open(path: &Path, mode: u32, group: Option<Gid>) -> io::Result<Option<MgmtListener>> {
-        let Some(listener) = super::listen_at(path)? else { return Ok(None) };
-        let prepare = || -> io::Result<()> {
-            listener.set_nonblocking(true)?;
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-            if let Some(g) = group {
-                chown(path, None, Some(g.as_raw()))?;
+        let prepare = |at: &Path| -> io::Result<()> {
+            fs::set_permissions(at, fs::Permissions::from_mode(mode))?;
+            match group {
+                Some(g) => chown(at, None, Some(g.as_raw())),
+                None => Ok(()),
             }
-            Ok(())
         };
-        if let Err(e) = prepare() {
-            let _ = fs::remove_file(path);
-            return Err(e);
-        }
+        let Some(listener) = super::listen_atomically(path, prepare)? else { return Ok(None) };
         Ok(Some(MgmtListener { listener, path: path.to_path_buf() }))
     }
 }

@@ -110,13 +110,7 @@ impl CtlDir {
     /// meanwhile): the caller then works in place.
     fn build_aside(path: &Path, access: &Access) -> Result<Option<UnixListener>, Fatal> {
         use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Ok(None) };
-        // The final name is a prefix of the temporary one: the kernel lists
-        // a socket under the path it was bound to (`/proc/net/unix`), and
-        // launchers such as Marionnet wait for the directory's name there.
-        let mut temp_name = name.to_os_string();
-        temp_name.push(format!(".vswitch-{}", std::process::id()));
-        let temp = parent.join(temp_name);
+        let Some(temp) = super::temporary_name(path) else { return Ok(None) };
         let ctl = temp.join("ctl");
         if UnixAddr::new(&ctl).is_err() {
             return Ok(None);
@@ -157,52 +151,28 @@ impl CtlDir {
 
     /// Binds and listens at `path` with the `ctl` mode and group.
     fn listen(path: &Path, access: &Access) -> io::Result<UnixListener> {
-        let listener = UnixListener::bind(path)?;
-        listener.set_nonblocking(true)?;
-        let _ = set_group(path, access.group);
-        let _ = set_mode(path, access.ctl_mode);
-        Ok(listener)
+        super::bind_prepared(path, |at| Self::prepare(at, access))
+    }
+
+    /// Gives a new `ctl` its mode and group; like vde_switch, a failure to
+    /// do so does not stop the switch.
+    fn prepare(at: &Path, access: &Access) -> io::Result<()> {
+        let _ = set_group(at, access.group);
+        let _ = set_mode(at, access.ctl_mode);
+        Ok(())
     }
 
     /// Listens on `ctl` in an existing directory: bound under a temporary
     /// name and renamed over `ctl`, so that the name `ctl` goes from absent
     /// or stale straight to listening.
     fn listen_in_place(ctl: &Path, access: &Access) -> Result<UnixListener, Fatal> {
-        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-        use std::os::unix::fs::FileTypeExt;
-        let stale = match fs::symlink_metadata(ctl) {
-            Ok(m) if m.file_type().is_socket() => {
-                if UnixStream::connect(ctl).is_ok() {
-                    return Err(Fatal::new(
-                        255,
-                        format!("Could not bind to socket '{}': Address already in use", ctl.display()),
-                    ));
-                }
-                true
+        match super::listen_atomically(ctl, |at| Self::prepare(at, access)) {
+            Ok(Some(listener)) => Ok(listener),
+            Ok(None) => {
+                Err(Fatal::new(255, format!("Could not bind to socket '{}': Address already in use", ctl.display())))
             }
-            Ok(_) => return Err(Self::bind_error(ctl, &io::Error::from_raw_os_error(libc::EADDRINUSE))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => return Err(Self::bind_error(ctl, &e)),
-        };
-        let temp = ctl.with_file_name(format!("ctl.vswitch-{}", std::process::id()));
-        if UnixAddr::new(&temp).is_err() {
-            if stale {
-                let _ = fs::remove_file(ctl);
-            }
-            return Self::listen(ctl, access).map_err(|e| Self::bind_error(ctl, &e));
+            Err(e) => Err(Self::bind_error(ctl, &e)),
         }
-        let _ = fs::remove_file(&temp);
-        let listener = Self::listen(&temp, access).map_err(|e| Self::bind_error(ctl, &e))?;
-        // A stale socket is replaced in one step; an absent `ctl` must not
-        // be taken from a switch that binds it meanwhile.
-        let flags = if stale { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
-        let renamed = match renameat2(AT_FDCWD, &temp, AT_FDCWD, ctl, flags) {
-            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) if !stale => fs::hard_link(&temp, ctl),
-            other => other.map_err(io_err),
-        };
-        let _ = fs::remove_file(&temp);
-        renamed.map_err(|e| Self::bind_error(ctl, &e))?;
-        Ok(listener)
     }
 
     fn bind_error(ctl: &Path, e: &io::Error) -> Fatal {

@@ -270,10 +270,14 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
     let mut info = config.info.clone();
     info.ctl_dir = ctl.dir.display().to_string();
     info.ctl_mode = config.access.ctl_mode;
+    let mut readiness = None;
     if config.daemon {
-        if let Err(e) = nix::unistd::daemon(false, false) {
-            ctl.cleanup();
-            return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
+        match sys::daemon_when_ready() {
+            Ok(report) => readiness = Some(report),
+            Err(e) => {
+                ctl.cleanup();
+                return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
+            }
         }
         log::switch_to_syslog();
         log::log("VDE_SWITCH started");
@@ -292,30 +296,82 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
         return Err(fatal);
     }
     log::start_writer();
+    // The launcher of `-d` returns now: every listener and the pid file are
+    // in place, the tap interfaces attached and the rc file run.
+    if let Some(report) = readiness.take() {
+        let _ = nix::unistd::write(&report, b"1");
+    }
     let exit = server.serve();
     server.cleanup();
     log::drain(LOG_DRAIN_LIMIT);
     Ok(exit)
 }
 
-/// Listens on a socket at `path`. A socket left there by a process that no
-/// longer listens is replaced; `Ok(None)` means a live process listens
-/// there. Anything else at the path is never deleted.
-fn listen_at(path: &std::path::Path) -> io::Result<Option<std::os::unix::net::UnixListener>> {
+/// The name beside `path` that a file is prepared under before it is
+/// renamed to `path`. It starts with `path`'s own name: the kernel keeps
+/// listing a socket under the path it was bound to (`/proc/net/unix`), and
+/// launchers (Marionnet) look for the final name there.
+fn temporary_name(path: &std::path::Path) -> Option<PathBuf> {
+    let mut name = path.file_name()?.to_os_string();
+    name.push(format!(".vswitch-{}", std::process::id()));
+    Some(path.with_file_name(name))
+}
+
+/// Listens on a socket at `path` such that the path goes straight from
+/// absent (or a socket nobody listens on any more) to a listening socket
+/// that `prepare` has given its mode and group: it is bound under a
+/// temporary name and renamed. `Ok(None)` means a live process listens
+/// there; anything at `path` that is not a socket is never replaced
+/// (`EADDRINUSE`). When the temporary name would not fit a socket address,
+/// the socket is bound in place.
+fn listen_atomically(
+    path: &std::path::Path,
+    prepare: impl FnOnce(&std::path::Path) -> io::Result<()>,
+) -> io::Result<Option<std::os::unix::net::UnixListener>> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::net::UnixListener;
-    match UnixListener::bind(path) {
-        Ok(listener) => Ok(Some(listener)),
-        Err(e) if e.kind() != io::ErrorKind::AddrInUse => Err(e),
-        Err(e) => {
+    let stale = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
                 return Ok(None);
             }
-            if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                return Err(e);
-            }
+            true
+        }
+        Ok(_) => return Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    let Some(temp) = temporary_name(path).filter(|t| nix::sys::socket::UnixAddr::new(t).is_ok()) else {
+        if stale {
             fs::remove_file(path)?;
-            UnixListener::bind(path).map(Some)
+        }
+        return bind_prepared(path, prepare).map(Some);
+    };
+    let _ = fs::remove_file(&temp);
+    let listener = bind_prepared(&temp, prepare)?;
+    // A stale socket is replaced in one step; an absent name must not be
+    // taken from a process that binds it meanwhile.
+    let flags = if stale { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
+    let renamed = match renameat2(AT_FDCWD, &temp, AT_FDCWD, path, flags) {
+        Err(Errno::EINVAL | Errno::ENOSYS) if !stale => fs::hard_link(&temp, path),
+        other => other.map_err(io_error),
+    };
+    let _ = fs::remove_file(&temp);
+    renamed.map(|()| Some(listener))
+}
+
+/// Listens at `path` and lets `prepare` set its mode and group; nothing is
+/// left at `path` if that fails.
+fn bind_prepared(
+    path: &std::path::Path,
+    prepare: impl FnOnce(&std::path::Path) -> io::Result<()>,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    match listener.set_nonblocking(true).and_then(|()| prepare(path)) {
+        Ok(()) => Ok(listener),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(e)
         }
     }
 }
@@ -328,10 +384,7 @@ fn write_pidfile(path: &std::path::Path, pid: u32) -> Result<(), Fatal> {
     use std::os::unix::fs::OpenOptionsExt;
     let creation = |e: &io::Error| Fatal::new(1, format!("Error in pidfile creation: {}", log::error_text(e)));
     let writing = |e: &io::Error| Fatal::new(1, format!("Error writing pidfile {}: {e}", path.display()));
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(path.file_name().unwrap_or_default());
-    temp_name.push(format!(".vswitch-{pid}"));
-    let temp = path.with_file_name(temp_name);
+    let temp = temporary_name(path).ok_or_else(|| creation(&io::Error::from_raw_os_error(libc::EISDIR)))?;
     let open = |p: &std::path::Path| fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(p);
     let mut file = match open(&temp) {
         Ok(f) => f,
