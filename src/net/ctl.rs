@@ -232,13 +232,22 @@ fn io_err(e: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// Reaches the client's socket: looks up who owns its path and connects a
-/// new datagram socket to it. With `peer`, first takes the peer's
-/// file-system identity for the rest of the calling thread's life (a job
-/// thread's), so a client cannot make the switch reach a socket it could
-/// not reach itself. An abstract address involves no file system and needs
-/// no identity.
-pub fn reach(peer: Option<&Peer>, addr: &ClientAddr) -> Result<Reached, HandshakeError> {
+/// A new, unconnected datagram socket for a client's data. Made on the
+/// loop's thread, never in a job: the loop then knows, when it accepts or
+/// sheds a connection, that no other thread is taking descriptors, and a
+/// client that does not fit in the descriptor limit is refused at once.
+pub fn data_socket() -> Result<OwnedFd, HandshakeError> {
+    socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| HandshakeError::DataSocket(io_err(e)))
+}
+
+/// Reaches the client's socket: looks up who owns its path and connects
+/// `socket` to it. With `peer`, first takes the peer's file-system
+/// identity for the rest of the calling thread's life (a job thread's), so
+/// a client cannot make the switch reach a socket it could not reach
+/// itself. An abstract address involves no file system and needs no
+/// identity.
+pub fn reach(peer: Option<&Peer>, addr: &ClientAddr, socket: OwnedFd) -> Result<Reached, HandshakeError> {
     if let Some(peer) = peer {
         peer.assume().map_err(|_| HandshakeError::Inaccessible)?;
     }
@@ -249,9 +258,6 @@ pub fn reach(peer: Option<&Peer>, addr: &ClientAddr) -> Result<Reached, Handshak
             Some(fs::metadata(path).map_err(|_| HandshakeError::Inaccessible)?.uid())
         }
     };
-    let socket =
-        socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-            .map_err(|e| HandshakeError::DataSocket(io_err(e)))?;
     sys::connect_raw(socket.as_fd(), addr).map_err(HandshakeError::Connect)?;
     Ok(Reached { owner, socket })
 }
@@ -462,7 +468,7 @@ impl Server {
             Err(e) => return self.refuse(slot, &HandshakeError::Request(e)),
         };
         if addr.path().is_none() {
-            let reached = reach(None, &addr);
+            let reached = data_socket().and_then(|socket| reach(None, &addr, socket));
             return self.finish_handshake(slot, request, reached);
         }
         // The path may sit on a mount that hangs: reached in a job. With
@@ -485,15 +491,26 @@ impl Server {
     }
 
     /// Starts the job reaching the client socket of the connection in
-    /// `slot`. False when no job can start now.
+    /// `slot`. False when no job can start now; a connection whose data
+    /// socket cannot be made is refused.
     fn start_lookup(&mut self, slot: usize) -> bool {
         let Some(conn) = self.conns.get(slot) else { return true };
         let Some(addr) = conn.request.as_deref().and_then(|r| Request::parse(r).ok()).map(|r| r.addr) else {
             return true;
         };
+        if self.jobs.is_full() {
+            return false;
+        }
+        let socket = match data_socket() {
+            Ok(socket) => socket,
+            Err(e) => {
+                self.refuse(slot, &e);
+                return true;
+            }
+        };
         let peer = Peer::of(&conn.stream);
         let waiter = Waiter::Conn(slot, conn.serial);
-        self.jobs.start(waiter, LOOKUP_TIME_LIMIT, move || Outcome::Reached(reach(Some(&peer), &addr)))
+        self.jobs.start(waiter, LOOKUP_TIME_LIMIT, move || Outcome::Reached(reach(Some(&peer), &addr, socket)))
     }
 
     /// Starts the look-ups that waited for a free job slot, oldest first.

@@ -13,7 +13,10 @@
 //! A job not done within its time limit is abandoned: whoever waited for it
 //! gets an error, and the thread's eventual outcome is thrown away (its
 //! slot stays taken until it returns, so a hung mount costs at most
-//! [`MAX_JOBS`] stuck threads).
+//! [`MAX_JOBS`] stuck threads, and the data sockets of the look-ups among
+//! them). Jobs make no descriptors but the files a `load` opens: the
+//! loop makes a look-up's socket and hands it over (see
+//! [`super::ctl::data_socket`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -86,11 +89,16 @@ impl Jobs {
         Ok(Jobs { wake: Arc::new(wake), tx, rx, threads: 0, waiting: HashMap::new(), next_id: 0 })
     }
 
+    /// Whether [`MAX_JOBS`] threads are busy: a job started now would not run.
+    pub fn is_full(&self) -> bool {
+        self.threads >= MAX_JOBS
+    }
+
     /// Runs `work` in a thread of its own (where it may take another
     /// file-system identity). Returns false, starting nothing, when
     /// [`MAX_JOBS`] threads are busy or no thread can be made.
     pub fn start(&mut self, waiter: Waiter, limit: Duration, work: impl FnOnce() -> Outcome + Send + 'static) -> bool {
-        if self.threads >= MAX_JOBS {
+        if self.is_full() {
             return false;
         }
         let id = self.next_id;

@@ -62,7 +62,10 @@ enum Sink {
 impl Sink {
     fn write(&self) {
         match self {
-            Sink::Log(message) if TO_SYSLOG.load(Ordering::Relaxed) => sys::syslog(message),
+            Sink::Log(message) if TO_SYSLOG.load(Ordering::Relaxed) => {
+                let _making = super::making_descriptors();
+                sys::syslog(message);
+            }
             Sink::Log(message) => {
                 let program = PROGRAM.get().map_or("vswitch", String::as_str);
                 let _ = writeln!(std::io::stderr(), "{program}: {message}");

@@ -17,6 +17,7 @@ use std::io::{self, Write as _};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -415,6 +416,13 @@ enum Accepted {
     Failed(io::Error),
 }
 
+/// Held shared by threads that may make a descriptor at a moment the loop
+/// does not choose (the log writer: `syslog(3)` opens its socket whenever
+/// it is not connected), and exclusively by the loop while it gives up its
+/// reserve descriptor: the kernel hands out the lowest free number, so a
+/// descriptor made meanwhile would take the one the reserve freed.
+static DESCRIPTOR_GATE: RwLock<()> = RwLock::new(());
+
 /// Accepts one connection. Out of descriptors, the reserve descriptor is
 /// given up for a moment to accept the connection and close it: otherwise
 /// it would wait in the backlog, keeping the listener readable and its
@@ -426,16 +434,49 @@ fn accept(listener: &std::os::unix::net::UnixListener, reserve: &mut Option<fs::
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Nothing,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                if reserve.take().is_none() {
-                    return Accepted::Failed(e);
-                }
-                drop(listener.accept());
-                *reserve = open_reserve();
-                return if reserve.is_some() { Accepted::Shed } else { Accepted::Failed(e) };
+                return shed(listener, reserve, e);
             }
             Err(e) => return Accepted::Failed(e),
         }
     }
+}
+
+/// Accepts and closes the connection waiting on `listener` with the
+/// reserve's descriptor, after `accept` failed with `error` for lack of
+/// one. Fails when there is no reserve (it is restored on the next tick)
+/// or another thread is making a descriptor.
+fn shed(listener: &std::os::unix::net::UnixListener, reserve: &mut Option<fs::File>, error: io::Error) -> Accepted {
+    // The kernel takes the descriptor before it looks at the backlog, so
+    // the error comes whether anyone waits or not.
+    if !has_waiting(listener) {
+        return Accepted::Nothing;
+    }
+    let Ok(_gate) = DESCRIPTOR_GATE.try_write() else { return Accepted::Failed(error) };
+    if reserve.take().is_none() {
+        return Accepted::Failed(error);
+    }
+    // Closed at once, so that its number is the reserve's again.
+    let shed = listener.accept().map(drop);
+    // Only a `load` job, opening its scripts, can have taken the number.
+    *reserve = open_reserve();
+    match shed {
+        Ok(()) => Accepted::Shed,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Nothing,
+        Err(e) => Accepted::Failed(e),
+    }
+}
+
+/// Whether a connection waits in `listener`'s backlog.
+fn has_waiting(listener: &std::os::unix::net::UnixListener) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+}
+
+/// Lets a thread other than the loop's make a descriptor without taking
+/// the one the loop frees to shed a connection.
+pub(crate) fn making_descriptors() -> RwLockReadGuard<'static, ()> {
+    DESCRIPTOR_GATE.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn open_reserve() -> Option<fs::File> {
@@ -614,6 +655,9 @@ impl Server {
             self.refusals.next_second("refused connections");
             self.console_lines.next_second("console log lines");
             self.resume_stdin();
+            if self.reserve.is_none() {
+                self.reserve = open_reserve();
+            }
             for token in std::mem::take(&mut self.paused) {
                 self.watch_listener(token, EpollFlags::EPOLLIN);
             }

@@ -46,7 +46,15 @@ fn handshake(ctl_dir: &Path, request: &[u8]) -> (HandshakeOutcome, UnixStream) {
 
 /// Sends `request` on a connected control stream and waits for the reply.
 pub fn send_request(stream: &mut UnixStream, request: &[u8]) -> HandshakeOutcome {
-    stream.write_all(request).unwrap_or_else(|e| panic!("write {}-byte request: {e}", request.len()));
+    match stream.write_all(request) {
+        Ok(()) => {}
+        // Closed before the request arrived (a connection shed for lack of
+        // descriptors is closed as soon as it is accepted).
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+            return HandshakeOutcome::Closed;
+        }
+        Err(e) => panic!("write {}-byte request: {e}", request.len()),
+    }
     stream.set_read_timeout(Some(EVENT_TIMEOUT)).expect("set control read timeout");
     let mut reply = Vec::new();
     let mut chunk = [0u8; 256];
