@@ -55,9 +55,9 @@ use nix::sys::epoll::{Epoll, EpollFlags};
 use super::sys::BATCH;
 use super::transport::tap::Tap;
 use super::transport::vde::Vde;
-use super::transport::{Batch, DescId, Registry, Sent, Transport, TransportId, Verdict};
+use super::transport::{Arrival, Batch, DescId, PENDING, Registry, Sent, Transport, TransportId, Verdict};
 use super::{Token, interest, log};
-use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Outgoing, Switch};
+use crate::engine::{Attach, Delivery, DropReason, Edit, EndpointKey, Outgoing, PortRequest, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 
 /// Batches read from one descriptor before others get their turn.
@@ -137,6 +137,9 @@ pub struct DataPlane {
     congested: Vec<EndpointKey>,
     /// Counts the loop's wake-ups; see [`DataPlane::pump`].
     wakeup: u64,
+    /// Descriptors with frames read but not yet moved (a stream's
+    /// reassembly buffer), to pump again without waiting for readiness.
+    backlog: Vec<DescId>,
     /// Flow-control state changed since the invariants were last checked.
     #[cfg(debug_assertions)]
     changed: bool,
@@ -160,6 +163,7 @@ impl Default for DataPlane {
             stalled: Vec::new(),
             congested: Vec::new(),
             wakeup: 0,
+            backlog: Vec::new(),
             #[cfg(debug_assertions)]
             changed: false,
         }
@@ -187,6 +191,17 @@ impl DataPlane {
 
     fn link_mut(&mut self, key: EndpointKey) -> Option<&mut Link> {
         self.links.get_mut(key.0 as usize)?.as_mut()
+    }
+
+    /// Adds a transport (a listener of a kind that is not always there),
+    /// made knowing its id and with the registry for its descriptors.
+    pub fn add_transport(
+        &mut self,
+        make: impl FnOnce(TransportId, &mut Registry) -> io::Result<Box<dyn Transport>>,
+    ) -> io::Result<TransportId> {
+        let transport = make(self.transports.len(), &mut self.registry)?;
+        self.transports.push(transport);
+        Ok(self.transports.len() - 1)
     }
 
     /// Runs `f` on transport `id` as its concrete kind `T`, with the
@@ -260,10 +275,78 @@ impl DataPlane {
         self.changed();
     }
 
-    /// Closes every endpoint (at exit).
+    /// Closes every endpoint and listening socket (at exit).
     pub fn remove_all(&mut self, epoll: &Epoll) {
         for key in 0..self.links.len() {
             self.remove(epoll, EndpointKey(key as u32));
+        }
+        for t in &mut self.transports {
+            t.shutdown();
+        }
+    }
+
+    /// Detaches and closes an endpoint its transport gave up on.
+    fn close_endpoint(&mut self, epoll: &Epoll, key: EndpointKey, switch: &mut Switch) {
+        switch.detach(key);
+        self.remove(epoll, key);
+    }
+
+    /// Once a second: closes endpoints their transports found silent for
+    /// too long.
+    pub fn expire_endpoints(&mut self, epoll: &Epoll, switch: &mut Switch, now: u64) {
+        for t in 0..self.transports.len() {
+            for key in self.transports[t].expired(now) {
+                self.close_endpoint(epoll, key, switch);
+            }
+        }
+    }
+
+    /// Gives ports to the endpoints that appeared on `transport`, and the
+    /// frames of theirs in the first `n` of the batch their keys.
+    fn admit_arrivals(&mut self, epoll: &Epoll, transport: TransportId, n: usize, switch: &mut Switch) {
+        let arrivals = self.transports[transport].arrivals(&mut self.registry, epoll);
+        for Arrival { local, id, module, description, user, credentials, input, output } in arrivals {
+            let attach = Attach { request: PortRequest::Any, id, module, description, user, credentials };
+            let description = attach.description.clone();
+            match switch.attach(attach) {
+                Ok((key, _)) => {
+                    self.transports[transport].admit(local, Some(key), &mut self.registry, epoll);
+                    self.attach(key, transport, local, input, output);
+                    self.rx.retag(0..n, PENDING | local, key.0);
+                }
+                Err(e) => {
+                    log::log(&format!("{module} {description}: {e}"));
+                    self.transports[transport].admit(local, None, &mut self.registry, epoll);
+                }
+            }
+        }
+    }
+
+    /// Whether some descriptor holds frames it already read.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Moves frames descriptors had read but not delivered.
+    pub fn run_backlog(&mut self, epoll: &Epoll, switch: &mut Switch, now: u64) {
+        for id in std::mem::take(&mut self.backlog) {
+            if let Err(e) = self.pump(epoll, id, switch, now)
+                && let Some(desc) = self.registry.descs.get(id)
+            {
+                let (transport, tag) = (desc.transport, desc.tag);
+                let verdict = self.transports[transport].failure(tag, Some(&e));
+                self.judge(epoll, verdict, Some(&e), switch);
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Remembers to pump descriptor `id` again if it still holds frames
+    /// and may be read.
+    fn note_backlog(&mut self, id: DescId) {
+        let Some(desc) = self.registry.descs.get(id) else { return };
+        if !desc.all_held() && self.transports[desc.transport].buffered(desc.tag) && !self.backlog.contains(&id) {
+            self.backlog.push(id);
         }
     }
 
@@ -287,9 +370,13 @@ impl DataPlane {
         let Some(desc) = self.registry.descs.get_mut(id) else { return };
         let wanted = desc.wanted();
         if wanted != desc.registered {
+            let released = wanted.contains(EpollFlags::EPOLLIN) && !desc.registered.contains(EpollFlags::EPOLLIN);
             desc.registered = wanted;
             let fd = self.transports[desc.transport].fd(desc.tag);
             let _ = epoll.modify(fd, &mut interest(Token::Data(id as u32, desc.generation), wanted));
+            if released {
+                self.note_backlog(id);
+            }
         }
     }
 
@@ -379,7 +466,9 @@ impl DataPlane {
                 false
             }
             Verdict::Close { endpoint, what, reason } => {
-                if let Some(ep) = switch.detach(endpoint) {
+                if let Some(ep) = switch.detach(endpoint)
+                    && let Some(reason) = reason
+                {
                     log::log(&format!("Closing {what} {}: {reason}", ep.description));
                 }
                 self.remove(epoll, endpoint);
@@ -401,6 +490,12 @@ impl DataPlane {
     /// frames were waiting, the level-triggered wait reports it again at
     /// once, and as it is busy now the rest come in a batch.
     fn pump(&mut self, epoll: &Epoll, id: DescId, switch: &mut Switch, now: u64) -> io::Result<()> {
+        let result = self.pump_rounds(epoll, id, switch, now);
+        self.note_backlog(id);
+        result
+    }
+
+    fn pump_rounds(&mut self, epoll: &Epoll, id: DescId, switch: &mut Switch, now: u64) -> io::Result<()> {
         for _ in 0..ROUNDS_PER_WAKEUP {
             let wakeup = self.wakeup;
             let Some(desc) = self.registry.descs.get_mut(id) else { return Ok(()) };
@@ -410,6 +505,7 @@ impl DataPlane {
             let max = if desc.last_busy + 1 >= wakeup { BATCH } else { 1 };
             let (transport, tag) = (desc.transport, desc.tag);
             let n = self.transports[transport].recv(tag, &mut self.rx, max)?;
+            self.admit_arrivals(epoll, transport, n, switch);
             if n == 0 {
                 return Ok(());
             }
@@ -505,7 +601,7 @@ impl DataPlane {
                     None => (sent, offset),
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => (sent, offset),
                     Some(e) => {
-                        self.send_failed(dest, &e, (run.len() - sent) as u64, switch);
+                        self.send_failed(epoll, dest, &e, (run.len() - sent) as u64, switch);
                         continue;
                     }
                 }
@@ -554,7 +650,13 @@ impl DataPlane {
         self.sync_interest(epoll, dest);
     }
 
-    fn send_failed(&mut self, dest: EndpointKey, e: &io::Error, frames: u64, switch: &mut Switch) {
+    fn send_failed(&mut self, epoll: &Epoll, dest: EndpointKey, e: &io::Error, frames: u64, switch: &mut Switch) {
+        if let Some(link) = self.link(dest)
+            && self.transports[link.transport].gone(link.local, e)
+        {
+            switch.count_egress_drops(dest, DropReason::SendFailed, frames);
+            return self.close_endpoint(epoll, dest, switch);
+        }
         if let Some(link) = self.links.get_mut(dest.0 as usize).and_then(Option::as_mut)
             && !link.send_error_logged
         {
@@ -592,12 +694,13 @@ impl DataPlane {
                     let lost = link.queue.len() as u64;
                     link.queue.clear();
                     link.offset = 0;
-                    self.send_failed(key, &e, lost, switch);
+                    self.send_failed(epoll, key, &e, lost, switch);
                     break;
                 }
             }
         }
-        let link = self.link_mut(key).expect("still attached");
+        // A destination whose address is gone was closed above.
+        let Some(link) = self.link_mut(key) else { return };
         link.stalled_since = None;
         let waiters = std::mem::take(&mut link.waiters);
         self.stalled.retain(|&k| k != key);
@@ -620,7 +723,7 @@ impl DataPlane {
                     None => link.offset = offset,
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => link.offset = offset,
                     Some(e) => {
-                        self.send_failed(endpoint, &e, 1, switch);
+                        self.send_failed(epoll, endpoint, &e, 1, switch);
                         continue;
                     }
                 }

@@ -65,6 +65,9 @@ pub struct Config {
     pub mgmt: Option<PathBuf>,
     /// Tap interfaces to attach at start-up (`-t`), in order.
     pub taps: Vec<String>,
+    /// Sockets for QEMU's `-netdev stream` and `-netdev dgram` (absolute).
+    pub streams: Vec<PathBuf>,
+    pub dgrams: Vec<PathBuf>,
 }
 
 /// Why the switch stopped.
@@ -347,6 +350,7 @@ impl Server {
             }
         }
         self.attach_taps(&config.taps);
+        self.open_qemu_sockets(config)?;
         if let Some(path) = &config.rcfile {
             self.run_rc_file(path);
         }
@@ -362,6 +366,28 @@ impl Server {
         self.generation
     }
 
+    /// Listens on the `--stream` and binds the `--dgram` sockets, with the
+    /// control socket's mode and group.
+    fn open_qemu_sockets(&mut self, config: &Config) -> Result<(), Fatal> {
+        let (mode, group) = (config.access.ctl_mode, config.access.group);
+        let epoll = &self.epoll;
+        for path in &config.streams {
+            self.data
+                .add_transport(|id, registry| {
+                    Ok(Box::new(transport::stream::Stream::open(id, path, mode, group, registry, epoll)?))
+                })
+                .map_err(|e| Fatal::new(1, format!("--stream {}: {}", path.display(), log::error_text(&e))))?;
+        }
+        for path in &config.dgrams {
+            self.data
+                .add_transport(|id, registry| {
+                    Ok(Box::new(transport::dgram::Dgram::open(id, path, mode, group, registry, epoll)?))
+                })
+                .map_err(|e| Fatal::new(1, format!("--dgram {}: {}", path.display(), log::error_text(&e))))?;
+        }
+        Ok(())
+    }
+
     fn serve(&mut self) -> Exit {
         let mut events = vec![EpollEvent::empty(); 256];
         while self.exit.is_none() {
@@ -369,6 +395,8 @@ impl Server {
             // timeout only while a stalled destination has a deadline, so
             // the common wait arms no kernel timer.
             let timeout = match self.data.next_deadline() {
+                // Frames already read wait for no readiness.
+                _ if self.data.has_backlog() => EpollTimeout::ZERO,
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
                     EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::NONE)
@@ -394,6 +422,9 @@ impl Server {
                     break;
                 }
             }
+            if self.data.has_backlog() {
+                self.data.run_backlog(&self.epoll, &mut self.switch, self.now);
+            }
             // BPDUs the ticks, frames and commands above made the switch send.
             self.data.send_originated(&self.epoll, &mut self.switch);
             self.publish_events();
@@ -407,6 +438,7 @@ impl Server {
             self.now += 1;
             self.switch.tick(self.now);
             self.data.tick(&self.epoll);
+            self.data.expire_endpoints(&self.epoll, &mut self.switch, self.now);
             self.expire_handshakes();
             self.moves.next_second("MAC moves");
             for token in std::mem::take(&mut self.paused) {

@@ -114,6 +114,15 @@ impl<const N: usize> RecvBatch<N> {
         self.sources[range].fill(source);
     }
 
+    /// Gives the frames in `range` tagged `from` the tag `to`.
+    pub fn retag(&mut self, range: std::ops::Range<usize>, from: u32, to: u32) {
+        for source in &mut self.sources[range] {
+            if *source == from {
+                *source = to;
+            }
+        }
+    }
+
     /// Buffer `i`, to receive a frame into by other means than `recv`.
     pub fn buf_mut(&mut self, i: usize) -> &mut [u8; N] {
         // SAFETY: the buffer is inside the allocation, initialised, and
@@ -364,6 +373,27 @@ pub fn connect_raw(fd: BorrowedFd, addr: &ClientAddr) -> io::Result<()> {
             (&raw as *const libc::sockaddr_un).cast(),
             std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
         )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Connects a socket to a Unix address given as the raw `sockaddr` bytes
+/// and length a receive reported (see [`RecvBatch::name`]), so abstract
+/// names match exactly.
+pub fn connect_name(fd: BorrowedFd, name: &[u8]) -> io::Result<()> {
+    // SAFETY: sockaddr_un is plain old data.
+    let mut raw: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::sockaddr_un>();
+    if name.len() <= 2 || name.len() > size {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    raw.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in raw.sun_path.iter_mut().zip(&name[2..]) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `raw` is a valid sockaddr_un; the length passed is at most its size.
+    let rc = unsafe {
+        libc::connect(fd.as_raw_fd(), (&raw as *const libc::sockaddr_un).cast(), name.len() as libc::socklen_t)
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
