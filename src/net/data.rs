@@ -42,9 +42,10 @@
 //!   waiter.
 //! - A queue holds at most [`QUEUE_LIMIT`] frames; a partial-send offset
 //!   is zero when the queue is empty.
-//! - Each descriptor counts the endpoints it feeds and how many of those
-//!   are held, and lists the endpoints whose queue waits for it to be
-//!   writable; it is read unless all it feeds are held.
+//! - Each descriptor lists the endpoints it feeds and counts how many of
+//!   those are held, and lists the endpoints whose queue waits for it to
+//!   be writable; it is read unless all of those it feeds that sent lately
+//!   are held (see `transport::Desc::wanted`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -97,6 +98,9 @@ struct Link {
     waiters: Vec<EndpointKey>,
     /// How many destinations hold this endpoint back as a source.
     held_by: u32,
+    /// The wake-up in which a frame last came from this endpoint over a
+    /// shared descriptor.
+    last_heard: u64,
     /// Whether the input descriptor counts this endpoint as held, and the
     /// output descriptor lists it as waiting: what was last told to them.
     counted_held: bool,
@@ -224,7 +228,7 @@ impl DataPlane {
             self.links.resize_with(index + 1, || None);
         }
         if let Some(desc) = self.registry.descs.get_mut(input) {
-            desc.feeds += 1;
+            desc.feeders.push(key);
         }
         self.links[index] = Some(Link {
             transport,
@@ -238,6 +242,7 @@ impl DataPlane {
             congested: false,
             waiters: Vec::new(),
             held_by: 0,
+            last_heard: 0,
             counted_held: false,
             counted_waiting: false,
         });
@@ -259,7 +264,7 @@ impl DataPlane {
         self.stalled.retain(|&k| k != key);
         self.congested.retain(|&k| k != key);
         if let Some(desc) = self.registry.descs.get_mut(link.input) {
-            desc.feeds -= 1;
+            desc.feeders.retain(|&k| k != key);
             desc.held -= u32::from(link.counted_held);
         }
         if let Some(desc) = self.registry.descs.get_mut(link.output) {
@@ -365,9 +370,25 @@ impl DataPlane {
         }
     }
 
+    /// Whether descriptor `id` should not be read: some endpoint it feeds
+    /// is held, and every one of them that sent in this or the previous
+    /// wake-up is.
+    fn paused(&self, id: DescId) -> bool {
+        let Some(desc) = self.registry.descs.get(id) else { return false };
+        match desc.feeders.as_slice() {
+            _ if desc.held == 0 => false,
+            [_] => true,
+            feeders => {
+                feeders.iter().filter_map(|&k| self.link(k)).all(|l| l.held_by > 0 || l.last_heard + 1 < self.wakeup)
+            }
+        }
+    }
+
     /// Brings descriptor `id`'s watch in line with what it is wanted for.
     fn sync_desc(&mut self, epoll: &Epoll, id: DescId) {
+        let paused = self.paused(id);
         let Some(desc) = self.registry.descs.get_mut(id) else { return };
+        desc.paused = paused;
         let wanted = desc.wanted();
         if wanted != desc.registered {
             let released = wanted.contains(EpollFlags::EPOLLIN) && !desc.registered.contains(EpollFlags::EPOLLIN);
@@ -509,8 +530,19 @@ impl DataPlane {
             if n == 0 {
                 return Ok(());
             }
-            if let Some(desc) = self.registry.descs.get_mut(id) {
-                desc.last_busy = wakeup;
+            let shared = match self.registry.descs.get_mut(id) {
+                Some(desc) => {
+                    desc.last_busy = wakeup;
+                    desc.feeders.len() > 1
+                }
+                None => false,
+            };
+            if shared {
+                for i in 0..n {
+                    if let Some(Some(link)) = self.links.get_mut(self.rx.source(i) as usize) {
+                        link.last_heard = wakeup;
+                    }
+                }
             }
             self.decide(n, switch, now);
             self.send(epoll, switch);
@@ -767,8 +799,14 @@ impl DataPlane {
     }
 
     /// Once a second: congested destinations that have drained may hold
-    /// their sources back again.
+    /// their sources back again, and shared descriptors whose only busy
+    /// senders were held learn who fell silent.
     pub fn tick(&mut self, epoll: &Epoll) {
+        let shared: Vec<DescId> =
+            self.registry.descs.iter().filter(|(_, d)| d.held > 0 && d.feeders.len() > 1).map(|(i, _)| i).collect();
+        for id in shared {
+            self.sync_desc(epoll, id);
+        }
         let congested = std::mem::take(&mut self.congested);
         for key in congested {
             let Some(link) = self.link_mut(key) else { continue };
@@ -842,7 +880,14 @@ impl DataPlane {
         }
         for (id, desc) in &self.registry.descs {
             let (n, held) = feeds.get(&id).copied().unwrap_or((0, 0));
-            assert_eq!((desc.feeds, desc.held), (n, held), "descriptor {id}: feeds and held");
+            assert_eq!((desc.feeders.len() as u32, desc.held), (n, held), "descriptor {id}: feeders and held");
+            // Whom a shared descriptor counts as active changes with time
+            // alone; what is fixed is that nobody held means read, and a
+            // descriptor of one endpoint is paused exactly while it is held.
+            assert!(desc.held > 0 || !desc.paused, "descriptor {id}: paused with nobody held");
+            if desc.feeders.len() == 1 {
+                assert_eq!(desc.paused, desc.held > 0, "descriptor {id}: paused");
+            }
             assert!(unique(&desc.waiting), "descriptor {id}: waiting list");
             assert_eq!(desc.wanted(), desc.registered, "descriptor {id}: watched for the wrong events");
         }

@@ -57,6 +57,9 @@ pub enum Workload {
     Stalled(bool),
     Latency,
     Rss1000,
+    /// A pair of `--stream` and of `--dgram` peers (QEMU's back-ends).
+    StreamPair,
+    DgramPair,
 }
 
 impl Workload {
@@ -71,12 +74,15 @@ impl Workload {
             Workload::Stalled(true) => "pair with broadcasts, beside a client that never reads".into(),
             Workload::Latency => "round trip at low rate".into(),
             Workload::Rss1000 => "RSS with 1000 endpoints".into(),
+            Workload::StreamPair => "stream pair, 64 B (--stream)".into(),
+            Workload::DgramPair => "dgram pair, 64 B (--dgram)".into(),
         }
     }
 
     pub fn targets(self) -> &'static [Kind] {
         match self {
             Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
+            Workload::StreamPair | Workload::DgramPair => &[Kind::Vswitch],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
     }
@@ -103,7 +109,8 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Rss1000 => 1000,
         _ => 0,
     };
-    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU))?;
+    let qemu = matches!(workload, Workload::StreamPair | Workload::DgramPair);
+    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU), qemu)?;
     let dir = sw.ctl_dir();
     let _idle_clients = load::attach(&dir, idle, "idle")?;
     let base_cpu = sw.cpu_time();
@@ -117,6 +124,8 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         }
         Workload::Latency => bail!("round trips are measured on all targets at once"),
         Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
+        Workload::StreamPair => traffic(&sw, base_cpu, load::stream_pair(&sw.stream_path(), duration)?),
+        Workload::DgramPair => traffic(&sw, base_cpu, load::dgram_pair(&sw.dgram_path(), duration)?),
     };
     Ok(measured)
 }
@@ -134,8 +143,10 @@ const ROUND_TRIP_CPU: usize = target::LOAD_CPU;
 /// switches' own path plus the clients'.
 fn latency(samples: usize) -> Result<Vec<(Kind, Vec<Duration>, Duration)>> {
     let kinds = Workload::Latency.targets();
-    let switches: Vec<Switch> =
-        kinds.iter().map(|&k| Switch::start(k, 32, Fanout::Pair, Some(ROUND_TRIP_CPU))).collect::<Result<_>>()?;
+    let switches: Vec<Switch> = kinds
+        .iter()
+        .map(|&k| Switch::start(k, 32, Fanout::Pair, Some(ROUND_TRIP_CPU), false))
+        .collect::<Result<_>>()?;
     let dirs: Vec<PathBuf> = switches.iter().map(Switch::ctl_dir).collect();
     let base_cpu: Vec<Duration> = switches.iter().map(Switch::cpu_time).collect();
     // The clients' threads inherit the pinning from this one.
@@ -179,6 +190,7 @@ fn main() -> Result<()> {
     let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
+    workloads.extend([Workload::StreamPair, Workload::DgramPair]);
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
     }

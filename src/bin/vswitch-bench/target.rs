@@ -62,7 +62,9 @@ fn sibling(name: &str) -> Result<PathBuf> {
 
 impl Switch {
     /// Starts a fresh `kind`, bound to `cpu` if given.
-    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>) -> Result<Switch> {
+    /// With `qemu`, vswitch also serves `--stream` and `--dgram` sockets
+    /// (see [`Switch::stream_path`]).
+    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>, qemu: bool) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
@@ -83,7 +85,12 @@ impl Switch {
             }
             Kind::Vswitch | Kind::VdeSwitch => {
                 let program = if kind == Kind::Vswitch { sibling("vswitch")? } else { PathBuf::from("vde_switch") };
-                let status = Command::new(&program)
+                let mut command = Command::new(&program);
+                if qemu {
+                    command.arg("--stream").arg(dir.path().join("q.stream"));
+                    command.arg("--dgram").arg(dir.path().join("q.dgram"));
+                }
+                let status = command
                     .arg("-s")
                     .arg(&sw)
                     .arg("-p")
@@ -120,6 +127,14 @@ impl Switch {
 
     pub fn ctl_dir(&self) -> PathBuf {
         self.dir.path().join("sw")
+    }
+
+    pub fn stream_path(&self) -> PathBuf {
+        self.dir.path().join("q.stream")
+    }
+
+    pub fn dgram_path(&self) -> PathBuf {
+        self.dir.path().join("q.dgram")
     }
 
     /// User plus system CPU time used so far, to the nanosecond: the tick

@@ -8,7 +8,9 @@
 //! the VDE path, and, being connected, it reports writability when that
 //! receiver has room, which a shared unconnected socket cannot do per
 //! receiver. Frames reach the guest from that socket's (unnamed) address;
-//! QEMU's dgram back-end accepts them from any address.
+//! QEMU's dgram back-end, which does not connect its socket, accepts them
+//! from any address. A peer that connects its socket to PATH would refuse
+//! them: it is not supported.
 //!
 //! An endpoint goes when its address stops accepting frames (the guest's
 //! socket is closed or removed) or after [`SILENCE`] seconds without a

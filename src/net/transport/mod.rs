@@ -164,9 +164,11 @@ pub struct Desc {
     /// one within the same wake-up.
     pub generation: u32,
     /// Endpoints whose frames arrive on this descriptor.
-    pub feeds: u32,
+    pub feeders: Vec<EndpointKey>,
     /// How many of those are held back by a full destination.
     pub held: u32,
+    /// Not read for now (see [`Desc::wanted`]); kept by the data plane.
+    pub paused: bool,
     /// Endpoints with frames queued that wait for this descriptor to be
     /// writable.
     pub waiting: Vec<EndpointKey>,
@@ -176,18 +178,22 @@ pub struct Desc {
 }
 
 impl Desc {
-    /// A descriptor is read unless every endpoint it feeds is held back.
-    /// On a shared socket, frames of a held endpoint keep coming while its
-    /// neighbours are read: not reading would stall them all for one full
-    /// destination, and a datagram socket has no per-sender pushback to
-    /// give. Those frames take the ordinary path, so at a destination
-    /// still full they queue up to its limit and the rest are counted as
-    /// `socket-full` on it, as for a congested destination. A descriptor
-    /// that feeds nobody yet (a listener, a socket before its first
-    /// sender) is always read.
+    /// A descriptor is read unless it is paused: every endpoint it feeds
+    /// that has sent lately is held back (the data plane decides). So a
+    /// socket of one endpoint is not read while that endpoint is held,
+    /// which makes the kernel push back on the sender. A shared socket is
+    /// still read while any of its active senders is not held: holding one
+    /// must not stall the others, and a datagram socket has no per-sender
+    /// pushback to give. Frames of a held endpoint read meanwhile take the
+    /// ordinary path: at a destination still full they queue up to its
+    /// limit and the rest are counted as `socket-full` on it, as for a
+    /// congested destination. Endpoints silent since the wake-up before do
+    /// not keep a shared socket read: when the only busy sender is held, it
+    /// is paced like a socket of its own. A descriptor that feeds nobody yet (a
+    /// listener, a socket before its first sender) is always read.
     pub fn wanted(&self) -> EpollFlags {
         let mut flags = EpollFlags::empty();
-        if self.reads && (self.feeds == 0 || self.held < self.feeds) {
+        if self.reads && !self.paused {
             flags |= EpollFlags::EPOLLIN;
         }
         if !self.waiting.is_empty() {
@@ -197,7 +203,7 @@ impl Desc {
     }
 
     pub fn all_held(&self) -> bool {
-        self.feeds > 0 && self.held >= self.feeds
+        self.paused
     }
 }
 
@@ -255,8 +261,9 @@ impl Registry {
             tag,
             reads,
             generation,
-            feeds: 0,
+            feeders: Vec::new(),
             held: 0,
+            paused: false,
             waiting: Vec::new(),
             registered: flags,
             last_busy: 0,

@@ -1,0 +1,256 @@
+//! `--stream` and `--dgram` sockets with raw peers: framing, events and
+//! bad input (issue 12). QEMU guests on them are in `qemu.rs`.
+//!
+//! Every wait is bounded; the switch is stopped by `Drop`, also on panic.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::frames::Mac;
+use common::station::exchange;
+use common::{BROADCAST, Client, EVENT_TIMEOUT, Station, Switch, TEST_ETHERTYPE, Target, frame, rss_kib, station_mac};
+use tempfile::TempDir;
+
+struct Sockets {
+    dir: TempDir,
+}
+
+impl Sockets {
+    fn new() -> Sockets {
+        Sockets { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn stream(&self) -> PathBuf {
+        self.dir.path().join("qemu.stream")
+    }
+
+    fn dgram(&self) -> PathBuf {
+        self.dir.path().join("qemu.dgram")
+    }
+
+    fn start(&self) -> Switch {
+        let (s, d) = (self.stream(), self.dgram());
+        Switch::start(Target::Vswitch, &["--stream", s.to_str().unwrap(), "--dgram", d.to_str().unwrap()])
+    }
+}
+
+fn record(frame: &[u8]) -> Vec<u8> {
+    let mut r = (frame.len() as u32).to_be_bytes().to_vec();
+    r.extend_from_slice(frame);
+    r
+}
+
+/// A `-netdev stream` peer.
+struct StreamPeer(UnixStream);
+
+impl Station for StreamPeer {
+    fn name(&self) -> &str {
+        "stream peer"
+    }
+
+    fn send(&self, frame: &[u8]) {
+        (&self.0).write_all(&record(frame)).expect("stream send");
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> Option<Vec<u8>> {
+        self.0.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        let mut head = [0u8; 4];
+        match (&self.0).read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return None,
+            Err(e) => panic!("stream receive: {e}"),
+        }
+        let mut frame = vec![0; u32::from_be_bytes(head) as usize];
+        self.0.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+        (&self.0).read_exact(&mut frame).expect("a whole record");
+        Some(frame)
+    }
+}
+
+/// A `-netdev dgram` peer, bound so that the switch can answer it and,
+/// like QEMU's, not connected (it takes frames from any address).
+struct DgramPeer {
+    socket: UnixDatagram,
+    switch: PathBuf,
+    _dir: TempDir,
+}
+
+impl DgramPeer {
+    fn new(switch_path: &Path) -> DgramPeer {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = UnixDatagram::bind(dir.path().join("guest")).unwrap();
+        DgramPeer { socket, switch: switch_path.to_path_buf(), _dir: dir }
+    }
+}
+
+impl Station for DgramPeer {
+    fn name(&self) -> &str {
+        "dgram peer"
+    }
+
+    fn send(&self, frame: &[u8]) {
+        self.socket.send_to(frame, &self.switch).expect("dgram send");
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> Option<Vec<u8>> {
+        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Some(buf)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => panic!("dgram receive: {e}"),
+        }
+    }
+}
+
+fn expect_broadcast_from(station: &dyn Station, source: Mac) {
+    let got = station.recv_timeout(EVENT_TIMEOUT).unwrap_or_else(|| panic!("{}: no broadcast", station.name()));
+    assert_eq!((&got[..6], &got[6..12]), (&BROADCAST[..], &source[..]), "{}", station.name());
+}
+
+const MAC_STREAM: Mac = station_mac(1);
+const MAC_DGRAM: Mac = station_mac(2);
+const MAC_VDE: Mac = station_mac(3);
+
+#[test]
+fn stream_dgram_and_vde_peers_exchange_frames_and_show_up_in_events() {
+    let sockets = Sockets::new();
+    let sw = sockets.start();
+    let mut events = sw.mgmt();
+    events.cmd_ok("debug/add port");
+    let stream = StreamPeer(UnixStream::connect(sockets.stream()).unwrap());
+    let event = events.read_event(EVENT_TIMEOUT).expect("an event for the stream peer");
+    assert!(event.contains("port/+ 01") || event.contains("port/ep/+"), "{event}");
+    // A dgram sender is an endpoint from its first frame on.
+    let dgram = DgramPeer::new(&sockets.dgram());
+    exchange(&dgram, MAC_DGRAM, &stream, MAC_STREAM);
+    let vde = Client::connect(&sw.ctl_dir(), None, "vde");
+    exchange(&vde, MAC_VDE, &dgram, MAC_DGRAM);
+    expect_broadcast_from(&stream, MAC_VDE);
+    exchange(&stream, MAC_STREAM, &vde, MAC_VDE);
+    expect_broadcast_from(&dgram, MAC_STREAM);
+    // Records split across writes, and many in one.
+    let big = frame(MAC_DGRAM, MAC_STREAM, TEST_ETHERTYPE, 1400);
+    let mut bytes = record(&big);
+    bytes.extend(record(&big));
+    (&stream.0).write_all(&bytes[..3]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    (&stream.0).write_all(&bytes[3..700]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    (&stream.0).write_all(&bytes[700..]).unwrap();
+    dgram.expect_frame(&big);
+    dgram.expect_frame(&big);
+    let listing = sw.mgmt().cmd_ok("port/print");
+    let stream_desc =
+        format!("module stream      : {} user=root pid={}", sockets.stream().display(), std::process::id());
+    assert!(listing.contains(&stream_desc), "{stream_desc:?} in\n{listing}");
+    assert!(listing.contains(&format!("module dgram       : {} from ", sockets.dgram().display())), "{listing}");
+    // A closed stream frees its port.
+    drop(stream);
+    common::wait_until(EVENT_TIMEOUT, "the stream's port to go", || {
+        (!sw.mgmt().cmd_ok("port/print").contains("module stream")).then_some(())
+    });
+}
+
+/// True once the switch has closed `stream` (EOF or reset).
+fn closed(stream: &mut UnixStream) -> bool {
+    stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn bad_input_on_both_sockets_leaves_the_others_served() {
+    let sockets = Sockets::new();
+    let sw = sockets.start();
+    let a = Client::connect(&sw.ctl_dir(), None, "a");
+    let b = Client::connect(&sw.ctl_dir(), None, "b");
+    exchange(&a, station_mac(10), &b, station_mac(11));
+    let fds = sw.open_fds();
+    let rss = rss_kib(sw.pid());
+
+    // Zero, huge and impossible lengths close the connection.
+    for length in [0u32, 1523, 65536, u32::MAX] {
+        let mut s = UnixStream::connect(sockets.stream()).unwrap();
+        s.write_all(&length.to_be_bytes()).unwrap();
+        s.write_all(&[0xab; 64]).unwrap();
+        assert!(closed(&mut s), "a record length of {length} closes the connection");
+    }
+    // A good record, then garbage whose first four bytes are a huge length.
+    let mut s = UnixStream::connect(sockets.stream()).unwrap();
+    let good = frame(BROADCAST, station_mac(20), TEST_ETHERTYPE, 46);
+    s.write_all(&record(&good)).unwrap();
+    s.write_all(b"GARBAGE GARBAGE GARBAGE").unwrap();
+    assert!(closed(&mut s), "garbage closes the connection");
+    a.expect_frame(&good);
+    b.expect_frame(&good);
+    // A frame cut off by a close.
+    let mut s = UnixStream::connect(sockets.stream()).unwrap();
+    let cut = record(&frame(BROADCAST, station_mac(21), TEST_ETHERTYPE, 46));
+    s.write_all(&cut[..30]).unwrap();
+    drop(s);
+    // A thousand connections opened and dropped.
+    for _ in 0..1000 {
+        drop(UnixStream::connect(sockets.stream()).unwrap());
+    }
+    // Datagrams that are no frames, and from a sender nobody can answer.
+    let dg = DgramPeer::new(&sockets.dgram());
+    for bad in [&[][..], &[1u8; 5][..], &[2u8; 3000][..]] {
+        dg.socket.send_to(bad, &dg.switch).unwrap();
+    }
+    let unnamed = UnixDatagram::unbound().unwrap();
+    unnamed.send_to(&frame(BROADCAST, station_mac(22), TEST_ETHERTYPE, 46), sockets.dgram()).unwrap();
+    exchange(&a, station_mac(10), &b, station_mac(11));
+
+    // Senders that flood a client that never reads, and never read
+    // themselves.
+    let sink = Client::connect(&sw.ctl_dir(), None, "never reads");
+    let hello = frame(BROADCAST, station_mac(30), TEST_ETHERTYPE, 46);
+    sink.send(&hello);
+    a.expect_frame(&hello);
+    b.expect_frame(&hello);
+    let flood_stream = UnixStream::connect(sockets.stream()).unwrap();
+    flood_stream.set_nonblocking(true).unwrap();
+    let flood_dgram = DgramPeer::new(&sockets.dgram());
+    flood_dgram.socket.set_nonblocking(true).unwrap();
+    let to_sink = frame(station_mac(30), station_mac(31), TEST_ETHERTYPE, 46);
+    let to_sink_too = frame(station_mac(30), station_mac(32), TEST_ETHERTYPE, 46);
+    for _ in 0..20_000 {
+        let _ = (&flood_stream).write(&record(&to_sink));
+        let _ = flood_dgram.socket.send_to(&to_sink_too, &flood_dgram.switch);
+    }
+    exchange(&a, station_mac(10), &b, station_mac(11));
+    // Broadcasts reach the flooders, which do not read them.
+    for n in 0..200 {
+        let f = frame(BROADCAST, station_mac(10), TEST_ETHERTYPE, 46 + n % 50);
+        a.send(&f);
+        b.expect_frame(&f);
+    }
+    sw.assert_alive();
+
+    drop((flood_stream, flood_dgram, dg, sink, unnamed));
+    // The dgram senders' endpoints go when a frame finds their address gone.
+    let f = frame(BROADCAST, station_mac(10), TEST_ETHERTYPE, 46);
+    a.send(&f);
+    b.expect_frame(&f);
+    sw.wait_open_fds(fds);
+    exchange(&a, station_mac(10), &b, station_mac(11));
+    let grown = rss_kib(sw.pid()).saturating_sub(rss);
+    assert!(grown < 4096, "RSS grew by {grown} KiB");
+    let listing = sw.mgmt().cmd_ok("port/print");
+    assert!(!listing.contains("module stream") && !listing.contains("module dgram"), "{listing}");
+}
