@@ -254,3 +254,65 @@ fn bad_input_on_both_sockets_leaves_the_others_served() {
     let listing = sw.mgmt().cmd_ok("port/print");
     assert!(!listing.contains("module stream") && !listing.contains("module dgram"), "{listing}");
 }
+
+/// User plus system CPU ticks of `pid` so far.
+fn cpu_ticks(pid: nix::unistd::Pid) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read the switch's stat");
+    let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat format").1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// With its descriptors exhausted, stream connections the switch cannot
+/// accept must not make it busy-loop on the ready listener; they are
+/// accepted once descriptors are free again (at the next tick). The CPU
+/// time is only a busy-loop detector: a spinning switch uses most of a
+/// core, the bound is a fifth of one.
+#[test]
+fn a_stream_listener_out_of_descriptors_does_not_spin() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path();
+    let (ctl, mgmt_path) = (dir.join("sw"), dir.join("sw.mgmt"));
+    let switch = common::ProcessGuard::spawn(
+        std::process::Command::new("prlimit")
+            .args(["--nofile=24:24", "--", env!("CARGO_BIN_EXE_vswitch"), "-s"])
+            .arg(&ctl)
+            .arg("-M")
+            .arg(&mgmt_path)
+            .arg("--stream")
+            .arg(sockets.stream())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let pid = nix::unistd::Pid::from_raw(switch.pid() as i32);
+    let mut mgmt = common::wait_until(common::STARTUP_TIMEOUT, "the management socket", || {
+        common::Mgmt::try_connect(&mgmt_path).ok()
+    });
+    let mut streams = || mgmt.cmd_ok("port/print").matches("module stream").count();
+    let mut conns: Vec<StreamPeer> =
+        (0..30).map(|_| StreamPeer(UnixStream::connect(sockets.stream()).expect("queued by the kernel"))).collect();
+    common::wait_until(EVENT_TIMEOUT, "some connections to be accepted", || (streams() > 0).then_some(()));
+    let accepted = streams();
+    assert!(accepted < 30, "the descriptor limit let every connection in");
+    // SAFETY: sysconf has no preconditions; it only reads a configuration value.
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).expect("clock ticks");
+    let bound = ticks_per_second * WINDOW.as_secs() / 5;
+    let before = cpu_ticks(pid);
+    std::thread::sleep(WINDOW);
+    let used = cpu_ticks(pid) - before;
+    assert!(used <= bound, "the switch used {used} CPU ticks in {WINDOW:?} with connections it cannot accept");
+    // The first connections were accepted first; closing them frees
+    // descriptors for the waiting ones.
+    conns.drain(..accepted.min(5));
+    common::wait_until(Duration::from_secs(5), "waiting connections to be accepted", || {
+        (streams() > accepted - accepted.min(5)).then_some(())
+    });
+    let f = frame(BROADCAST, station_mac(40), TEST_ETHERTYPE, 46);
+    let last = conns.len() - 1;
+    common::wait_until(EVENT_TIMEOUT, "a frame between two connections", || {
+        conns[0].send(&f);
+        conns[1].recv_timeout(Duration::from_millis(100)).filter(|got| *got == f)
+    });
+    drop(conns.remove(last));
+}

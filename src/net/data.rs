@@ -141,6 +141,8 @@ pub struct DataPlane {
     congested: Vec<EndpointKey>,
     /// Counts the loop's wake-ups; see [`DataPlane::pump`].
     wakeup: u64,
+    /// Descriptors not read until the next tick (see `Verdict::Pause`).
+    paused: Vec<(DescId, u32)>,
     /// Descriptors with frames read but not yet moved (a stream's
     /// reassembly buffer), to pump again without waiting for readiness.
     backlog: Vec<DescId>,
@@ -167,6 +169,7 @@ impl Default for DataPlane {
             stalled: Vec::new(),
             congested: Vec::new(),
             wakeup: 0,
+            paused: Vec::new(),
             backlog: Vec::new(),
             #[cfg(debug_assertions)]
             changed: false,
@@ -340,7 +343,7 @@ impl DataPlane {
             {
                 let (transport, tag) = (desc.transport, desc.tag);
                 let verdict = self.transports[transport].failure(tag, Some(&e));
-                self.judge(epoll, verdict, Some(&e), switch);
+                self.judge(epoll, id, verdict, Some(&e), switch);
             }
         }
         self.check_invariants();
@@ -455,7 +458,7 @@ impl DataPlane {
         let (transport, tag) = (desc.transport, desc.tag);
         if flags.contains(EpollFlags::EPOLLERR) {
             let verdict = self.transports[transport].failure(tag, None);
-            if self.judge(epoll, verdict, None, switch) {
+            if self.judge(epoll, id, verdict, None, switch) {
                 return;
             }
         }
@@ -470,16 +473,34 @@ impl DataPlane {
             && self.registry.descs.get(id).is_some_and(|d| d.generation == generation)
         {
             let verdict = self.transports[transport].failure(tag, Some(&e));
-            self.judge(epoll, verdict, Some(&e), switch);
+            self.judge(epoll, id, verdict, Some(&e), switch);
         }
         self.check_invariants();
     }
 
     /// Acts on a transport's verdict about a failure; true if it closed an
     /// endpoint.
-    fn judge(&mut self, epoll: &Epoll, verdict: Verdict, error: Option<&io::Error>, switch: &mut Switch) -> bool {
+    fn judge(
+        &mut self,
+        epoll: &Epoll,
+        id: DescId,
+        verdict: Verdict,
+        error: Option<&io::Error>,
+        switch: &mut Switch,
+    ) -> bool {
         match verdict {
             Verdict::Keep => false,
+            Verdict::Pause => {
+                if let Some(e) = error {
+                    log::log(&format!("accept: {}", log::error_text(e)));
+                }
+                if let Some(desc) = self.registry.descs.get_mut(id) {
+                    desc.reads = false;
+                    self.paused.push((id, desc.generation));
+                }
+                self.sync_desc(epoll, id);
+                false
+            }
             Verdict::Log => {
                 if let Some(e) = error {
                     log::log(&format!("recv from endpoint: {e}"));
@@ -525,8 +546,10 @@ impl DataPlane {
             }
             let max = if desc.last_busy + 1 >= wakeup { BATCH } else { 1 };
             let (transport, tag) = (desc.transport, desc.tag);
-            let n = self.transports[transport].recv(tag, &mut self.rx, max)?;
-            self.admit_arrivals(epoll, transport, n, switch);
+            let received = self.transports[transport].recv(tag, &mut self.rx, max);
+            // Endpoints that appeared before a failure still get their ports.
+            self.admit_arrivals(epoll, transport, *received.as_ref().unwrap_or(&0), switch);
+            let n = received?;
             if n == 0 {
                 return Ok(());
             }
@@ -802,6 +825,14 @@ impl DataPlane {
     /// their sources back again, and shared descriptors whose only busy
     /// senders were held learn who fell silent.
     pub fn tick(&mut self, epoll: &Epoll) {
+        for (id, generation) in std::mem::take(&mut self.paused) {
+            if let Some(desc) = self.registry.descs.get_mut(id)
+                && desc.generation == generation
+            {
+                desc.reads = true;
+                self.sync_desc(epoll, id);
+            }
+        }
         let shared: Vec<DescId> =
             self.registry.descs.iter().filter(|(_, d)| d.held > 0 && d.feeders.len() > 1).map(|(i, _)| i).collect();
         for id in shared {

@@ -62,6 +62,10 @@ pub enum Verdict {
     Keep,
     /// Log the error (once per failure) and keep going.
     Log,
+    /// Log the error and stop reading the descriptor until the next tick:
+    /// a listener out of descriptors stays readable, and a level-triggered
+    /// wait would spin on it.
+    Pause,
     /// The endpoint can no longer move frames: detach and close it, logging
     /// `Closing {what} {description}: {reason}` if there is a reason worth
     /// a line (an ordinary hang-up is not).

@@ -235,7 +235,15 @@ impl Transport for Stream {
 
     fn failure(&mut self, tag: u32, failed: Option<&io::Error>) -> Verdict {
         if tag == LISTENER {
-            return if failed.is_some() { Verdict::Log } else { Verdict::Keep };
+            return match failed {
+                Some(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    Verdict::Pause
+                }
+                Some(_) => Verdict::Log,
+                None => Verdict::Keep,
+            };
         }
         let Some(key) = self.conns.get(tag as usize).and_then(|c| c.key) else { return Verdict::Keep };
         let reason = match failed {
