@@ -151,7 +151,13 @@ fn stream_dgram_and_vde_peers_exchange_frames_and_show_up_in_events() {
     let stream_desc =
         format!("module stream      : {} user=root pid={}", sockets.stream().display(), std::process::id());
     assert!(listing.contains(&stream_desc), "{stream_desc:?} in\n{listing}");
-    assert!(listing.contains(&format!("module dgram       : {} from ", sockets.dgram().display())), "{listing}");
+    let dgram_desc = format!(
+        "module dgram       : {} from {} user=root pid={}",
+        sockets.dgram().display(),
+        dgram._dir.path().join("guest").display(),
+        std::process::id()
+    );
+    assert!(listing.contains(&dgram_desc), "{dgram_desc:?} in\n{listing}");
     // A closed stream frees its port.
     drop(stream);
     common::wait_until(EVENT_TIMEOUT, "the stream's port to go", || {

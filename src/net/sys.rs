@@ -25,7 +25,13 @@ struct Slots<const N: usize> {
     iovs: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
     names: [libc::sockaddr_storage; BATCH],
+    /// Ancillary data (the sender's credentials), 8-byte aligned as
+    /// `cmsghdr` needs.
+    controls: [[u64; CONTROL_WORDS]; BATCH],
 }
+
+/// Room for one `SCM_CREDENTIALS` message and then some.
+const CONTROL_WORDS: usize = 8;
 
 /// Buffers for a batch of up to [`BATCH`] received frames of at most `N`
 /// bytes, with the `recvmmsg` headers that point at them built once: a
@@ -46,6 +52,7 @@ pub struct RecvBatch<const N: usize> {
     starts: [usize; BATCH],
     sources: [u32; BATCH],
     name_lens: [usize; BATCH],
+    control_lens: [usize; BATCH],
 }
 
 impl<const N: usize> Default for RecvBatch<N> {
@@ -69,7 +76,14 @@ impl<const N: usize> Default for RecvBatch<N> {
                 (*hdr).msg_hdr.msg_iovlen = 1;
             }
         }
-        RecvBatch { base, lens: [0; BATCH], starts: [0; BATCH], sources: [0; BATCH], name_lens: [0; BATCH] }
+        RecvBatch {
+            base,
+            lens: [0; BATCH],
+            starts: [0; BATCH],
+            sources: [0; BATCH],
+            name_lens: [0; BATCH],
+            control_lens: [0; BATCH],
+        }
     }
 }
 
@@ -169,8 +183,33 @@ impl<const N: usize> RecvBatch<N> {
         self.recv_many(fd, max)
     }
 
+    /// The sender's credentials of frame `i` after [`RecvBatch::recv_from`]
+    /// on a socket with `SO_PASSCRED`: pid, uid and gid.
+    pub fn credentials(&self, i: usize) -> Option<(i32, u32, u32)> {
+        assert!(i < BATCH);
+        // SAFETY: a header built over this frame's control buffer, inside
+        // the allocation and 8-byte aligned, with the length the kernel
+        // reported; the CMSG macros only walk within msg_controllen, and
+        // the credentials are read unaligned.
+        unsafe {
+            let control = (&raw mut (*self.base.as_ptr()).controls).cast::<[u64; CONTROL_WORDS]>().add(i);
+            let mut hdr: libc::msghdr = std::mem::zeroed();
+            hdr.msg_control = control.cast();
+            hdr.msg_controllen = self.control_lens[i];
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
+                    let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
+                    return Some((cred.pid, cred.uid, cred.gid));
+                }
+                cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+            }
+            None
+        }
+    }
+
     /// Like [`RecvBatch::recv`], also recording each sender's address
-    /// (see [`RecvBatch::name`]).
+    /// (see [`RecvBatch::name`]) and any credentials it sent.
     pub fn recv_from(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
         let max = max.min(BATCH);
         let size = std::mem::size_of::<libc::sockaddr_storage>();
@@ -181,6 +220,9 @@ impl<const N: usize> RecvBatch<N> {
                 let name = (&raw mut (*self.base.as_ptr()).names).cast::<libc::sockaddr_storage>().add(i);
                 (*hdr).msg_hdr.msg_name = name.cast();
                 (*hdr).msg_hdr.msg_namelen = size as libc::socklen_t;
+                let control = (&raw mut (*self.base.as_ptr()).controls).cast::<[u64; CONTROL_WORDS]>().add(i);
+                (*hdr).msg_hdr.msg_control = control.cast();
+                (*hdr).msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>();
             }
         }
         let result = self.recv_many(fd, max);
@@ -190,8 +232,11 @@ impl<const N: usize> RecvBatch<N> {
             // that plain receives, the hot path, have the kernel write none.
             unsafe {
                 self.name_lens[i] = ((*hdr).msg_hdr.msg_namelen as usize).min(size);
+                self.control_lens[i] = (*hdr).msg_hdr.msg_controllen.min(std::mem::size_of::<[u64; CONTROL_WORDS]>());
                 (*hdr).msg_hdr.msg_name = std::ptr::null_mut();
                 (*hdr).msg_hdr.msg_namelen = 0;
+                (*hdr).msg_hdr.msg_control = std::ptr::null_mut();
+                (*hdr).msg_hdr.msg_controllen = 0;
             }
         }
         result

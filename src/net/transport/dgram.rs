@@ -17,9 +17,11 @@
 //! frame from it: a guest that was shut down leaves no trace otherwise.
 //! It comes back, on a new port, with its next frame.
 //!
-//! The kernel gives no credentials for a datagram unless asked per
-//! message; these endpoints have none (`Current User: NONE`), so a port
-//! with an ACL (`port/setuser`, `port/setgroup`) refuses them.
+//! The socket asks for the sender's credentials with every datagram
+//! (`SO_PASSCRED`): the first frame's pid, uid and gid describe the
+//! endpoint and are checked against port ACLs (`port/setuser`,
+//! `port/setgroup`). The kernel passes no supplementary groups this way,
+//! so a group ACL matches only the sender's primary group.
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::epoll::Epoll;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-use nix::unistd::Gid;
+use nix::unistd::{Gid, Uid};
 use slab::Slab;
 
 use super::{Arrival, Batch, DescId, PENDING, Registry, Sent, Transport, TransportId, Verdict, bind_unix};
@@ -55,6 +57,8 @@ struct Peer {
     key: Option<EndpointKey>,
     /// Waiting for its port.
     fresh: bool,
+    /// The first frame's sender credentials: pid, uid, gid.
+    credentials: Option<(i32, u32, u32)>,
     last_heard: u64,
 }
 
@@ -80,6 +84,8 @@ impl Dgram {
         epoll: &Epoll,
     ) -> io::Result<Dgram> {
         let socket = bind_unix(path, SockType::Datagram, mode, group)?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         let shared = match registry.add(epoll, socket.as_fd(), id, SHARED) {
             Ok(desc) => desc,
             Err(e) => {
@@ -93,7 +99,7 @@ impl Dgram {
 
     /// The tag for frames from `name`: its endpoint, a pending newcomer,
     /// or nobody (a sender that cannot be answered or got no port).
-    fn source(&mut self, name: &[u8]) -> u32 {
+    fn source(&mut self, name: &[u8], credentials: Option<(i32, u32, u32)>) -> u32 {
         if let Some(&local) = self.by_name.get(name) {
             let peer = &mut self.peers[local as usize];
             peer.last_heard = self.now;
@@ -113,8 +119,15 @@ impl Dgram {
                 .ok()
                 .filter(|fd| sys::connect_name(fd.as_fd(), name).is_ok());
         let Some(out) = out else { return NOBODY };
-        let peer =
-            Peer { name: name.to_vec(), out: Some(out), desc: None, key: None, fresh: true, last_heard: self.now };
+        let peer = Peer {
+            name: name.to_vec(),
+            out: Some(out),
+            desc: None,
+            key: None,
+            fresh: true,
+            credentials,
+            last_heard: self.now,
+        };
         let local = self.peers.insert(peer) as u32;
         self.by_name.insert(name.to_vec(), local);
         PENDING | local
@@ -143,7 +156,7 @@ impl Transport for Dgram {
     fn recv(&mut self, _tag: u32, rx: &mut Batch, max: usize) -> io::Result<usize> {
         let n = rx.recv_from(self.socket.as_fd(), max)?;
         for i in 0..n {
-            let source = self.source(rx.name(i));
+            let source = self.source(rx.name(i), rx.credentials(i));
             rx.set_sources(i..i + 1, source);
         }
         Ok(n)
@@ -200,13 +213,25 @@ impl Transport for Dgram {
                     continue;
                 }
             }
+            let from = format!("{} from {}", self.path.display(), show_name(&peer.name));
+            let (description, user, credentials) = match peer.credentials {
+                Some((pid, uid, gid)) => {
+                    let name = nix::unistd::User::from_uid(Uid::from_raw(uid))
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| uid.to_string(), |u| u.name);
+                    (format!("{from} user={name} pid={pid}"), Some(uid), Credentials { uid, gids: vec![gid] })
+                }
+                // Unknown senders get an identity that owns nothing.
+                None => (from, None, Credentials { uid: u32::MAX - 1, gids: Vec::new() }),
+            };
             arrivals.push(Arrival {
                 local: local as u32,
                 id: out.as_raw_fd() as u32,
                 module: MODULE,
-                description: format!("{} from {}", self.path.display(), show_name(&peer.name)),
-                user: None,
-                credentials: Credentials { uid: u32::MAX - 1, gids: Vec::new() },
+                description,
+                user,
+                credentials,
                 input,
                 output: peer.desc.unwrap_or(input),
             });
