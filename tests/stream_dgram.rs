@@ -322,3 +322,55 @@ fn a_stream_listener_out_of_descriptors_does_not_spin() {
     });
     drop(conns.remove(last));
 }
+
+/// Runs `script` (Python) as nobody:nogroup, returning its output.
+fn as_nobody(script: &str) -> String {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--reset-env", "python3", "-c", script])
+        .output()
+        .expect("run setpriv");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Port ACLs are checked against the peer's kernel credentials: a stream
+/// connection or datagram sender of another user does not get a port
+/// reserved for root, a root one does, and the description names the user.
+#[test]
+fn port_acls_apply_to_stream_and_dgram_peers() {
+    use std::os::unix::fs::PermissionsExt;
+    let sockets = Sockets::new();
+    std::fs::set_permissions(sockets.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (s, d) = (sockets.stream(), sockets.dgram());
+    let sw =
+        Switch::start(Target::Vswitch, &["-m", "666", "--stream", s.to_str().unwrap(), "--dgram", d.to_str().unwrap()]);
+    // Port 1, the only one automatic allocation can hand out, exists (a
+    // root connection came and went) and admits root only.
+    let mut mgmt = sw.mgmt();
+    mgmt.cmd_ok("port/setnumports 2");
+    drop(StreamPeer(UnixStream::connect(&s).unwrap()));
+    common::wait_until(EVENT_TIMEOUT, "port 1 to exist", || {
+        let listing = sw.mgmt().cmd_ok("port/allprint");
+        (listing.contains("Port 0001") && !listing.contains("module stream")).then_some(())
+    });
+    mgmt.cmd_ok("port/setuser 1 root");
+    let stream_script = format!(
+        "import socket\ns=socket.socket(socket.AF_UNIX)\ns.connect({s:?})\ns.settimeout(5)\n\
+         print('closed' if s.recv(1)==b'' else 'open')"
+    );
+    assert_eq!(as_nobody(&stream_script), "closed", "nobody's connection is refused port 1");
+    let hello = frame(BROADCAST, station_mac(50), TEST_ETHERTYPE, 46);
+    let dgram_script = format!(
+        "import socket,tempfile,os\nd=tempfile.mkdtemp()\nu=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\n\
+         u.bind(os.path.join(d,'g'))\nu.sendto(bytes({hello:?}),{d:?})\nprint('sent')"
+    );
+    assert_eq!(as_nobody(&dgram_script), "sent");
+    let root = StreamPeer(UnixStream::connect(&s).unwrap());
+    let listing = common::wait_until(EVENT_TIMEOUT, "root's stream connection on port 1", || {
+        let listing = sw.mgmt().cmd_ok("port/print");
+        listing.contains("module stream").then_some(listing)
+    });
+    assert!(!listing.contains("module dgram"), "nobody's datagram got no port:\n{listing}");
+    assert!(listing.contains("user=root"), "{listing}");
+    drop(root);
+}
