@@ -374,3 +374,35 @@ fn port_acls_apply_to_stream_and_dgram_peers() {
     assert!(listing.contains("user=root"), "{listing}");
     drop(root);
 }
+
+/// A stream peer that stops reading gets records written in part (its
+/// socket takes some bytes of a record, not all): once it reads again,
+/// every record it gets is whole and one that was sent, in order, so a
+/// partial write never desynchronises the stream.
+#[test]
+fn records_written_in_part_are_finished_before_the_next() {
+    let sockets = Sockets::new();
+    let sw = sockets.start();
+    let slow = StreamPeer(UnixStream::connect(sockets.stream()).unwrap());
+    let sender = UnixStream::connect(sockets.stream()).unwrap();
+    common::wait_until(EVENT_TIMEOUT, "both stream peers' ports", || {
+        (sw.mgmt().cmd_ok("port/print").matches("module stream").count() == 2).then_some(())
+    });
+    // Large frames of odd sizes in one write: the switch sends them to the
+    // slow peer in batches larger than its socket takes at once.
+    let sent: Vec<Vec<u8>> =
+        (0..3000).map(|n| frame(BROADCAST, station_mac(60), TEST_ETHERTYPE, 1000 + n % 477)).collect();
+    let bytes: Vec<u8> = sent.iter().flat_map(|f| record(f)).collect();
+    sender.set_write_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    let _ = (&sender).write_all(&bytes);
+    let mut next = 0;
+    while let Some(got) = slow.recv_timeout(Duration::from_millis(500)) {
+        let at = sent[next..]
+            .iter()
+            .position(|f| *f == got)
+            .unwrap_or_else(|| panic!("received a record that was never sent (or out of order): {} bytes", got.len()));
+        next += at + 1;
+    }
+    assert!(next > 0, "the stream peer received nothing");
+    sw.assert_alive();
+}
