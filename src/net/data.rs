@@ -18,18 +18,21 @@
 //! # Flow-control states of a destination `D`
 //!
 //! ```text
-//!                 send would block: queue the rest,
-//!                 hold the sources (S.held_by += 1)
-//!   ┌──────┐ ─────────────────────────────────────▶ ┌─────────┐
-//!   │ Idle │                                        │ Stalled │
-//!   └──────┘ ◀───────────────────────────────────── └─────────┘
-//!      ▲  ▲       queue drained: release the sources     │
-//!      │  │                                              │ STALL_LIMIT passed:
-//!      │  │       queue drained and a tick passed        │ release the sources
-//!      │  └──────────────────────────────────────┐       ▼
-//!      │                                          └── ┌───────────┐
-//!      │   a BPDU queued (no sources held)            │ Congested │ frames beyond
-//!      └──▶ Queued ─── drained ──▶ Idle                └───────────┘ the queue dropped
+//!              a send would block: queue the rest,
+//!              hold their sources (S.held_by += 1)
+//!   ┌──────┐ ───────────────────────────────────▶ ┌─────────┐
+//!   │ Idle │ ◀─────────────────────────────────── │ Stalled │
+//!   └──────┘   queue drained: release the sources └─────────┘
+//!    │  ▲  ▲                                        ▲     │ STALL_LIMIT passed:
+//!    │  │  │ queue drained, then a tick             │     │ release the sources
+//!    │  │  └──────────────────────── ┌───────────┐  │     │
+//!    │  │                            │ Congested │ ◀┼─────┘ frames beyond the
+//!    │  │ drained                    └───────────┘  │       queue: socket-full
+//!    ▼  │                                           │
+//!   ┌────────┐ forwarded frames meet the queue: hold│
+//!   │ Queued │ ─────────────────────────────────────┘
+//!   └────────┘ a frame the switch originated (BPDU)
+//!              waits; nobody is held
 //! ```
 //!
 //! What holds in every state, and is checked in debug builds after every
