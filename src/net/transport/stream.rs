@@ -126,11 +126,18 @@ impl Stream {
         let Some(conn) = self.conns.get_mut(tag as usize) else { return Ok(0) };
         let Some(key) = conn.key else { return Ok(0) };
         let mut n = 0;
+        // A bad length ends the connection, but only after the frames
+        // before it have gone; it is met again by the next call.
+        let mut bad = false;
         loop {
             while n < max
                 && let Some(len) = conn.next_len()
             {
                 if !(1..=MAX_RECORD).contains(&len) {
+                    if n > 0 {
+                        bad = true;
+                        break;
+                    }
                     return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame length {len}")));
                 }
                 let record = conn.start + 4..conn.start + 4 + len;
@@ -140,7 +147,7 @@ impl Stream {
                 conn.start = record.end;
                 n += 1;
             }
-            if n == max {
+            if n == max || bad {
                 break;
             }
             if conn.start > 0 {
@@ -341,4 +348,80 @@ fn describe(path: &Path, stream: BorrowedFd) -> (Credentials, String, Option<u32
         .map_or_else(|| cred.uid().to_string(), |u| u.name);
     let description = format!("{} user={user} pid={}", path.display(), cred.pid());
     (Credentials { uid: cred.uid(), gids }, description, Some(cred.uid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use nix::sys::epoll::EpollCreateFlags;
+
+    use super::*;
+
+    /// A listener in a temporary directory and one connection to it whose
+    /// other end is returned, admitted as endpoint 7.
+    fn connected() -> (Stream, UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let epoll = Epoll::new(EpollCreateFlags::empty()).unwrap();
+        let mut registry = Registry::default();
+        let mut stream = Stream::open(0, &dir.path().join("s"), 0o600, None, &mut registry, &epoll).unwrap();
+        let peer = UnixStream::connect(dir.path().join("s")).unwrap();
+        stream.accept().unwrap();
+        let arrivals = stream.arrivals(&mut registry, &epoll);
+        assert_eq!(arrivals.len(), 1);
+        stream.admit(arrivals[0].local, Some(EndpointKey(7)), &mut registry, &epoll);
+        (stream, peer, dir)
+    }
+
+    /// Records cut at every kind of place (inside the length, inside the
+    /// frame, many per write) come out whole and in order; a bad length
+    /// is an error, after the frames before it.
+    #[test]
+    fn records_are_reassembled_across_arbitrary_cuts() {
+        let (mut stream, mut peer, _dir) = connected();
+        let frames: Vec<Vec<u8>> = (0..300u32).map(|n| vec![n as u8; 14 + (n as usize * 37) % 1500]).collect();
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| [&(f.len() as u32).to_be_bytes()[..], f].concat()).collect();
+        let mut rx = Batch::default();
+        let mut got = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut at = 0;
+        while at < bytes.len() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let cut = (at + 1 + (seed % 3000) as usize).min(bytes.len());
+            peer.write_all(&bytes[at..cut]).unwrap();
+            at = cut;
+            loop {
+                let n = stream.recv(0, &mut rx, 1 + (seed % 64) as usize).unwrap();
+                got.extend((0..n).map(|i| rx.frame(i).to_vec()));
+                assert!((0..n).all(|i| rx.source(i) == 7));
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, frames);
+        peer.write_all(&[0, 0, 0, 20]).unwrap();
+        peer.write_all(&[1; 20]).unwrap();
+        peer.write_all(&[0, 0, 0, 0]).unwrap();
+        assert_eq!(stream.recv(0, &mut rx, 64).unwrap(), 1);
+        let err = stream.recv(0, &mut rx, 64).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// The end of the stream comes after the frames before it.
+    #[test]
+    fn a_hang_up_is_reported_after_the_last_frames() {
+        let (mut stream, mut peer, _dir) = connected();
+        peer.write_all(&[0, 0, 0, 14]).unwrap();
+        peer.write_all(&[9; 14]).unwrap();
+        peer.write_all(&[0, 0]).unwrap();
+        drop(peer);
+        let mut rx = Batch::default();
+        assert_eq!(stream.recv(0, &mut rx, 64).unwrap(), 1);
+        assert_eq!(rx.frame(0), &[9; 14][..]);
+        assert!(stream.buffered(0));
+        assert_eq!(stream.recv(0, &mut rx, 64).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
 }
