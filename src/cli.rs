@@ -34,6 +34,11 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("debugclients", true),
     ("tap", true),
 ];
+/// vswitch's own long options (taking an argument). They are matched by
+/// their full name only, so that every abbreviation vde_switch accepts
+/// still means what it means there (`--s` is `--sock`), and they stay out
+/// of the usage text, which is vde_switch's.
+const OWN_LONG_OPTIONS: &[&str] = &["stream", "dgram"];
 const SHORT_OPTIONS: &str = "hvnxFsmgdpfMDt";
 
 pub const USAGE: &str = "Usage: vswitch [OPTIONS]
@@ -128,6 +133,12 @@ pub struct Options {
     pub debugclients: Option<String>,
     #[arg(short = 't', long)]
     pub tap: Vec<String>,
+    /// Unix stream sockets to listen on for QEMU's `-netdev stream`.
+    #[arg(long)]
+    pub stream: Vec<PathBuf>,
+    /// Unix datagram sockets to bind for QEMU's `-netdev dgram`.
+    #[arg(long)]
+    pub dgram: Vec<PathBuf>,
 }
 
 /// A number as C's `%i` reads it: `0x` hex, leading `0` octal, else
@@ -155,6 +166,9 @@ fn octal(s: &str) -> Result<u32, String> {
 /// Resolves a long option name or unique abbreviation.
 fn resolve(name: &str, shown: &str) -> Result<Option<&'static str>, String> {
     if let Some((full, _)) = LONG_OPTIONS.iter().find(|(n, _)| *n == name) {
+        return Ok(Some(full));
+    }
+    if let Some(full) = OWN_LONG_OPTIONS.iter().find(|n| **n == name) {
         return Ok(Some(full));
     }
     let matches: Vec<&str> = LONG_OPTIONS.iter().map(|(n, _)| *n).filter(|n| n.starts_with(name)).collect();
@@ -226,6 +240,15 @@ mod tests {
 
     fn p(args: &[&str]) -> Result<Options, String> {
         parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn own_options_only_by_full_name() {
+        let o = p(&["--stream", "/a", "-stream", "/b", "--dgram=/c"]).unwrap();
+        assert_eq!(o.stream, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.dgram, [PathBuf::from("/c")]);
+        assert_eq!(p(&["--s", "/x"]).unwrap().sock, Some(PathBuf::from("/x")));
+        assert!(p(&["--str", "/x"]).is_err());
     }
 
     #[test]

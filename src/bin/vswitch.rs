@@ -106,6 +106,8 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         rcfile: rc_file(&cwd, o.rcfile.as_deref()),
         mgmt: o.mgmt.as_deref().map(|p| absolute(&cwd, Path::new(p))),
         taps: o.tap,
+        streams: o.stream.iter().map(|p| absolute(&cwd, p)).collect(),
+        dgrams: o.dgram.iter().map(|p| absolute(&cwd, p)).collect(),
     })
 }
 

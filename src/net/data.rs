@@ -18,18 +18,21 @@
 //! # Flow-control states of a destination `D`
 //!
 //! ```text
-//!                 send would block: queue the rest,
-//!                 hold the sources (S.held_by += 1)
-//!   ┌──────┐ ─────────────────────────────────────▶ ┌─────────┐
-//!   │ Idle │                                        │ Stalled │
-//!   └──────┘ ◀───────────────────────────────────── └─────────┘
-//!      ▲  ▲       queue drained: release the sources     │
-//!      │  │                                              │ STALL_LIMIT passed:
-//!      │  │       queue drained and a tick passed        │ release the sources
-//!      │  └──────────────────────────────────────┐       ▼
-//!      │                                          └── ┌───────────┐
-//!      │   a BPDU queued (no sources held)            │ Congested │ frames beyond
-//!      └──▶ Queued ─── drained ──▶ Idle                └───────────┘ the queue dropped
+//!              a send would block: queue the rest,
+//!              hold their sources (S.held_by += 1)
+//!   ┌──────┐ ───────────────────────────────────▶ ┌─────────┐
+//!   │ Idle │ ◀─────────────────────────────────── │ Stalled │
+//!   └──────┘   queue drained: release the sources └─────────┘
+//!    │  ▲  ▲                                        ▲     │ STALL_LIMIT passed:
+//!    │  │  │ queue drained, then a tick             │     │ release the sources
+//!    │  │  └──────────────────────── ┌───────────┐  │     │
+//!    │  │                            │ Congested │ ◀┼─────┘ frames beyond the
+//!    │  │ drained                    └───────────┘  │       queue: socket-full
+//!    ▼  │                                           │
+//!   ┌────────┐ forwarded frames meet the queue: hold│
+//!   │ Queued │ ─────────────────────────────────────┘
+//!   └────────┘ a frame the switch originated (BPDU)
+//!              waits; nobody is held
 //! ```
 //!
 //! What holds in every state, and is checked in debug builds after every
@@ -42,9 +45,10 @@
 //!   waiter.
 //! - A queue holds at most [`QUEUE_LIMIT`] frames; a partial-send offset
 //!   is zero when the queue is empty.
-//! - Each descriptor counts the endpoints it feeds and how many of those
-//!   are held, and lists the endpoints whose queue waits for it to be
-//!   writable; it is read unless all it feeds are held.
+//! - Each descriptor lists the endpoints it feeds and counts how many of
+//!   those are held, and lists the endpoints whose queue waits for it to
+//!   be writable; it is read unless all of those it feeds that sent lately
+//!   are held (see `transport::Desc::wanted`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -56,9 +60,9 @@ use super::capture::{Captures, Direction};
 use super::sys::BATCH;
 use super::transport::tap::Tap;
 use super::transport::vde::Vde;
-use super::transport::{Batch, DescId, Registry, Sent, Transport, TransportId, Verdict};
+use super::transport::{Arrival, Batch, DescId, PENDING, Registry, Sent, Transport, TransportId, Verdict};
 use super::{Token, interest, log};
-use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Outgoing, Switch};
+use crate::engine::{Attach, Delivery, DropReason, Edit, EndpointKey, Outgoing, PortRequest, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 
 /// Batches read from one descriptor before others get their turn.
@@ -98,6 +102,9 @@ struct Link {
     waiters: Vec<EndpointKey>,
     /// How many destinations hold this endpoint back as a source.
     held_by: u32,
+    /// The wake-up in which a frame last came from this endpoint over a
+    /// shared descriptor.
+    last_heard: u64,
     /// Whether the input descriptor counts this endpoint as held, and the
     /// output descriptor lists it as waiting: what was last told to them.
     counted_held: bool,
@@ -138,6 +145,11 @@ pub struct DataPlane {
     congested: Vec<EndpointKey>,
     /// Counts the loop's wake-ups; see [`DataPlane::pump`].
     wakeup: u64,
+    /// Descriptors not read until the next tick (see `Verdict::Pause`).
+    paused: Vec<(DescId, u32)>,
+    /// Descriptors with frames read but not yet moved (a stream's
+    /// reassembly buffer), to pump again without waiting for readiness.
+    backlog: Vec<DescId>,
     /// Flow-control state changed since the invariants were last checked.
     #[cfg(debug_assertions)]
     changed: bool,
@@ -162,6 +174,8 @@ impl Default for DataPlane {
             stalled: Vec::new(),
             congested: Vec::new(),
             wakeup: 0,
+            paused: Vec::new(),
+            backlog: Vec::new(),
             #[cfg(debug_assertions)]
             changed: false,
             capture: Captures::default(),
@@ -192,6 +206,17 @@ impl DataPlane {
         self.links.get_mut(key.0 as usize)?.as_mut()
     }
 
+    /// Adds a transport (a listener of a kind that is not always there),
+    /// made knowing its id and with the registry for its descriptors.
+    pub fn add_transport(
+        &mut self,
+        make: impl FnOnce(TransportId, &mut Registry) -> io::Result<Box<dyn Transport>>,
+    ) -> io::Result<TransportId> {
+        let transport = make(self.transports.len(), &mut self.registry)?;
+        self.transports.push(transport);
+        Ok(self.transports.len() - 1)
+    }
+
     /// Runs `f` on transport `id` as its concrete kind `T`, with the
     /// registry to add or remove descriptors.
     pub fn with_transport<T: Transport + 'static, R>(
@@ -212,7 +237,7 @@ impl DataPlane {
             self.links.resize_with(index + 1, || None);
         }
         if let Some(desc) = self.registry.descs.get_mut(input) {
-            desc.feeds += 1;
+            desc.feeders.push(key);
         }
         self.links[index] = Some(Link {
             transport,
@@ -226,6 +251,7 @@ impl DataPlane {
             congested: false,
             waiters: Vec::new(),
             held_by: 0,
+            last_heard: 0,
             counted_held: false,
             counted_waiting: false,
         });
@@ -247,7 +273,7 @@ impl DataPlane {
         self.stalled.retain(|&k| k != key);
         self.congested.retain(|&k| k != key);
         if let Some(desc) = self.registry.descs.get_mut(link.input) {
-            desc.feeds -= 1;
+            desc.feeders.retain(|&k| k != key);
             desc.held -= u32::from(link.counted_held);
         }
         if let Some(desc) = self.registry.descs.get_mut(link.output) {
@@ -263,10 +289,78 @@ impl DataPlane {
         self.changed();
     }
 
-    /// Closes every endpoint (at exit).
+    /// Closes every endpoint and listening socket (at exit).
     pub fn remove_all(&mut self, epoll: &Epoll) {
         for key in 0..self.links.len() {
             self.remove(epoll, EndpointKey(key as u32));
+        }
+        for t in &mut self.transports {
+            t.shutdown();
+        }
+    }
+
+    /// Detaches and closes an endpoint its transport gave up on.
+    fn close_endpoint(&mut self, epoll: &Epoll, key: EndpointKey, switch: &mut Switch) {
+        switch.detach(key);
+        self.remove(epoll, key);
+    }
+
+    /// Once a second: closes endpoints their transports found silent for
+    /// too long.
+    pub fn expire_endpoints(&mut self, epoll: &Epoll, switch: &mut Switch, now: u64) {
+        for t in 0..self.transports.len() {
+            for key in self.transports[t].expired(now) {
+                self.close_endpoint(epoll, key, switch);
+            }
+        }
+    }
+
+    /// Gives ports to the endpoints that appeared on `transport`, and the
+    /// frames of theirs in the first `n` of the batch their keys.
+    fn admit_arrivals(&mut self, epoll: &Epoll, transport: TransportId, n: usize, switch: &mut Switch) {
+        let arrivals = self.transports[transport].arrivals(&mut self.registry, epoll);
+        for Arrival { local, id, module, description, user, credentials, input, output } in arrivals {
+            let attach = Attach { request: PortRequest::Any, id, module, description, user, credentials };
+            let description = attach.description.clone();
+            match switch.attach(attach) {
+                Ok((key, _)) => {
+                    self.transports[transport].admit(local, Some(key), &mut self.registry, epoll);
+                    self.attach(key, transport, local, input, output);
+                    self.rx.retag(0..n, PENDING | local, key.0);
+                }
+                Err(e) => {
+                    log::log(&format!("{module} {description}: {e}"));
+                    self.transports[transport].admit(local, None, &mut self.registry, epoll);
+                }
+            }
+        }
+    }
+
+    /// Whether some descriptor holds frames it already read.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Moves frames descriptors had read but not delivered.
+    pub fn run_backlog(&mut self, epoll: &Epoll, switch: &mut Switch, now: u64) {
+        for id in std::mem::take(&mut self.backlog) {
+            if let Err(e) = self.pump(epoll, id, switch, now)
+                && let Some(desc) = self.registry.descs.get(id)
+            {
+                let (transport, tag) = (desc.transport, desc.tag);
+                let verdict = self.transports[transport].failure(tag, Some(&e));
+                self.judge(epoll, id, verdict, Some(&e), switch);
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Remembers to pump descriptor `id` again if it still holds frames
+    /// and may be read.
+    fn note_backlog(&mut self, id: DescId) {
+        let Some(desc) = self.registry.descs.get(id) else { return };
+        if !desc.all_held() && self.transports[desc.transport].buffered(desc.tag) && !self.backlog.contains(&id) {
+            self.backlog.push(id);
         }
     }
 
@@ -289,14 +383,34 @@ impl DataPlane {
         }
     }
 
+    /// Whether descriptor `id` should not be read: some endpoint it feeds
+    /// is held, and every one of them that sent in this or the previous
+    /// wake-up is.
+    fn paused(&self, id: DescId) -> bool {
+        let Some(desc) = self.registry.descs.get(id) else { return false };
+        match desc.feeders.as_slice() {
+            _ if desc.held == 0 => false,
+            [_] => true,
+            feeders => {
+                feeders.iter().filter_map(|&k| self.link(k)).all(|l| l.held_by > 0 || l.last_heard + 1 < self.wakeup)
+            }
+        }
+    }
+
     /// Brings descriptor `id`'s watch in line with what it is wanted for.
     fn sync_desc(&mut self, epoll: &Epoll, id: DescId) {
+        let paused = self.paused(id);
         let Some(desc) = self.registry.descs.get_mut(id) else { return };
+        desc.paused = paused;
         let wanted = desc.wanted();
         if wanted != desc.registered {
+            let released = wanted.contains(EpollFlags::EPOLLIN) && !desc.registered.contains(EpollFlags::EPOLLIN);
             desc.registered = wanted;
             let fd = self.transports[desc.transport].fd(desc.tag);
             let _ = epoll.modify(fd, &mut interest(Token::Data(id as u32, desc.generation), wanted));
+            if released {
+                self.note_backlog(id);
+            }
         }
     }
 
@@ -354,7 +468,7 @@ impl DataPlane {
         let (transport, tag) = (desc.transport, desc.tag);
         if flags.contains(EpollFlags::EPOLLERR) {
             let verdict = self.transports[transport].failure(tag, None);
-            if self.judge(epoll, verdict, None, switch) {
+            if self.judge(epoll, id, verdict, None, switch) {
                 return;
             }
         }
@@ -369,16 +483,34 @@ impl DataPlane {
             && self.registry.descs.get(id).is_some_and(|d| d.generation == generation)
         {
             let verdict = self.transports[transport].failure(tag, Some(&e));
-            self.judge(epoll, verdict, Some(&e), switch);
+            self.judge(epoll, id, verdict, Some(&e), switch);
         }
         self.check_invariants();
     }
 
     /// Acts on a transport's verdict about a failure; true if it closed an
     /// endpoint.
-    fn judge(&mut self, epoll: &Epoll, verdict: Verdict, error: Option<&io::Error>, switch: &mut Switch) -> bool {
+    fn judge(
+        &mut self,
+        epoll: &Epoll,
+        id: DescId,
+        verdict: Verdict,
+        error: Option<&io::Error>,
+        switch: &mut Switch,
+    ) -> bool {
         match verdict {
             Verdict::Keep => false,
+            Verdict::Pause => {
+                if let Some(e) = error {
+                    log::log(&format!("accept: {}", log::error_text(e)));
+                }
+                if let Some(desc) = self.registry.descs.get_mut(id) {
+                    desc.reads = false;
+                    self.paused.push((id, desc.generation));
+                }
+                self.sync_desc(epoll, id);
+                false
+            }
             Verdict::Log => {
                 if let Some(e) = error {
                     log::log(&format!("recv from endpoint: {e}"));
@@ -386,7 +518,9 @@ impl DataPlane {
                 false
             }
             Verdict::Close { endpoint, what, reason } => {
-                if let Some(ep) = switch.detach(endpoint) {
+                if let Some(ep) = switch.detach(endpoint)
+                    && let Some(reason) = reason
+                {
                     log::log(&format!("Closing {what} {}: {reason}", ep.description));
                 }
                 self.remove(epoll, endpoint);
@@ -408,6 +542,12 @@ impl DataPlane {
     /// frames were waiting, the level-triggered wait reports it again at
     /// once, and as it is busy now the rest come in a batch.
     fn pump(&mut self, epoll: &Epoll, id: DescId, switch: &mut Switch, now: u64) -> io::Result<()> {
+        let result = self.pump_rounds(epoll, id, switch, now);
+        self.note_backlog(id);
+        result
+    }
+
+    fn pump_rounds(&mut self, epoll: &Epoll, id: DescId, switch: &mut Switch, now: u64) -> io::Result<()> {
         for _ in 0..ROUNDS_PER_WAKEUP {
             let wakeup = self.wakeup;
             let Some(desc) = self.registry.descs.get_mut(id) else { return Ok(()) };
@@ -416,12 +556,26 @@ impl DataPlane {
             }
             let max = if desc.last_busy + 1 >= wakeup { BATCH } else { 1 };
             let (transport, tag) = (desc.transport, desc.tag);
-            let n = self.transports[transport].recv(tag, &mut self.rx, max)?;
+            let received = self.transports[transport].recv(tag, &mut self.rx, max);
+            // Endpoints that appeared before a failure still get their ports.
+            self.admit_arrivals(epoll, transport, *received.as_ref().unwrap_or(&0), switch);
+            let n = received?;
             if n == 0 {
                 return Ok(());
             }
-            if let Some(desc) = self.registry.descs.get_mut(id) {
-                desc.last_busy = wakeup;
+            let shared = match self.registry.descs.get_mut(id) {
+                Some(desc) => {
+                    desc.last_busy = wakeup;
+                    desc.feeders.len() > 1
+                }
+                None => false,
+            };
+            if shared {
+                for i in 0..n {
+                    if let Some(Some(link)) = self.links.get_mut(self.rx.source(i) as usize) {
+                        link.last_heard = wakeup;
+                    }
+                }
             }
             if self.capture.is_on() {
                 for i in 0..n {
@@ -532,7 +686,7 @@ impl DataPlane {
                     None => (sent, offset),
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => (sent, offset),
                     Some(e) => {
-                        self.send_failed(dest, &e, (run.len() - sent) as u64, switch);
+                        self.send_failed(epoll, dest, &e, (run.len() - sent) as u64, switch);
                         continue;
                     }
                 }
@@ -581,7 +735,13 @@ impl DataPlane {
         self.sync_interest(epoll, dest);
     }
 
-    fn send_failed(&mut self, dest: EndpointKey, e: &io::Error, frames: u64, switch: &mut Switch) {
+    fn send_failed(&mut self, epoll: &Epoll, dest: EndpointKey, e: &io::Error, frames: u64, switch: &mut Switch) {
+        if let Some(link) = self.link(dest)
+            && self.transports[link.transport].gone(link.local, e)
+        {
+            switch.count_egress_drops(dest, DropReason::SendFailed, frames);
+            return self.close_endpoint(epoll, dest, switch);
+        }
         if let Some(link) = self.links.get_mut(dest.0 as usize).and_then(Option::as_mut)
             && !link.send_error_logged
         {
@@ -619,12 +779,13 @@ impl DataPlane {
                     let lost = link.queue.len() as u64;
                     link.queue.clear();
                     link.offset = 0;
-                    self.send_failed(key, &e, lost, switch);
+                    self.send_failed(epoll, key, &e, lost, switch);
                     break;
                 }
             }
         }
-        let link = self.link_mut(key).expect("still attached");
+        // A destination whose address is gone was closed above.
+        let Some(link) = self.link_mut(key) else { return };
         link.stalled_since = None;
         let waiters = std::mem::take(&mut link.waiters);
         self.stalled.retain(|&k| k != key);
@@ -647,7 +808,7 @@ impl DataPlane {
                     None => link.offset = offset,
                     Some(e) if e.kind() == io::ErrorKind::WouldBlock => link.offset = offset,
                     Some(e) => {
-                        self.send_failed(endpoint, &e, 1, switch);
+                        self.send_failed(epoll, endpoint, &e, 1, switch);
                         continue;
                     }
                 }
@@ -691,8 +852,22 @@ impl DataPlane {
     }
 
     /// Once a second: congested destinations that have drained may hold
-    /// their sources back again.
+    /// their sources back again, and shared descriptors whose only busy
+    /// senders were held learn who fell silent.
     pub fn tick(&mut self, epoll: &Epoll) {
+        for (id, generation) in std::mem::take(&mut self.paused) {
+            if let Some(desc) = self.registry.descs.get_mut(id)
+                && desc.generation == generation
+            {
+                desc.reads = true;
+                self.sync_desc(epoll, id);
+            }
+        }
+        let shared: Vec<DescId> =
+            self.registry.descs.iter().filter(|(_, d)| d.held > 0 && d.feeders.len() > 1).map(|(i, _)| i).collect();
+        for id in shared {
+            self.sync_desc(epoll, id);
+        }
         let congested = std::mem::take(&mut self.congested);
         for key in congested {
             let Some(link) = self.link_mut(key) else { continue };
@@ -766,7 +941,14 @@ impl DataPlane {
         }
         for (id, desc) in &self.registry.descs {
             let (n, held) = feeds.get(&id).copied().unwrap_or((0, 0));
-            assert_eq!((desc.feeds, desc.held), (n, held), "descriptor {id}: feeds and held");
+            assert_eq!((desc.feeders.len() as u32, desc.held), (n, held), "descriptor {id}: feeders and held");
+            // Whom a shared descriptor counts as active changes with time
+            // alone; what is fixed is that nobody held means read, and a
+            // descriptor of one endpoint is paused exactly while it is held.
+            assert!(desc.held > 0 || !desc.paused, "descriptor {id}: paused with nobody held");
+            if desc.feeders.len() == 1 {
+                assert_eq!(desc.paused, desc.held > 0, "descriptor {id}: paused");
+            }
             assert!(unique(&desc.waiting), "descriptor {id}: waiting list");
             assert_eq!(desc.wanted(), desc.registered, "descriptor {id}: watched for the wrong events");
         }

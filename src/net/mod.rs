@@ -70,6 +70,9 @@ pub struct Config {
     pub mgmt: Option<PathBuf>,
     /// Tap interfaces to attach at start-up (`-t`), in order.
     pub taps: Vec<String>,
+    /// Sockets for QEMU's `-netdev stream` and `-netdev dgram` (absolute).
+    pub streams: Vec<PathBuf>,
+    pub dgrams: Vec<PathBuf>,
 }
 
 /// Why the switch stopped.
@@ -569,11 +572,34 @@ impl Server {
             self.pidfile = Some(path.clone());
         }
         self.attach_taps(&config.taps);
+        self.open_qemu_sockets(config)?;
         if let Some(path) = &config.rcfile {
             self.run_rc_file(path);
         }
         if config.stdin_console {
             self.start_stdin();
+        }
+        Ok(())
+    }
+
+    /// Listens on the `--stream` and binds the `--dgram` sockets, with the
+    /// control socket's mode and group.
+    fn open_qemu_sockets(&mut self, config: &Config) -> Result<(), Fatal> {
+        let (mode, group) = (config.access.ctl_mode, config.access.group);
+        let epoll = &self.epoll;
+        for path in &config.streams {
+            self.data
+                .add_transport(|id, registry| {
+                    Ok(Box::new(transport::stream::Stream::open(id, path, mode, group, registry, epoll)?))
+                })
+                .map_err(|e| Fatal::new(1, format!("--stream {}: {}", path.display(), log::error_text(&e))))?;
+        }
+        for path in &config.dgrams {
+            self.data
+                .add_transport(|id, registry| {
+                    Ok(Box::new(transport::dgram::Dgram::open(id, path, mode, group, registry, epoll)?))
+                })
+                .map_err(|e| Fatal::new(1, format!("--dgram {}: {}", path.display(), log::error_text(&e))))?;
         }
         Ok(())
     }
@@ -585,6 +611,8 @@ impl Server {
             // timeout only while a stalled destination has a deadline, so
             // the common wait arms no kernel timer.
             let timeout = match self.data.next_deadline() {
+                // Frames already read wait for no readiness.
+                _ if self.data.has_backlog() => EpollTimeout::ZERO,
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
                     EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::NONE)
@@ -609,6 +637,9 @@ impl Server {
                 if self.exit.is_some() {
                     break;
                 }
+            }
+            if self.data.has_backlog() {
+                self.data.run_backlog(&self.epoll, &mut self.switch, self.now);
             }
             // BPDUs the ticks, frames and commands above made the switch send.
             self.data.send_originated(&self.epoll, &mut self.switch);
@@ -650,6 +681,7 @@ impl Server {
             self.switch.tick(self.now);
             self.data.tick(&self.epoll);
             self.data.capture().tick();
+            self.data.expire_endpoints(&self.epoll, &mut self.switch, self.now);
             self.expire_handshakes();
             self.moves.next_second("MAC moves");
             self.refusals.next_second("refused connections");

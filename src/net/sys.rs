@@ -26,7 +26,13 @@ struct Slots<const N: usize> {
     iovs: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
     names: [libc::sockaddr_storage; BATCH],
+    /// Ancillary data (the sender's credentials), 8-byte aligned as
+    /// `cmsghdr` needs.
+    controls: [[u64; CONTROL_WORDS]; BATCH],
 }
+
+/// Room for one `SCM_CREDENTIALS` message and then some.
+const CONTROL_WORDS: usize = 8;
 
 /// Buffers for a batch of up to [`BATCH`] received frames of at most `N`
 /// bytes, with the `recvmmsg` headers that point at them built once: a
@@ -47,6 +53,7 @@ pub struct RecvBatch<const N: usize> {
     starts: [usize; BATCH],
     sources: [u32; BATCH],
     name_lens: [usize; BATCH],
+    control_lens: [usize; BATCH],
 }
 
 impl<const N: usize> Default for RecvBatch<N> {
@@ -70,7 +77,14 @@ impl<const N: usize> Default for RecvBatch<N> {
                 (*hdr).msg_hdr.msg_iovlen = 1;
             }
         }
-        RecvBatch { base, lens: [0; BATCH], starts: [0; BATCH], sources: [0; BATCH], name_lens: [0; BATCH] }
+        RecvBatch {
+            base,
+            lens: [0; BATCH],
+            starts: [0; BATCH],
+            sources: [0; BATCH],
+            name_lens: [0; BATCH],
+            control_lens: [0; BATCH],
+        }
     }
 }
 
@@ -113,6 +127,15 @@ impl<const N: usize> RecvBatch<N> {
     /// Tags frames `range` with the endpoint they came from.
     pub fn set_sources(&mut self, range: std::ops::Range<usize>, source: u32) {
         self.sources[range].fill(source);
+    }
+
+    /// Gives the frames in `range` tagged `from` the tag `to`.
+    pub fn retag(&mut self, range: std::ops::Range<usize>, from: u32, to: u32) {
+        for source in &mut self.sources[range] {
+            if *source == from {
+                *source = to;
+            }
+        }
     }
 
     /// Buffer `i`, to receive a frame into by other means than `recv`.
@@ -161,8 +184,33 @@ impl<const N: usize> RecvBatch<N> {
         self.recv_many(fd, max)
     }
 
+    /// The sender's credentials of frame `i` after [`RecvBatch::recv_from`]
+    /// on a socket with `SO_PASSCRED`: pid, uid and gid.
+    pub fn credentials(&self, i: usize) -> Option<(i32, u32, u32)> {
+        assert!(i < BATCH);
+        // SAFETY: a header built over this frame's control buffer, inside
+        // the allocation and 8-byte aligned, with the length the kernel
+        // reported; the CMSG macros only walk within msg_controllen, and
+        // the credentials are read unaligned.
+        unsafe {
+            let control = (&raw mut (*self.base.as_ptr()).controls).cast::<[u64; CONTROL_WORDS]>().add(i);
+            let mut hdr: libc::msghdr = std::mem::zeroed();
+            hdr.msg_control = control.cast();
+            hdr.msg_controllen = self.control_lens[i];
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
+                    let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::ucred>());
+                    return Some((cred.pid, cred.uid, cred.gid));
+                }
+                cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+            }
+            None
+        }
+    }
+
     /// Like [`RecvBatch::recv`], also recording each sender's address
-    /// (see [`RecvBatch::name`]).
+    /// (see [`RecvBatch::name`]) and any credentials it sent.
     pub fn recv_from(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
         let max = max.min(BATCH);
         let size = std::mem::size_of::<libc::sockaddr_storage>();
@@ -173,6 +221,9 @@ impl<const N: usize> RecvBatch<N> {
                 let name = (&raw mut (*self.base.as_ptr()).names).cast::<libc::sockaddr_storage>().add(i);
                 (*hdr).msg_hdr.msg_name = name.cast();
                 (*hdr).msg_hdr.msg_namelen = size as libc::socklen_t;
+                let control = (&raw mut (*self.base.as_ptr()).controls).cast::<[u64; CONTROL_WORDS]>().add(i);
+                (*hdr).msg_hdr.msg_control = control.cast();
+                (*hdr).msg_hdr.msg_controllen = std::mem::size_of::<[u64; CONTROL_WORDS]>();
             }
         }
         let result = self.recv_many(fd, max);
@@ -182,8 +233,11 @@ impl<const N: usize> RecvBatch<N> {
             // that plain receives, the hot path, have the kernel write none.
             unsafe {
                 self.name_lens[i] = ((*hdr).msg_hdr.msg_namelen as usize).min(size);
+                self.control_lens[i] = (*hdr).msg_hdr.msg_controllen.min(std::mem::size_of::<[u64; CONTROL_WORDS]>());
                 (*hdr).msg_hdr.msg_name = std::ptr::null_mut();
                 (*hdr).msg_hdr.msg_namelen = 0;
+                (*hdr).msg_hdr.msg_control = std::ptr::null_mut();
+                (*hdr).msg_hdr.msg_controllen = 0;
             }
         }
         result
@@ -365,6 +419,27 @@ pub fn connect_raw(fd: BorrowedFd, addr: &ClientAddr) -> io::Result<()> {
             (&raw as *const libc::sockaddr_un).cast(),
             std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
         )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Connects a socket to a Unix address given as the raw `sockaddr` bytes
+/// and length a receive reported (see [`RecvBatch::name`]), so abstract
+/// names match exactly.
+pub fn connect_name(fd: BorrowedFd, name: &[u8]) -> io::Result<()> {
+    // SAFETY: sockaddr_un is plain old data.
+    let mut raw: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::sockaddr_un>();
+    if name.len() <= 2 || name.len() > size {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    raw.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in raw.sun_path.iter_mut().zip(&name[2..]) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `raw` is a valid sockaddr_un; the length passed is at most its size.
+    let rc = unsafe {
+        libc::connect(fd.as_raw_fd(), (&raw as *const libc::sockaddr_un).cast(), name.len() as libc::socklen_t)
     };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod frames;
 pub mod mgmt;
 pub mod process;
+pub mod qemu;
 pub mod station;
 pub mod uml;
 

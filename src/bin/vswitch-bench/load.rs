@@ -203,3 +203,115 @@ pub fn round_trips(dirs: &[PathBuf], samples: usize) -> Result<Vec<Vec<Duration>
     }
     Ok(rtts)
 }
+
+/// One `-netdev stream` peer sending 64-byte frames to another, records
+/// written 64 at a time and read back in large reads.
+pub fn stream_pair(path: &Path, duration: Duration) -> Result<Traffic> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let record = |f: Vec<u8>| {
+        let mut r = (f.len() as u32).to_be_bytes().to_vec();
+        r.extend(f);
+        r
+    };
+    let sender = UnixStream::connect(path)?;
+    let receiver = UnixStream::connect(path)?;
+    (&receiver).write_all(&record(frame(mac(0, 1), mac(0, 2), 64)))?;
+    (&sender).write_all(&record(frame(mac(0, 2), mac(0, 1), 64)))?;
+    thread::sleep(Duration::from_millis(50));
+    sender.set_nonblocking(true)?;
+    receiver.set_nonblocking(true)?;
+    let mut buf = vec![0u8; 1 << 16];
+    while (&sender).read(&mut buf).is_ok_and(|n| n > 0) {}
+    while (&receiver).read(&mut buf).is_ok_and(|n| n > 0) {}
+    let one = record(frame(mac(0, 2), mac(0, 1), 64));
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * BATCH).collect();
+    // Bytes of the batch not yet written, and received bytes counted in
+    // whole records.
+    let (mut pending, mut sent, mut received_bytes) = (0usize, 0u64, 0u64);
+    let started = Instant::now();
+    let mut seconds = None;
+    let mut quiet_since = None;
+    loop {
+        let mut progressed = false;
+        if seconds.is_none() {
+            let from = (batch.len() - pending) % batch.len();
+            if let Ok(n) = (&sender).write(&batch[from..]) {
+                pending = (batch.len() - from - n) % batch.len();
+                sent += ((from + n) / one.len() - from / one.len()) as u64;
+                progressed = n > 0;
+            }
+            if started.elapsed() >= duration {
+                seconds = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        if let Ok(n) = (&receiver).read(&mut buf) {
+            received_bytes += n as u64;
+            progressed |= n > 0;
+        }
+        if progressed {
+            quiet_since = None;
+            continue;
+        }
+        if seconds.is_some()
+            && *quiet_since.get_or_insert_with(Instant::now) + Duration::from_millis(100) < Instant::now()
+        {
+            let received = received_bytes / one.len() as u64;
+            return Ok(Traffic { received, expected: sent, seconds: seconds.unwrap_or_default() });
+        }
+        let mut fds =
+            [PollFd::new(sender.as_fd(), PollFlags::POLLOUT), PollFd::new(receiver.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(10u16));
+    }
+}
+
+/// One `-netdev dgram` peer sending 64-byte frames to another with
+/// `sendmmsg`, read back with `recvmmsg`. The sender connects its socket
+/// once the switch knows it, to send in batches; the receiver, like QEMU,
+/// does not (the switch answers from another address).
+pub fn dgram_pair(path: &Path, duration: Duration) -> Result<Traffic> {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir()?;
+    let sender = UnixDatagram::bind(dir.path().join("tx"))?;
+    let receiver = UnixDatagram::bind(dir.path().join("rx"))?;
+    receiver.send_to(&frame(mac(0, 1), mac(0, 2), 64), path)?;
+    sender.send_to(&frame(mac(0, 2), mac(0, 1), 64), path)?;
+    thread::sleep(Duration::from_millis(50));
+    sender.connect(path)?;
+    sender.set_nonblocking(true)?;
+    receiver.set_nonblocking(true)?;
+    let mut rx = RecvBatch::<2048>::default();
+    while rx.recv(receiver.as_fd(), BATCH).unwrap_or(0) > 0 {}
+    let one = frame(mac(0, 2), mac(0, 1), 64);
+    let batch: Vec<&[u8]> = vec![&one[..]; BATCH];
+    let (mut sent, mut received) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut seconds = None;
+    let mut quiet_since = None;
+    loop {
+        let mut progressed = false;
+        if seconds.is_none() {
+            let (n, _) = send_batch(sender.as_fd(), batch.iter().copied());
+            sent += n as u64;
+            progressed = n > 0;
+            if started.elapsed() >= duration {
+                seconds = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        let got = rx.recv(receiver.as_fd(), BATCH).unwrap_or(0) as u64;
+        received += got;
+        progressed |= got > 0;
+        if progressed {
+            quiet_since = None;
+            continue;
+        }
+        if seconds.is_some()
+            && *quiet_since.get_or_insert_with(Instant::now) + Duration::from_millis(100) < Instant::now()
+        {
+            return Ok(Traffic { received, expected: sent, seconds: seconds.unwrap_or_default() });
+        }
+        let mut fds =
+            [PollFd::new(sender.as_fd(), PollFlags::POLLOUT), PollFd::new(receiver.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(10u16));
+    }
+}

@@ -15,7 +15,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use report::{Measurement, Record};
-use target::{Fanout, Kind, Switch};
+use target::{Extras, Fanout, Kind, Switch};
 
 #[derive(Parser)]
 #[command(about = "Benchmark vswitch against vde_switch and a floor forwarder")]
@@ -59,6 +59,9 @@ pub enum Workload {
     Stalled(bool),
     Latency,
     Rss1000,
+    /// A pair of `--stream` and of `--dgram` peers (QEMU's back-ends).
+    StreamPair,
+    DgramPair,
 }
 
 impl Workload {
@@ -74,6 +77,8 @@ impl Workload {
             Workload::Stalled(true) => "pair with broadcasts, beside a client that never reads".into(),
             Workload::Latency => "round trip at low rate".into(),
             Workload::Rss1000 => "RSS with 1000 endpoints".into(),
+            Workload::StreamPair => "stream pair, 64 B (--stream)".into(),
+            Workload::DgramPair => "dgram pair, 64 B (--dgram)".into(),
         }
     }
 
@@ -82,6 +87,7 @@ impl Workload {
             Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 | Workload::Captured => {
                 &[Kind::Vswitch, Kind::VdeSwitch]
             }
+            Workload::StreamPair | Workload::DgramPair => &[Kind::Vswitch],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
     }
@@ -108,9 +114,12 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Rss1000 => 1000,
         _ => 0,
     };
-    // vde_switch has no capture: it runs as in the plain pair, the baseline.
-    let capture = workload == Workload::Captured && kind == Kind::Vswitch;
-    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU), capture)?;
+    let extras = Extras {
+        // vde_switch has no capture: it runs as in the plain pair, the baseline.
+        capture: workload == Workload::Captured && kind == Kind::Vswitch,
+        qemu: matches!(workload, Workload::StreamPair | Workload::DgramPair),
+    };
+    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU), extras)?;
     let dir = sw.ctl_dir();
     let _idle_clients = load::attach(&dir, idle, "idle")?;
     let base_cpu = sw.cpu_time();
@@ -126,6 +135,8 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         }
         Workload::Latency => bail!("round trips are measured on all targets at once"),
         Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
+        Workload::StreamPair => traffic(&sw, base_cpu, load::stream_pair(&sw.stream_path(), duration)?),
+        Workload::DgramPair => traffic(&sw, base_cpu, load::dgram_pair(&sw.dgram_path(), duration)?),
     };
     Ok(measured)
 }
@@ -145,7 +156,7 @@ fn latency(samples: usize) -> Result<Vec<(Kind, Vec<Duration>, Duration)>> {
     let kinds = Workload::Latency.targets();
     let switches: Vec<Switch> = kinds
         .iter()
-        .map(|&k| Switch::start(k, 32, Fanout::Pair, Some(ROUND_TRIP_CPU), false))
+        .map(|&k| Switch::start(k, 32, Fanout::Pair, Some(ROUND_TRIP_CPU), Extras::default()))
         .collect::<Result<_>>()?;
     let dirs: Vec<PathBuf> = switches.iter().map(Switch::ctl_dir).collect();
     let base_cpu: Vec<Duration> = switches.iter().map(Switch::cpu_time).collect();
@@ -192,6 +203,7 @@ fn main() -> Result<()> {
         vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Captured, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
+    workloads.extend([Workload::StreamPair, Workload::DgramPair]);
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
     }

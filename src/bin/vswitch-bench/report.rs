@@ -124,6 +124,16 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
                         ratio(fps.median, floor)
                     );
                 }
+                if matches!(w, Workload::StreamPair | Workload::DgramPair) {
+                    let vde = |f: fn(&Measurement) -> f64| field(records, Workload::Pair64, Kind::Vswitch, f).median;
+                    let _ = writeln!(
+                        out,
+                        "  vs vswitch's VDE pair: frames/s {}, CPU per frame {}",
+                        ratio(get(Kind::Vswitch, |m| m.frames_per_s).median, vde(|m| m.frames_per_s)),
+                        ratio(get(Kind::Vswitch, |m| m.cpu_ns_per_frame).median, vde(|m| m.cpu_ns_per_frame))
+                    );
+                    continue;
+                }
                 if w == Workload::Stalled(true) {
                     for &k in w.targets() {
                         let beside = get(k, |m| m.frames_per_s).median;

@@ -100,11 +100,20 @@ pub fn find_binaries() -> Result<()> {
     }
 }
 
+/// What a vswitch target runs besides switching.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extras {
+    pub capture: bool,
+    pub qemu: bool,
+}
+
 impl Switch {
-    /// Starts a fresh `kind`, bound to `cpu` if given; a capturing vswitch
-    /// writes every port's frames to a file in its directory from the
-    /// start (an rc file's `capture/start 0`).
-    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>, capture: bool) -> Result<Switch> {
+    /// Starts a fresh `kind`, bound to `cpu` if given, with vswitch's
+    /// `extras`: a capturing vswitch writes every port's frames to a file in
+    /// its directory from the start (an rc file's `capture/start 0`); with
+    /// `qemu` it also serves `--stream` and `--dgram` sockets (see
+    /// [`Switch::stream_path`]).
+    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>, extras: Extras) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
@@ -126,10 +135,14 @@ impl Switch {
             Kind::Vswitch | Kind::VdeSwitch => {
                 let program = if kind == Kind::Vswitch { sibling("vswitch")? } else { PathBuf::from("vde_switch") };
                 let mut command = Command::new(&program);
-                if capture {
+                if extras.capture {
                     let rc = dir.path().join("capture.rc");
                     fs::write(&rc, format!("capture/start 0 {}\n", dir.path().join("all.pcapng").display()))?;
                     command.arg("-f").arg(rc);
+                }
+                if extras.qemu {
+                    command.arg("--stream").arg(dir.path().join("q.stream"));
+                    command.arg("--dgram").arg(dir.path().join("q.dgram"));
                 }
                 let status = command
                     .arg("-s")
@@ -168,6 +181,14 @@ impl Switch {
 
     pub fn ctl_dir(&self) -> PathBuf {
         self.dir.path().join("sw")
+    }
+
+    pub fn stream_path(&self) -> PathBuf {
+        self.dir.path().join("q.stream")
+    }
+
+    pub fn dgram_path(&self) -> PathBuf {
+        self.dir.path().join("q.dgram")
     }
 
     /// User plus system CPU time used so far, to the nanosecond: the tick

@@ -11,6 +11,8 @@
 //! carried it. So one socket may feed many endpoints (a shared datagram
 //! socket) and one endpoint may have several descriptors.
 
+pub mod dgram;
+pub mod stream;
 pub mod tap;
 pub mod vde;
 
@@ -22,7 +24,7 @@ use slab::Slab;
 
 use super::sys::RecvBatch;
 use super::{Token, interest};
-use crate::engine::EndpointKey;
+use crate::engine::{Credentials, EndpointKey};
 
 /// Receive buffer size: larger than any frame the switch carries, so an
 /// oversized datagram shows as too long instead of being cut to size.
@@ -60,10 +62,34 @@ pub enum Verdict {
     Keep,
     /// Log the error (once per failure) and keep going.
     Log,
+    /// Log the error and stop reading the descriptor until the next tick:
+    /// a listener out of descriptors stays readable, and a level-triggered
+    /// wait would spin on it.
+    Pause,
     /// The endpoint can no longer move frames: detach and close it, logging
-    /// `Closing {what} {description}: {reason}`.
-    Close { endpoint: EndpointKey, what: &'static str, reason: String },
+    /// `Closing {what} {description}: {reason}` if there is a reason worth
+    /// a line (an ordinary hang-up is not).
+    Close { endpoint: EndpointKey, what: &'static str, reason: Option<String> },
 }
+
+/// An endpoint that appeared on its own (an accepted connection, the
+/// first datagram from a new address) and needs a port.
+pub struct Arrival {
+    pub local: u32,
+    /// The number `port/print` shows as its endpoint ID.
+    pub id: u32,
+    pub module: &'static str,
+    pub description: String,
+    /// The identity that owns the port while attached, if known.
+    pub user: Option<u32>,
+    pub credentials: Credentials,
+    pub input: DescId,
+    pub output: DescId,
+}
+
+/// Tags frames from an endpoint that has no key yet: until the data plane
+/// admits it, its frames carry this mark and the transport's number for it.
+pub const PENDING: u32 = 0x8000_0000;
 
 /// One kind of endpoint. `tag` names one of the transport's registered
 /// descriptors, `endpoint` one of its endpoints (both its own numbering).
@@ -96,6 +122,37 @@ pub trait Transport: std::any::Any {
     /// Closes `endpoint`, unregistering descriptors only it used and
     /// removing any file it had.
     fn close(&mut self, endpoint: u32, registry: &mut Registry, epoll: &Epoll);
+
+    /// Endpoints that appeared since the last call, their descriptors
+    /// registered; frames of theirs already received are tagged
+    /// `PENDING | local`.
+    fn arrivals(&mut self, _registry: &mut Registry, _epoll: &Epoll) -> Vec<Arrival> {
+        Vec::new()
+    }
+
+    /// Arrival `local` got endpoint `key`, or no port (`None`: close it).
+    fn admit(&mut self, _local: u32, _key: Option<EndpointKey>, _registry: &mut Registry, _epoll: &Epoll) {}
+
+    /// Whether descriptor `tag` holds frames already read from the kernel
+    /// (a stream's reassembly buffer): its readiness will not say so.
+    fn buffered(&self, _tag: u32) -> bool {
+        false
+    }
+
+    /// Whether a send to `endpoint` that failed with `error` means the
+    /// endpoint is gone for good (its address no longer accepts frames).
+    fn gone(&self, _endpoint: u32, _error: &io::Error) -> bool {
+        false
+    }
+
+    /// Once a second, with seconds since start: endpoints to close (silent
+    /// for too long).
+    fn expired(&mut self, _now: u64) -> Vec<EndpointKey> {
+        Vec::new()
+    }
+
+    /// At exit, after every endpoint is closed: remove listening sockets.
+    fn shutdown(&mut self) {}
 }
 
 /// A registered descriptor: which transport reads it, under which tag,
@@ -103,14 +160,19 @@ pub trait Transport: std::any::Any {
 pub struct Desc {
     pub transport: TransportId,
     pub tag: u32,
+    /// Read for frames (or connections); an output-only descriptor is
+    /// watched for writability alone.
+    pub reads: bool,
     /// Distinguishes this registration from earlier ones in the same slot,
     /// so an event queued for a closed descriptor is not taken for a new
     /// one within the same wake-up.
     pub generation: u32,
     /// Endpoints whose frames arrive on this descriptor.
-    pub feeds: u32,
+    pub feeders: Vec<EndpointKey>,
     /// How many of those are held back by a full destination.
     pub held: u32,
+    /// Not read for now (see [`Desc::wanted`]); kept by the data plane.
+    pub paused: bool,
     /// Endpoints with frames queued that wait for this descriptor to be
     /// writable.
     pub waiting: Vec<EndpointKey>,
@@ -120,18 +182,22 @@ pub struct Desc {
 }
 
 impl Desc {
-    /// A descriptor is read unless every endpoint it feeds is held back.
-    /// On a shared socket, frames of a held endpoint keep coming while its
-    /// neighbours are read: not reading would stall them all for one full
-    /// destination, and a datagram socket has no per-sender pushback to
-    /// give. Those frames take the ordinary path, so at a destination
-    /// still full they queue up to its limit and the rest are counted as
-    /// `socket-full` on it, as for a congested destination. A descriptor
-    /// that feeds nobody yet (a listener, a socket before its first
-    /// sender) is always read.
+    /// A descriptor is read unless it is paused: every endpoint it feeds
+    /// that has sent lately is held back (the data plane decides). So a
+    /// socket of one endpoint is not read while that endpoint is held,
+    /// which makes the kernel push back on the sender. A shared socket is
+    /// still read while any of its active senders is not held: holding one
+    /// must not stall the others, and a datagram socket has no per-sender
+    /// pushback to give. Frames of a held endpoint read meanwhile take the
+    /// ordinary path: at a destination still full they queue up to its
+    /// limit and the rest are counted as `socket-full` on it, as for a
+    /// congested destination. Endpoints silent since the wake-up before do
+    /// not keep a shared socket read: when the only busy sender is held, it
+    /// is paced like a socket of its own. A descriptor that feeds nobody yet (a
+    /// listener, a socket before its first sender) is always read.
     pub fn wanted(&self) -> EpollFlags {
         let mut flags = EpollFlags::empty();
-        if self.feeds == 0 || self.held < self.feeds {
+        if self.reads && !self.paused {
             flags |= EpollFlags::EPOLLIN;
         }
         if !self.waiting.is_empty() {
@@ -141,7 +207,7 @@ impl Desc {
     }
 
     pub fn all_held(&self) -> bool {
-        self.feeds > 0 && self.held >= self.feeds
+        self.paused
     }
 }
 
@@ -164,20 +230,44 @@ impl Registry {
     /// Watches `fd` for input on behalf of `transport`, which will know it
     /// as `tag`.
     pub fn add(&mut self, epoll: &Epoll, fd: BorrowedFd, transport: TransportId, tag: u32) -> io::Result<DescId> {
+        self.register(epoll, fd, transport, tag, true)
+    }
+
+    /// Registers `fd` only to learn when it is writable again.
+    pub fn add_output(
+        &mut self,
+        epoll: &Epoll,
+        fd: BorrowedFd,
+        transport: TransportId,
+        tag: u32,
+    ) -> io::Result<DescId> {
+        self.register(epoll, fd, transport, tag, false)
+    }
+
+    fn register(
+        &mut self,
+        epoll: &Epoll,
+        fd: BorrowedFd,
+        transport: TransportId,
+        tag: u32,
+        reads: bool,
+    ) -> io::Result<DescId> {
         self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
         let generation = self.generation;
         let entry = self.descs.vacant_entry();
         let id = entry.key();
-        let flags = EpollFlags::EPOLLIN;
+        let flags = if reads { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
         epoll
             .add(fd, interest(Token::Data(id as u32, generation), flags))
             .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         entry.insert(Desc {
             transport,
             tag,
+            reads,
             generation,
-            feeds: 0,
+            feeders: Vec::new(),
             held: 0,
+            paused: false,
             waiting: Vec::new(),
             registered: flags,
             last_busy: 0,
@@ -191,4 +281,50 @@ impl Registry {
             let _ = epoll.delete(fd);
         }
     }
+}
+
+/// Creates a Unix socket of `kind` bound at `path` with exactly `mode`
+/// (set before the name exists, whatever the umask) and group `group`, as
+/// `ctl` is. A socket file left by a process that no longer serves it is
+/// replaced; a live one, or anything else at the path, is an error.
+pub fn bind_unix(
+    path: &std::path::Path,
+    kind: nix::sys::socket::SockType,
+    mode: u32,
+    group: Option<nix::unistd::Gid>,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, UnixAddr, bind, connect, socket};
+    use nix::sys::stat::{Mode, fchmod, umask};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let os = |e: nix::errno::Errno| io::Error::from_raw_os_error(e as i32);
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let addr = UnixAddr::new(path).map_err(os)?;
+    let try_bind = || -> io::Result<std::os::fd::OwnedFd> {
+        let fd = socket(AddressFamily::Unix, kind, flags, None).map_err(os)?;
+        fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(os)?;
+        let saved = umask(Mode::empty());
+        let bound = bind(fd.as_raw_fd(), &addr);
+        umask(saved);
+        bound.map_err(os)?;
+        Ok(fd)
+    };
+    let fd = match try_bind() {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            let probe = socket(AddressFamily::Unix, kind, SockFlag::SOCK_CLOEXEC, None).map_err(os)?;
+            if connect(probe.as_raw_fd(), &addr).is_ok() {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another process serves this socket"));
+            }
+            if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                return Err(e);
+            }
+            std::fs::remove_file(path)?;
+            try_bind()?
+        }
+        other => other?,
+    };
+    if let Some(g) = group {
+        std::os::unix::fs::chown(path, None, Some(g.as_raw()))?;
+    }
+    Ok(fd)
 }

@@ -75,10 +75,10 @@ impl Transport for Tap {
         // A tap reports an error only once its interface has been deleted
         // (`ip link del`), for ever: it cannot be consumed, and a tap that
         // cannot be read will not recover.
-        let reason = match failed {
+        let reason = Some(match failed {
             None => "the interface was removed".to_string(),
             Some(e) => log::error_text(e),
-        };
+        });
         Verdict::Close { endpoint: ep.key, what: "tap interface", reason }
     }
 
