@@ -32,6 +32,7 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("mgmtgroup", true),
     ("debugclients", true),
     ("tap", true),
+    ("vxlan", true),
 ];
 const SHORT_OPTIONS: &str = "hvnxFsmgdpfMDt";
 
@@ -63,6 +64,8 @@ Runs a VDE switch.
   -D, --debugclients #       number of debug clients allowed
 (opts from tuntap module)
   -t, --tap TAP              Enable routing through TAP tap interface
+(opts from vxlan module)
+      --vxlan SPEC           Join a VXLAN: id=VNI,remote=ADDR|group=MCAST,dev=IFACE[,local=ADDR,dstport=N,ttl=N]
 
 Report bugs to info@v2.cs.unibo.it
 ";
@@ -122,6 +125,8 @@ pub struct Options {
     pub debugclients: Option<String>,
     #[arg(short = 't', long)]
     pub tap: Vec<String>,
+    #[arg(long)]
+    pub vxlan: Vec<String>,
 }
 
 /// A number as C's `%i` reads it: `0x` hex, leading `0` octal, else

@@ -26,6 +26,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use slab::Slab;
 
 pub use ctl::{Access, modes};
+pub use transport::vxlan::Spec as VxlanSpec;
 
 use crate::engine::{EndpointKey, Switch};
 use crate::mgmt::{self, SwitchInfo};
@@ -65,6 +66,8 @@ pub struct Config {
     pub mgmt: Option<PathBuf>,
     /// Tap interfaces to attach at start-up (`-t`), in order.
     pub taps: Vec<String>,
+    /// VXLAN ports to attach at start-up (`--vxlan SPEC`), in order.
+    pub vxlans: Vec<VxlanSpec>,
 }
 
 /// Why the switch stopped.
@@ -347,6 +350,7 @@ impl Server {
             }
         }
         self.attach_taps(&config.taps);
+        self.attach_vxlans(&config.vxlans);
         if let Some(path) = &config.rcfile {
             self.run_rc_file(path);
         }

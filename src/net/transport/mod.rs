@@ -13,6 +13,8 @@
 
 pub mod tap;
 pub mod vde;
+pub mod vxlan;
+mod vxlan_spec;
 
 use std::io;
 use std::os::fd::BorrowedFd;
