@@ -97,6 +97,17 @@ pub enum Effect {
     CloseEndpoint(EndpointKey),
 }
 
+/// Ports the console opens and closes itself (VXLAN), implemented by the
+/// I/O layer: the commands stay in the one table, the sockets in `net`.
+pub trait Uplinks {
+    /// Opens a VXLAN port from its SPEC; returns the switch port it got.
+    fn add(&mut self, switch: &mut Switch, spec: &str) -> Result<u32, String>;
+    /// Closes the VXLAN port on switch port `port`.
+    fn remove(&mut self, switch: &mut Switch, port: u32) -> Result<(), String>;
+    /// Lists the VXLAN ports with the counters of each remote endpoint.
+    fn print(&mut self, switch: &Switch, out: &mut String);
+}
+
 /// Everything a command may look at or change, and what it leaves for the
 /// transport to do.
 pub struct Context<'a> {
@@ -111,11 +122,13 @@ pub struct Context<'a> {
     pub events: Vec<Event>,
     /// Lines for the switch's log.
     pub log: Vec<String>,
+    /// The VXLAN ports, when the console runs inside a switch.
+    pub uplinks: Option<&'a mut dyn Uplinks>,
 }
 
 impl<'a> Context<'a> {
     pub fn new(switch: &'a mut Switch, info: &'a SwitchInfo, now: u64, session: &'a mut Session) -> Self {
-        Context { switch, info, now, session, effects: Vec::new(), events: Vec::new(), log: Vec::new() }
+        Context { switch, info, now, session, effects: Vec::new(), events: Vec::new(), log: Vec::new(), uplinks: None }
     }
 }
 

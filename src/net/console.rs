@@ -16,6 +16,7 @@ use nix::unistd::Gid;
 use super::{Exit, Server, Token, interest, log};
 use crate::engine::Event;
 pub use crate::mgmt::MAX_LINE;
+use super::transport::vxlan::Ports;
 use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Session, SessionKind, format_event};
 
 /// A session is closed once this many bytes of debug events wait for it:
@@ -261,7 +262,9 @@ impl Server {
             }
         };
         let mut session = Session::new(SessionKind::RcFile);
+        let mut ports = Ports { data: &mut self.data, epoll: &self.epoll };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
+        ctx.uplinks = Some(&mut ports);
         let mut discarded = String::new();
         if let Err(e) = mgmt::run_script(&mut ctx, &name, &text, &mut discarded) {
             ctx.log.push(format!("{name}: {}", mgmt::strerror(e)));
@@ -442,7 +445,9 @@ impl Server {
         // The session was dropped while earlier events went out (it fell
         // too far behind): the command is not run, and nobody reads a reply.
         let Some(state) = state else { return Reply { text: String::new(), ends_session: true } };
+        let mut ports = Ports { data: &mut self.data, epoll: &self.epoll };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
+        ctx.uplinks = Some(&mut ports);
         let text = mgmt::execute(&mut ctx, line);
         let Context { effects, events, log: lines, .. } = ctx;
         for line in &lines {

@@ -7,6 +7,7 @@ mod global;
 mod hash;
 mod port;
 mod vlan;
+mod vxlan;
 
 use nix::errno::Errno;
 
@@ -132,7 +133,12 @@ pub static COMMANDS: &[Command] = &[
 
 /// vswitch's additions, looked up after the reference's commands and kept
 /// out of `help`, whose output clients compare byte for byte.
-pub static EXTENSIONS: &[Command] = &[data("port/drops", "[N]", "frames not delivered, by reason", port::drops)];
+pub static EXTENSIONS: &[Command] = &[
+    data("port/drops", "[N]", "frames not delivered, by reason", port::drops),
+    data("vxlan/add", "SPEC", "join a VXLAN: id=VNI,remote=ADDR|group=MCAST,dev=IFACE,...", vxlan::add),
+    cmd("vxlan/del", "N", "close the VXLAN port N", vxlan::del),
+    data("vxlan/print", "", "VXLAN ports and their remote endpoints", vxlan::print),
+];
 
 /// Maps engine configuration errors to the errno the reference reports.
 fn errno(e: crate::engine::ConfigError) -> Errno {

@@ -35,7 +35,9 @@ use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
 pub use super::vxlan_spec::Spec;
 use super::{Batch, DescId, Registry, Sent, Transport, TransportId, Verdict};
-use crate::engine::{Attach, Credentials, EndpointKey, PortRequest};
+use crate::engine::{Attach, Credentials, EndpointKey, PortRequest, Switch};
+use crate::mgmt::Uplinks;
+use crate::net::data::DataPlane;
 use crate::net::data::VXLAN;
 use crate::net::{Server, log};
 use crate::net::sys::{self, BATCH};
@@ -309,7 +311,10 @@ impl Vxlan {
             p.malformed,
             p.unknown
         );
-        for r in &p.remotes {
+        let now = Instant::now();
+        for (index, r) in p.remotes.iter().enumerate() {
+            let stations =
+                p.stations.values().filter(|(at, seen)| *at == index && now.duration_since(*seen) < AGEING).count();
             let kind = match r.kind {
                 Kind::Remote => "remote",
                 Kind::Group => "group",
@@ -318,18 +323,10 @@ impl Vxlan {
             let c = r.counters;
             let _ = writeln!(
                 out,
-                " -- {kind} {} in={}/{} out={}/{} drops={} too-large={}",
+                " -- {kind} {} stations={stations} in={}/{} out={}/{} drops={} too-large={}",
                 r.ip, c.in_frames, c.in_bytes, c.out_frames, c.out_bytes, c.drops, c.too_large
             );
         }
-    }
-
-    /// Which remote endpoint station `mac` was learned behind, on endpoint
-    /// `local`, if it is still trusted.
-    pub fn station(&self, local: u32, mac: Mac) -> Option<IpAddr> {
-        let p = self.ports.get(local as usize)?;
-        let &(r, seen) = p.stations.get(&mac)?;
-        (seen.elapsed() < AGEING).then(|| p.remotes[r].ip)
     }
 }
 
@@ -538,42 +535,77 @@ impl Vxlan {
     }
 }
 
+/// The VXLAN ports as the console sees them.
+pub struct Ports<'a> {
+    pub data: &'a mut DataPlane,
+    pub epoll: &'a Epoll,
+}
+
+impl Uplinks for Ports<'_> {
+    fn add(&mut self, switch: &mut Switch, spec: &str) -> Result<u32, String> {
+        let spec: Spec = spec.parse()?;
+        attach(switch, self.data, self.epoll, &spec)
+    }
+
+    fn remove(&mut self, switch: &mut Switch, port: u32) -> Result<(), String> {
+        let key = self
+            .data
+            .with_transport(VXLAN, |v: &mut Vxlan, _| {
+                v.ports.iter().map(|(_, p)| p.key).find(|&k| switch.endpoint(k).is_some_and(|e| e.port == port))
+            })
+            .flatten()
+            .ok_or_else(|| format!("vxlan: port {port} is not a VXLAN port"))?;
+        switch.detach(key);
+        self.data.remove(self.epoll, key);
+        Ok(())
+    }
+
+    fn print(&mut self, switch: &Switch, out: &mut String) {
+        self.data.with_transport(VXLAN, |v: &mut Vxlan, _| {
+            for (local, p) in &v.ports {
+                if let Some(e) = switch.endpoint(p.key) {
+                    v.print(local as u32, e.port, out);
+                }
+            }
+        });
+    }
+}
+
+/// Opens a VXLAN port and attaches it on the next free switch port.
+fn attach(switch: &mut Switch, data: &mut DataPlane, epoll: &Epoll, spec: &Spec) -> Result<u32, String> {
+    let opened = Vxlan::open(spec)?;
+    let (key, port) = switch
+        .attach(Attach {
+            request: PortRequest::Any,
+            // Like a tap's, the endpoint ID is the descriptor.
+            id: opened.socket.as_raw_fd() as u32,
+            module: MODULE,
+            description: spec.to_string(),
+            user: None,
+            credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
+        })
+        .map_err(|e| format!("vxlan: cannot attach {spec}: {e}"))?;
+    let added = data.with_transport(VXLAN, |v: &mut Vxlan, registry| v.add(registry, epoll, key, opened));
+    match added.unwrap_or_else(|| Err(io::Error::other("no vxlan transport"))) {
+        Ok((local, desc)) => {
+            data.attach(key, VXLAN, local, desc, desc);
+            Ok(port)
+        }
+        Err(e) => {
+            switch.detach(key);
+            Err(format!("vxlan: epoll add {spec}: {}", log::error_text(&e)))
+        }
+    }
+}
+
 impl Server {
     /// Attaches each `--vxlan` port on the next automatically allocated
     /// port, after the tap interfaces. One that cannot be opened or has no
     /// port is logged and skipped.
     pub(in crate::net) fn attach_vxlans(&mut self, specs: &[Spec]) {
         for spec in specs {
-            if let Err(reason) = self.attach_vxlan(spec) {
+            if let Err(reason) = attach(&mut self.switch, &mut self.data, &self.epoll, spec) {
                 log::log(&reason);
-            }
-        }
-    }
-
-    /// Opens and attaches a VXLAN port; returns its engine port.
-    pub(in crate::net) fn attach_vxlan(&mut self, spec: &Spec) -> Result<u32, String> {
-        let opened = Vxlan::open(spec)?;
-        let (key, port) = self
-            .switch
-            .attach(Attach {
-                request: PortRequest::Any,
-                id: opened.socket.as_raw_fd() as u32,
-                module: MODULE,
-                description: spec.to_string(),
-                user: None,
-                credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
-            })
-            .map_err(|e| format!("vxlan: cannot attach {spec}: {e}"))?;
-        let epoll = &self.epoll;
-        let added = self.data.with_transport(VXLAN, |v: &mut Vxlan, registry| v.add(registry, epoll, key, opened));
-        match added.unwrap_or_else(|| Err(io::Error::other("no vxlan transport"))) {
-            Ok((local, desc)) => {
-                self.data.attach(key, VXLAN, local, desc, desc);
-                Ok(port)
-            }
-            Err(e) => {
-                self.switch.detach(key);
-                Err(format!("vxlan: epoll add {spec}: {}", log::error_text(&e)))
             }
         }
     }
