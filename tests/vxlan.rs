@@ -372,3 +372,30 @@ fn a_station_moves_between_endpoints() {
     at3.expect_frame(&again);
     assert_eq!(sw_a.counter(" -- remote 169.254.0.2", "out="), before, "known unicast goes to one endpoint");
 }
+
+/// An IPv6 underlay (ULA addresses), and a frame too large for the
+/// underlay's MTU: dropped and counted as too-large on its endpoint, while
+/// the largest that fits crosses.
+#[test]
+fn ipv6_underlay_and_too_large_frames() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
+    lab.ip(&a, &["addr", "add", "fd00:7a::1/64", "dev", &va, "nodad"]);
+    lab.ip(&b, &["addr", "add", "fd00:7a::2/64", "dev", &vb, "nodad"]);
+    let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=11,remote=fd00:7a::2"]);
+    let sw_b = lab.vswitch(&b, None, &["--vxlan", "id=11,remote=fd00:7a::1"]);
+    let ca = Client::connect(&sw_a.ctl, None, "a");
+    let cb = Client::connect(&sw_b.ctl, None, "b");
+    common::station::exchange(&ca, station_mac(1), &cb, station_mac(2));
+    // 1500 bytes of veth MTU: 40 IPv6 + 8 UDP + 8 VXLAN leave 1444.
+    let fits = frame(station_mac(2), station_mac(1), common::TEST_ETHERTYPE, 1444 - 14);
+    ca.send(&fits);
+    cb.expect_frame(&fits);
+    let too_large = frame(station_mac(2), station_mac(1), common::TEST_ETHERTYPE, 1445 - 14);
+    ca.send(&too_large);
+    assert_silent(&[&cb]);
+    assert_eq!(sw_a.counter(" -- remote fd00:7a::2", "too-large="), 1);
+}
