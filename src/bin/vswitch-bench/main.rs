@@ -5,6 +5,7 @@
 mod load;
 mod report;
 mod target;
+mod vxlan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub enum Workload {
     Stalled(bool),
     Latency,
     Rss1000,
+    /// One pair across two switches in two namespaces over VXLAN.
+    Vxlan64,
 }
 
 impl Workload {
@@ -71,12 +74,14 @@ impl Workload {
             Workload::Stalled(true) => "pair with broadcasts, beside a client that never reads".into(),
             Workload::Latency => "round trip at low rate".into(),
             Workload::Rss1000 => "RSS with 1000 endpoints".into(),
+            Workload::Vxlan64 => "VXLAN between two switches, one pair, 64 B".into(),
         }
     }
 
     pub fn targets(self) -> &'static [Kind] {
         match self {
             Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
+            Workload::Vxlan64 => &[Kind::Vswitch, Kind::VdePlugVxlan],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
     }
@@ -97,6 +102,15 @@ fn traffic(sw: &Switch, base: Duration, t: load::Traffic) -> Measurement {
 }
 
 fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<Measurement> {
+    if workload == Workload::Vxlan64 {
+        let (t, cpu) = vxlan::run(kind, duration)?;
+        return Ok(Measurement {
+            frames_per_s: t.received as f64 / t.seconds,
+            loss_pct: 100.0 * t.expected.saturating_sub(t.received) as f64 / t.expected.max(1) as f64,
+            cpu_ns_per_frame: cpu.as_nanos() as f64 / t.received.max(1) as f64,
+            ..Measurement::default()
+        });
+    }
     let fanout = if workload == Workload::Broadcast8 { Fanout::All } else { Fanout::Pair };
     let idle = match workload {
         Workload::Idle(n) => n,
@@ -117,6 +131,7 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         }
         Workload::Latency => bail!("round trips are measured on all targets at once"),
         Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
+        Workload::Vxlan64 => bail!("the VXLAN workload runs its own switches"),
     };
     Ok(measured)
 }
@@ -179,6 +194,11 @@ fn main() -> Result<()> {
     let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
+    if nix::unistd::Uid::effective().is_root() {
+        workloads.push(Workload::Vxlan64);
+    } else {
+        eprintln!("VXLAN workload skipped: it needs root for network namespaces");
+    }
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
     }

@@ -16,6 +16,9 @@ pub enum Kind {
     Vswitch,
     VdeSwitch,
     Floor,
+    /// Two vswitches joined as users do without VXLAN ports: `dpipe
+    /// vde_plug DIR = vde_plug vxlan://…` on each side.
+    VdePlugVxlan,
 }
 
 impl Kind {
@@ -24,6 +27,7 @@ impl Kind {
             Kind::Vswitch => "vswitch",
             Kind::VdeSwitch => "vde_switch",
             Kind::Floor => "floor",
+            Kind::VdePlugVxlan => "vde_plug vxlan",
         }
     }
 }
@@ -63,6 +67,19 @@ fn sibling(name: &str) -> Result<PathBuf> {
 impl Switch {
     /// Starts a fresh `kind`, bound to `cpu` if given.
     pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>) -> Result<Switch> {
+        Switch::start_in(kind, numports, fanout, cpu, None, &[])
+    }
+
+    /// Like `start`, in network namespace `netns` if given, with `extra`
+    /// arguments for a vswitch or vde_switch.
+    pub fn start_in(
+        kind: Kind,
+        numports: u32,
+        fanout: Fanout,
+        cpu: Option<usize>,
+        netns: Option<&str>,
+        extra: &[String],
+    ) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
@@ -81,14 +98,23 @@ impl Switch {
                 fs::write(&pidfile, c.id().to_string())?;
                 child = Some(c);
             }
-            Kind::Vswitch | Kind::VdeSwitch => {
-                let program = if kind == Kind::Vswitch { sibling("vswitch")? } else { PathBuf::from("vde_switch") };
-                let status = Command::new(&program)
+            Kind::Vswitch | Kind::VdeSwitch | Kind::VdePlugVxlan => {
+                let program = if kind == Kind::VdeSwitch { PathBuf::from("vde_switch") } else { sibling("vswitch")? };
+                let mut command = match netns {
+                    Some(ns) => {
+                        let mut c = Command::new("ip");
+                        c.args(["netns", "exec", ns]).arg(&program);
+                        c
+                    }
+                    None => Command::new(&program),
+                };
+                let status = command
                     .arg("-s")
                     .arg(&sw)
                     .arg("-p")
                     .arg(&pidfile)
                     .args(["-n", &ports, "-d"])
+                    .args(extra)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -129,6 +155,10 @@ impl Switch {
         nix::time::clock_getcpuclockid(self.pid)
             .and_then(nix::time::clock_gettime)
             .map_or(Duration::ZERO, Duration::from)
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
     }
 
     /// Resident set size in KiB.
