@@ -330,6 +330,14 @@ fn interactive(target: Target) {
     tmux.keys(&["Enter"]);
     tmux.wait_for("the reply", |s| s.contains("port/print \n0000 DATA END WITH '.'\n.\n1000 Success\n"));
 
+    // vswitch's own commands are not in `help` but complete all the same.
+    if target == Target::Vswitch {
+        tmux.keys(&["vxlan/pr", "Tab"]);
+        tmux.wait_for("vxlan/print completed", |s| s.contains(&format!("{prompt}vxlan/print \n")));
+        tmux.keys(&["Enter"]);
+        tmux.wait_for("vxlan/print's reply", |s| s.contains("vxlan/print \n0000 DATA END WITH '.'\n.\n1000 Success\n"));
+    }
+
     tmux.keys(&["debug/add port", "Enter"]);
     tmux.wait_for("debug/add's reply", |s| s.contains("debug/add port\n1000 Success\n"));
 

@@ -75,7 +75,21 @@ impl Lab {
         };
         run(&["ip", "netns", "add", &lab.a]);
         run(&["ip", "netns", "add", &lab.b]);
-        run(&["ip", "link", "add", &lab.veth_a, "netns", &lab.a, "type", "veth", "peer", "name", &lab.veth_b, "netns", &lab.b]);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &lab.veth_a,
+            "netns",
+            &lab.a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.veth_b,
+            "netns",
+            &lab.b,
+        ]);
         for (ns, dev, ip) in [(&lab.a, &lab.veth_a, "169.254.0.1/24"), (&lab.b, &lab.veth_b, "169.254.0.2/24")] {
             lab.ip(ns, &["addr", "add", ip, "dev", dev]);
             lab.ip(ns, &["link", "set", dev, "up"]);

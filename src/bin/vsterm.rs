@@ -405,7 +405,13 @@ fn run_interactive(args: &Args) -> Result<ExitCode> {
     if help.closed {
         bail!("the switch closed the connection");
     }
-    let paths = command_paths(&help.text);
+    let mut paths = command_paths(&help.text);
+    // vswitch's own commands stay out of `help`; a switch that answers one
+    // of them (read-only) has them all.
+    let probe = connection.command(b"vxlan/print")?;
+    if status(&probe.text) == Status::Success {
+        paths.extend(vswitch::mgmt::EXTENSIONS.iter().map(|c| c.path.to_string()));
+    }
     if paths.is_empty() {
         eprintln!("vsterm: no command list in the switch's help reply; completion is off");
     }

@@ -13,10 +13,10 @@ use nix::errno::Errno;
 use nix::sys::epoll::EpollFlags;
 use nix::unistd::Gid;
 
+use super::transport::vxlan::Ports;
 use super::{Exit, Server, Token, interest, log};
 use crate::engine::Event;
 pub use crate::mgmt::MAX_LINE;
-use super::transport::vxlan::Ports;
 use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Session, SessionKind, format_event};
 
 /// A session is closed once this many bytes of debug events wait for it:

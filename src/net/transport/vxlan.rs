@@ -39,8 +39,8 @@ use crate::engine::{Attach, Credentials, EndpointKey, PortRequest, Switch};
 use crate::mgmt::Uplinks;
 use crate::net::data::DataPlane;
 use crate::net::data::VXLAN;
-use crate::net::{Server, log};
 use crate::net::sys::{self, BATCH};
+use crate::net::{Server, log};
 use crate::wire::{MIN_FRAME, Mac, VXLAN_HEADER_LEN, emit_vxlan};
 
 /// The module name `port/print` shows.
@@ -345,7 +345,12 @@ impl Port {
             IpAddr::V6(a) if a.is_unicast_link_local() || a.is_multicast() => scope,
             _ => 0,
         };
-        self.remotes.push(Remote { ip, to: to_storage(ip, self.spec.dstport, scope), kind, counters: Counters::default() });
+        self.remotes.push(Remote {
+            ip,
+            to: to_storage(ip, self.spec.dstport, scope),
+            kind,
+            counters: Counters::default(),
+        });
         self.by_ip.insert(ip, index);
         if kind != Kind::Learned {
             self.flood.push(index);
@@ -635,23 +640,20 @@ mod tests {
 
     #[test]
     fn sender_addresses() {
-        let v4 = SockaddrStorage::from(SocketAddr::from(([169, 254, 0, 7], 4789)));
-        use nix::sys::socket::SockaddrLike;
-        // SAFETY-free: read the bytes through the public accessor.
-        let bytes = unsafe_free_bytes(&v4);
-        assert_eq!(sender_ip(&bytes), Some("169.254.0.7".parse().unwrap()));
-        assert_eq!(v4.len() as usize, bytes.len());
+        let mut v4 = vec![0u8; 16];
+        v4[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&4789u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[169, 254, 0, 7]);
+        assert_eq!(sender_ip(&v4), Some("169.254.0.7".parse().unwrap()));
+        let mut v6 = vec![0u8; 28];
+        v6[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[8..24].copy_from_slice(&"fd00::9".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(sender_ip(&v6), Some("fd00::9".parse().unwrap()));
+        v6[8..24].copy_from_slice(&"::ffff:169.254.0.8".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(sender_ip(&v6), Some("169.254.0.8".parse().unwrap()), "mapped addresses read as IPv4");
+        assert_eq!(sender_ip(&v4[..6]), None, "cut short");
         assert_eq!(sender_ip(&[]), None);
         assert_eq!(sender_ip(&[1, 0]), None);
-    }
-
-    fn unsafe_free_bytes(s: &SockaddrStorage) -> Vec<u8> {
-        let a = s.as_sockaddr_in().expect("v4");
-        let mut b = vec![0u8; 16];
-        b[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-        b[2..4].copy_from_slice(&a.port().to_be_bytes());
-        b[4..8].copy_from_slice(&a.ip().octets());
-        b
     }
 
     #[test]

@@ -29,15 +29,8 @@ impl std::str::FromStr for Spec {
 
     fn from_str(text: &str) -> Result<Spec, String> {
         let mut vni = None;
-        let mut spec = Spec {
-            vni: 0,
-            local: None,
-            remotes: Vec::new(),
-            group: None,
-            dev: None,
-            dstport: VXLAN_PORT,
-            ttl: None,
-        };
+        let mut spec =
+            Spec { vni: 0, local: None, remotes: Vec::new(), group: None, dev: None, dstport: VXLAN_PORT, ttl: None };
         for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             let Some((key, value)) = word.split_once('=') else {
                 return Err(format!("vxlan: '{word}' is not KEY=VALUE"));
@@ -171,7 +164,7 @@ mod tests {
             ("id=1", "remote=ADDR or group=MCAST"),
             ("id=1,remote=239.1.1.1", "must be a unicast"),
             ("id=1,group=169.254.0.1", "not a multicast"),
-            ("id=1,remote=fd00::1,local=169.254.0.1", "all IPv4 or all IPv6"),
+            ("id=1,remote=fd00::1,local=169.254.0.1", "all be IPv4 or all IPv6"),
             ("id=1,remote=x", "not an IPv4 or IPv6"),
             ("id=1,id=2,remote=169.254.0.1", "given twice"),
             ("id=1,remote=169.254.0.1,dstport=0", "not a UDP port"),
