@@ -17,10 +17,12 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Mgmt, Station, assert_silent, frame, station_mac};
+use common::uml::{self, Eth0, GuestSpec};
+use common::{Client, Mgmt, Station, Target, assert_silent, frame, station_mac};
 use nix::unistd::Uid;
 use tempfile::TempDir;
 
@@ -51,8 +53,8 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
-/// Two namespaces joined by a veth pair: `a` at 169.254.0.1, `b` at
-/// 169.254.0.2, with multicast routed over the veth.
+/// Two namespaces joined by a veth pair: `a` at 169.254.1.1, `b` at
+/// 169.254.1.2, with multicast routed over the veth.
 struct Lab {
     a: String,
     b: String,
@@ -90,7 +92,7 @@ impl Lab {
             "netns",
             &lab.b,
         ]);
-        for (ns, dev, ip) in [(&lab.a, &lab.veth_a, "169.254.0.1/24"), (&lab.b, &lab.veth_b, "169.254.0.2/24")] {
+        for (ns, dev, ip) in [(&lab.a, &lab.veth_a, "169.254.1.1/24"), (&lab.b, &lab.veth_b, "169.254.1.2/24")] {
             lab.ip(ns, &["addr", "add", ip, "dev", dev]);
             lab.ip(ns, &["link", "set", dev, "up"]);
             lab.ip(ns, &["link", "set", "lo", "up"]);
@@ -214,14 +216,14 @@ fn vswitch_and_kernel_vxlan_unicast() {
     let mut lab = Lab::new();
     let (a, b, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_b.clone());
     let tap = format!("t{}", &lab.veth_a[2..]);
-    let sw = lab.vswitch(&a, Some((&tap, "169.254.100.1/24")), &["--vxlan", "id=42,remote=169.254.0.2"]);
-    lab.kernel_vxlan(&b, &vb, 42, &["remote", "169.254.0.1"], "169.254.100.2/24");
+    let sw = lab.vswitch(&a, Some((&tap, "169.254.100.1/24")), &["--vxlan", "id=42,remote=169.254.1.2"]);
+    lab.kernel_vxlan(&b, &vb, 42, &["remote", "169.254.1.1"], "169.254.100.2/24");
     assert!(lab.ping(&a, "169.254.100.2"), "vswitch's side reaches the kernel's vxlan");
     assert!(lab.ping(&b, "169.254.100.1"), "the kernel's vxlan reaches vswitch's side");
-    assert!(sw.cmd("port/print").contains("module vxlan       : id=42,remote=169.254.0.2\n"));
-    assert!(sw.counter(" -- remote 169.254.0.2", "in=") > 0);
-    assert!(sw.counter(" -- remote 169.254.0.2", "out=") > 0);
-    assert_eq!(sw.counter(" -- remote 169.254.0.2", "stations="), 1, "the kernel device's MAC");
+    assert!(sw.cmd("port/print").contains("module vxlan       : id=42,remote=169.254.1.2\n"));
+    assert!(sw.counter(" -- remote 169.254.1.2", "in=") > 0);
+    assert!(sw.counter(" -- remote 169.254.1.2", "out=") > 0);
+    assert_eq!(sw.counter(" -- remote 169.254.1.2", "stations="), 1, "the kernel device's MAC");
 }
 
 #[test]
@@ -247,15 +249,15 @@ fn a_wrong_vni_does_not_cross() {
     let mut lab = Lab::new();
     let (a, b, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_b.clone());
     let tap = format!("t{}", &lab.veth_a[2..]);
-    let sw = lab.vswitch(&a, Some((&tap, "169.254.100.1/24")), &["--vxlan", "id=42,remote=169.254.0.2"]);
-    lab.kernel_vxlan(&b, &vb, 43, &["remote", "169.254.0.1"], "169.254.100.2/24");
+    let sw = lab.vswitch(&a, Some((&tap, "169.254.100.1/24")), &["--vxlan", "id=42,remote=169.254.1.2"]);
+    lab.kernel_vxlan(&b, &vb, 43, &["remote", "169.254.1.1"], "169.254.100.2/24");
     let out = Command::new("ip")
         .args(["netns", "exec", &b, "ping", "-c", "2", "-W", "1", "169.254.100.1"])
         .output()
         .expect("ping");
     assert!(!out.status.success(), "frames of VNI 43 must not reach a VNI 42 port");
     assert!(sw.counter("Port 0002 vxlan", "wrong-vni=") >= 2, "each ARP request is counted");
-    assert_eq!(sw.counter(" -- remote 169.254.0.2", "in="), 0);
+    assert_eq!(sw.counter(" -- remote 169.254.1.2", "in="), 0);
 }
 
 #[test]
@@ -269,7 +271,7 @@ fn two_vswitches_unicast_and_multicast() {
         let (spec_a, spec_b) = if multicast {
             (format!("id=9,group={GROUP},dev={va}"), format!("id=9,group={GROUP},dev={vb}"))
         } else {
-            ("id=9,remote=169.254.0.2".to_string(), "id=9,remote=169.254.0.1".to_string())
+            ("id=9,remote=169.254.1.2".to_string(), "id=9,remote=169.254.1.1".to_string())
         };
         let (tap_a, tap_b) = (format!("t{}", &va[2..]), format!("t{}", &vb[2..]));
         lab.vswitch(&a, Some((&tap_a, "169.254.100.1/24")), &["--vxlan", &spec_a]);
@@ -314,7 +316,7 @@ fn vswitch_and_vdeplug4() {
     let unicast = frame(mb, ma, common::TEST_ETHERTYPE, 46);
     ca.send(&unicast);
     cb.expect_frame(&unicast);
-    assert_eq!(sw_a.counter(" -- learned 169.254.0.2", "stations="), 1, "b learned behind vdeplug4's endpoint");
+    assert_eq!(sw_a.counter(" -- learned 169.254.1.2", "stations="), 1, "b learned behind vdeplug4's endpoint");
 }
 
 /// Two vswitches with VLAN 5 tagged on their VXLAN port: a tagged frame
@@ -327,8 +329,8 @@ fn a_tagged_frame_crosses_with_its_tag() {
     }
     let mut lab = Lab::new();
     let (a, b) = (lab.a.clone(), lab.b.clone());
-    let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=3,remote=169.254.0.2"]);
-    let sw_b = lab.vswitch(&b, None, &["--vxlan", "id=3,remote=169.254.0.1"]);
+    let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=3,remote=169.254.1.2"]);
+    let sw_b = lab.vswitch(&b, None, &["--vxlan", "id=3,remote=169.254.1.1"]);
     let ca = Client::connect(&sw_a.ctl, Some(2), "a");
     let cb = Client::connect(&sw_b.ctl, Some(2), "b");
     for sw in [&sw_a, &sw_b] {
@@ -355,10 +357,10 @@ fn a_station_moves_between_endpoints() {
     }
     let mut lab = Lab::new();
     let (a, b, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_b.clone());
-    lab.ip(&b, &["addr", "add", "169.254.0.3/24", "dev", &vb]);
-    let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=8,remote=169.254.0.2,remote=169.254.0.3"]);
-    let sw_b2 = lab.vswitch(&b, None, &["--vxlan", "id=8,local=169.254.0.2,remote=169.254.0.1"]);
-    let sw_b3 = lab.vswitch(&b, None, &["--vxlan", "id=8,local=169.254.0.3,remote=169.254.0.1"]);
+    lab.ip(&b, &["addr", "add", "169.254.1.3/24", "dev", &vb]);
+    let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=8,remote=169.254.1.2,remote=169.254.1.3"]);
+    let sw_b2 = lab.vswitch(&b, None, &["--vxlan", "id=8,local=169.254.1.2,remote=169.254.1.1"]);
+    let sw_b3 = lab.vswitch(&b, None, &["--vxlan", "id=8,local=169.254.1.3,remote=169.254.1.1"]);
     let ca = Client::connect(&sw_a.ctl, None, "a");
     let (ma, mover) = (station_mac(1), station_mac(9));
     let hello = frame(common::BROADCAST, mover, common::TEST_ETHERTYPE, 46);
@@ -366,7 +368,7 @@ fn a_station_moves_between_endpoints() {
         let at2 = Client::connect(&sw_b2.ctl, None, "mover at .2");
         at2.send(&hello);
         ca.expect_frame(&hello);
-        assert_eq!(sw_a.counter(" -- remote 169.254.0.2", "stations="), 1);
+        assert_eq!(sw_a.counter(" -- remote 169.254.1.2", "stations="), 1);
         let to_mover = frame(mover, ma, common::TEST_ETHERTYPE, 46);
         ca.send(&to_mover);
         at2.expect_frame(&to_mover);
@@ -375,16 +377,16 @@ fn a_station_moves_between_endpoints() {
     let hello = frame(common::BROADCAST, mover, common::TEST_ETHERTYPE, 46);
     at3.send(&hello);
     ca.expect_frame(&hello);
-    assert_eq!(sw_a.counter(" -- remote 169.254.0.2", "stations="), 0);
-    assert_eq!(sw_a.counter(" -- remote 169.254.0.3", "stations="), 1);
+    assert_eq!(sw_a.counter(" -- remote 169.254.1.2", "stations="), 0);
+    assert_eq!(sw_a.counter(" -- remote 169.254.1.3", "stations="), 1);
     let to_mover = frame(mover, ma, common::TEST_ETHERTYPE, 46);
     ca.send(&to_mover);
     at3.expect_frame(&to_mover);
-    let before = sw_a.counter(" -- remote 169.254.0.2", "out=");
+    let before = sw_a.counter(" -- remote 169.254.1.2", "out=");
     let again = frame(mover, ma, common::TEST_ETHERTYPE, 46);
     ca.send(&again);
     at3.expect_frame(&again);
-    assert_eq!(sw_a.counter(" -- remote 169.254.0.2", "out="), before, "known unicast goes to one endpoint");
+    assert_eq!(sw_a.counter(" -- remote 169.254.1.2", "out="), before, "known unicast goes to one endpoint");
 }
 
 /// An IPv6 underlay (ULA addresses), and a frame too large for the
@@ -412,4 +414,67 @@ fn ipv6_underlay_and_too_large_frames() {
     ca.send(&too_large);
     assert_silent(&[&cb]);
     assert_eq!(sw_a.counter(" -- remote fd00:7a::2", "too-large="), 1);
+}
+
+/// UML guests on two vswitches in two namespaces ping across the VXLAN,
+/// in unicast and in multicast mode. (Guests use 169.254.0.0/24; the
+/// underlay 169.254.1.0/24, which the guests never see.)
+#[test]
+fn uml_guests_ping_across() {
+    if !can_run() {
+        return;
+    }
+    const A: [GuestSpec; 1] = [GuestSpec::new(11, Eth0::Vde { port: None }, &[12])];
+    const B: [GuestSpec; 1] = [GuestSpec::new(12, Eth0::Vde { port: None }, &[11])];
+    for multicast in [false, true] {
+        let mut lab = Lab::new();
+        let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
+        let (spec_a, spec_b) = if multicast {
+            (format!("id=4,group={GROUP},dev={va}"), format!("id=4,group={GROUP},dev={vb}"))
+        } else {
+            ("id=4,remote=169.254.1.2".to_string(), "id=4,remote=169.254.1.1".to_string())
+        };
+        let sw_a = lab.vswitch(&a, None, &["--vxlan", &spec_a]);
+        let sw_b = lab.vswitch(&b, None, &["--vxlan", &spec_b]);
+        // Neither side's guests power off before both have pinged.
+        let (done_a, wait_a) = mpsc::channel();
+        let (done_b, wait_b) = mpsc::channel();
+        let (ctl_a, ctl_b) = (&sw_a.ctl, &sw_b.ctl);
+        thread::scope(|s| {
+            let left = s.spawn(move || guests_on(ctl_a, &A, done_a, wait_b));
+            guests_on(ctl_b, &B, done_b, wait_a);
+            left.join().expect("guests on the first switch");
+        });
+        // Senders of a group are learned; configured remotes are listed as such.
+        let behind = if multicast { " -- learned 169.254.1.2" } else { " -- remote 169.254.1.2" };
+        assert_eq!(sw_a.counter(behind, "stations="), 1, "multicast={multicast}: guest 12 learned behind b");
+    }
+}
+
+/// Runs `specs` on the switch at `ctl`; holds them (bounded) until the
+/// guests of the other switch have their results too.
+fn guests_on(ctl: &PathBuf, specs: &[GuestSpec], done: mpsc::Sender<()>, other: mpsc::Receiver<()>) {
+    let out = uml::run_guests(Target::Vswitch, ctl, specs, || {
+        let _ = done.send(());
+        let _ = other.recv_timeout(Duration::from_secs(90));
+    });
+    drop(done);
+    out.assert_results(specs);
+}
+
+/// The kernel's vxlan device in a namespace and a UML guest on vswitch in
+/// another: the namespace's stack and the guest ping each other.
+#[test]
+fn uml_guest_and_kernel_vxlan_ping_each_other() {
+    if !can_run() {
+        return;
+    }
+    const GUEST: [GuestSpec; 1] = [GuestSpec::new(21, Eth0::Vde { port: None }, &[22])];
+    let mut lab = Lab::new();
+    let (a, b, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_b.clone());
+    let sw = lab.vswitch(&a, None, &["--vxlan", "id=6,remote=169.254.1.2"]);
+    lab.kernel_vxlan(&b, &vb, 6, &["remote", "169.254.1.1"], "169.254.0.22/24");
+    let out = uml::run_guests(Target::Vswitch, &sw.ctl, &GUEST, || lab.ping(&b, &uml::ip(21)));
+    out.assert_results(&GUEST);
+    assert_eq!(out.inspected, Some(true), "the namespace's stack pings the guest");
 }
