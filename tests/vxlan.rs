@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -453,7 +453,7 @@ fn uml_guests_ping_across() {
 
 /// Runs `specs` on the switch at `ctl`; holds them (bounded) until the
 /// guests of the other switch have their results too.
-fn guests_on(ctl: &PathBuf, specs: &[GuestSpec], done: mpsc::Sender<()>, other: mpsc::Receiver<()>) {
+fn guests_on(ctl: &Path, specs: &[GuestSpec], done: mpsc::Sender<()>, other: mpsc::Receiver<()>) {
     let out = uml::run_guests(Target::Vswitch, ctl, specs, || {
         let _ = done.send(());
         let _ = other.recv_timeout(Duration::from_secs(90));
