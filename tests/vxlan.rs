@@ -416,6 +416,24 @@ fn ipv6_underlay_and_too_large_frames() {
     assert_eq!(sw_a.counter(" -- remote fd00:7a::2", "too-large="), 1);
 }
 
+/// A multicast VXLAN over an IPv6 underlay between two vswitches.
+#[test]
+fn ipv6_multicast_underlay() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
+    lab.ip(&a, &["addr", "add", "fd00:7a::1/64", "dev", &va, "nodad"]);
+    lab.ip(&b, &["addr", "add", "fd00:7a::2/64", "dev", &vb, "nodad"]);
+    let sw_a = lab.vswitch(&a, None, &["--vxlan", &format!("id=12,group=ff05::1:42,dev={va}")]);
+    let sw_b = lab.vswitch(&b, None, &["--vxlan", &format!("id=12,group=ff05::1:42,dev={vb}")]);
+    let ca = Client::connect(&sw_a.ctl, None, "a");
+    let cb = Client::connect(&sw_b.ctl, None, "b");
+    common::station::exchange(&ca, station_mac(1), &cb, station_mac(2));
+    assert_eq!(sw_a.counter(" -- learned fd00:7a::2", "stations="), 1);
+}
+
 /// UML guests on two vswitches in two namespaces ping across the VXLAN,
 /// in unicast and in multicast mode. (Guests use 169.254.0.0/24; the
 /// underlay 169.254.1.0/24, which the guests never see.)
