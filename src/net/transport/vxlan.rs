@@ -60,15 +60,15 @@ const NOBODY: u32 = u32::MAX;
 
 /// Counters of one remote endpoint, as `vxlan/print` shows them.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Counters {
-    pub in_frames: u64,
-    pub in_bytes: u64,
-    pub out_frames: u64,
-    pub out_bytes: u64,
+struct Counters {
+    in_frames: u64,
+    in_bytes: u64,
+    out_frames: u64,
+    out_bytes: u64,
     /// Frames that could not be sent (socket full, no route, …).
-    pub drops: u64,
+    drops: u64,
     /// Frames too large for the underlay's path MTU.
-    pub too_large: u64,
+    too_large: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -287,12 +287,11 @@ impl Vxlan {
             unknown: 0,
             spec,
         };
-        let scope = ifindex;
         for ip in port.spec.remotes.clone() {
-            port.add_remote(ip, Kind::Remote, scope);
+            port.add_remote(ip, Kind::Remote, ifindex);
         }
         if let Some(g) = port.spec.group {
-            port.add_remote(g, Kind::Group, scope);
+            port.add_remote(g, Kind::Group, ifindex);
         }
         entry.insert(port);
         Ok((local, desc))

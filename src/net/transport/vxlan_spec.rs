@@ -6,6 +6,9 @@ use std::net::IpAddr;
 
 use crate::wire::{VNI_MAX, VXLAN_PORT};
 
+/// Most `remote=` endpoints one port replicates floods to.
+pub const REMOTES_MAX: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
     pub vni: u32,
@@ -57,6 +60,9 @@ impl std::str::FromStr for Spec {
                         return Err(format!("vxlan: remote={value} must be a unicast address (use group=)"));
                     }
                     if !spec.remotes.contains(&a) {
+                        if spec.remotes.len() >= REMOTES_MAX {
+                            return Err(format!("vxlan: at most {REMOTES_MAX} remote= endpoints"));
+                        }
                         spec.remotes.push(a);
                     }
                 }
@@ -158,6 +164,9 @@ mod tests {
 
     #[test]
     fn clear_one_line_errors() {
+        let many_remotes: String = std::iter::once("id=1".to_string())
+            .chain((0..=REMOTES_MAX).map(|i| format!(",remote=fd00::{:x}", i + 1)))
+            .collect();
         for (spec, word) in [
             ("remote=169.254.0.1", "id=VNI is required"),
             ("id=16777216,remote=169.254.0.1", "is not a VNI"),
@@ -171,6 +180,7 @@ mod tests {
             ("id=1,remote=169.254.0.1,ttl=300", "not 1 to 255"),
             ("id=1,remote=169.254.0.1,foo=1", "unknown word foo="),
             ("id=1,remote", "not KEY=VALUE"),
+            (&many_remotes, "at most 256 remote="),
             ("id=1,group=239.1.1.1,dev=aaaaaaaaaaaaaaaaaaaa", "not an interface name"),
         ] {
             let e = p(spec).unwrap_err();
