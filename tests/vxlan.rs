@@ -496,3 +496,42 @@ fn uml_guest_and_kernel_vxlan_ping_each_other() {
     out.assert_results(&GUEST);
     assert_eq!(out.inspected, Some(true), "the namespace's stack pings the guest");
 }
+
+/// Two VNIs on one switch share the UDP port (one socket, demultiplexed by
+/// VNI), each reaching its own kernel vxlan device; `vxlan/del` closes one
+/// and the other keeps working.
+#[test]
+fn two_vnis_share_one_udp_port() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
+    let (tap1, tap2) = (format!("t{}", &va[2..]), format!("u{}", &va[2..]));
+    let sw = lab.vswitch(&a, Some((&tap1, "169.254.41.1/24")), &["-t", &tap2]);
+    lab.ip(&a, &["addr", "add", "169.254.42.1/24", "dev", &tap2]);
+    lab.ip(&a, &["link", "set", &tap2, "up"]);
+    // tap1 on port 1 (VLAN 0) with VNI 41 on port 3; tap2 on port 2 and
+    // VNI 42 on port 4 in VLAN 10: two separate segments.
+    assert!(sw.cmd("vxlan/add id=41,remote=169.254.1.2").contains("Port 0003"));
+    assert!(sw.cmd("vxlan/add id=42,remote=169.254.1.2").contains("Port 0004"));
+    assert!(Mgmt::connect(&sw.mgmt).cmd("vxlan/add id=42,remote=169.254.1.2").contains("VNI 42 already has a port"));
+    sw.cmd("vlan/create 10");
+    sw.cmd("port/setvlan 2 10");
+    sw.cmd("port/setvlan 4 10");
+    for (vni, addr) in [("41", "169.254.41.2/24"), ("42", "169.254.42.2/24")] {
+        let dev = format!("k{vni}{}", &vb[2..]);
+        lab.ip(
+            &b,
+            &["link", "add", &dev, "type", "vxlan", "id", vni, "remote", "169.254.1.1", "dstport", "4789", "dev", &vb],
+        );
+        lab.ip(&b, &["addr", "add", addr, "dev", &dev]);
+        lab.ip(&b, &["link", "set", &dev, "up"]);
+    }
+    assert!(lab.ping(&a, "169.254.41.2"), "VNI 41");
+    assert!(lab.ping(&a, "169.254.42.2"), "VNI 42");
+    assert!(sw.counter("Port 0003", "wrong-vni=") == 0);
+    sw.cmd("vxlan/del 3");
+    assert!(!sw.cmd("vxlan/print").contains("Port 0003"));
+    assert!(lab.ping(&a, "169.254.42.2"), "VNI 42 after VNI 41 closed");
+}
