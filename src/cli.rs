@@ -30,6 +30,7 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("mgmt", true),
     ("mgmtmode", true),
     ("mgmtgroup", true),
+    ("nostdin", false),
     ("debugclients", true),
     ("tap", true),
     ("vxlan", true),
@@ -61,6 +62,7 @@ Runs a VDE switch.
   -M, --mgmt SOCK            path of the management UNIX socket
       --mgmtmode MODE        management UNIX socket access mode (octal)
       --mgmtgroup GROUP      management UNIX socket group name
+      --nostdin              Allow stdin to be closed
   -D, --debugclients #       number of debug clients allowed
 (opts from tuntap module)
   -t, --tap TAP              Enable routing through TAP tap interface
@@ -120,6 +122,10 @@ pub struct Options {
     pub mgmtmode: Option<u32>,
     #[arg(long)]
     pub mgmtgroup: Option<String>,
+    /// No console on stdin (upstream vde-2 after 2.3.2): stdin may be
+    /// closed or at EOF, as under a service manager.
+    #[arg(long)]
+    pub nostdin: bool,
     /// Accepted for compatibility; vswitch has no limit to set.
     #[arg(short = 'D', long)]
     pub debugclients: Option<String>,
@@ -233,6 +239,13 @@ mod tests {
         assert_eq!(o.numports, Some(4));
         assert_eq!(o.sock, Some(PathBuf::from("/tmp/x")));
         assert!(o.daemon && o.hub);
+    }
+
+    #[test]
+    fn upstream_nostdin() {
+        assert!(p(&["-nostdin"]).unwrap().nostdin);
+        assert!(p(&["--nostd"]).unwrap().nostdin);
+        assert!(!p(&[]).unwrap().nostdin);
     }
 
     #[test]

@@ -337,7 +337,10 @@ fn half_open_connections(target: Target) {
         .recv_timeout(Duration::from_secs(10))
         .expect("200 connections accepted within 10 s")
         .expect("connect to ctl");
-    sw.wait_open_fds(fds_before + 200);
+    // vswitch keeps at most 128 connections owing their request and
+    // closes the oldest for a newcomer (README); vde_switch keeps them all.
+    let kept = if target == Target::Vswitch { 128 } else { 200 };
+    sw.wait_open_fds(fds_before + kept);
     assert_switching_works(&sw);
     drop(idle);
     // Also waits for the pair above to be gone: their closes must not race

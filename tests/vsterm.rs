@@ -87,28 +87,48 @@ fn c_mode(target: Target) {
     let sw = Switch::start(target, &[]);
     let sock = mgmt_arg(&sw);
 
+    // Scripts get the bodies only, as from vdecmd.
     let out = vsterm(&[&sock, "-c", "help", "-c", "port/showinfo"], "");
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "stdout {stdout:?} stderr {:?}", text(&out.stderr));
-    assert!(stdout.starts_with("0000 DATA END WITH '.'\nCOMMAND PATH       SYNTAX"), "{stdout:?}");
+    assert!(stdout.starts_with("COMMAND PATH       SYNTAX"), "{stdout:?}");
     assert!(stdout.contains("port/print         [N]             print the port/endpoint table\n"), "{stdout:?}");
+    assert!(stdout.ends_with("\nNumports=32\nHUB=false\ncounters=true\n"), "{stdout:?}");
+    for framing in ["0000 DATA", "\n.\n", "1000 Success", "vde$"] {
+        assert!(!stdout.contains(framing), "{framing:?} in {stdout:?}");
+    }
+    assert_eq!(text(&out.stderr), "");
+
+    // --raw keeps the protocol lines.
+    let out = vsterm(&[&sock, "--raw", "-c", "help", "-c", "port/showinfo"], "");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stdout {stdout:?} stderr {:?}", text(&out.stderr));
+    assert!(stdout.starts_with("0000 DATA END WITH '.'\nCOMMAND PATH       SYNTAX"), "{stdout:?}");
     assert!(stdout.ends_with(
         ".\n1000 Success\n0000 DATA END WITH '.'\nNumports=32\nHUB=false\ncounters=true\n.\n1000 Success\n"
     ));
     assert!(!stdout.contains("vde$"), "the prompt is not part of a reply: {stdout:?}");
 
-    // One failing command makes the run fail, after all of them ran.
-    let out = vsterm(&[&sock, "-c", "nosuchcommand", "-c", "port/print 40", "-c", "port/showinfo"], "");
+    // Every command runs; the error lines go to stderr and the first
+    // failure's code sets the exit status (1038: ENOSYS, 38).
+    let args: [&str; 7] = [&sock, "-c", "nosuchcommand", "-c", "port/print 40", "-c", "port/showinfo"];
+    let out = vsterm(&args, "");
+    assert_eq!(out.status.code(), Some(38), "{:?}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Numports=32\nHUB=false\ncounters=true\n");
+    assert_eq!(text(&out.stderr), "1038 Function not implemented\n1022 Invalid argument\n");
+    let out = vsterm(&[&[&sock, "--raw"][..], &args[1..]].concat(), "");
+    assert_eq!(out.status.code(), Some(38));
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout:?}");
     assert!(stdout.starts_with("1038 Function not implemented\n0000 DATA END WITH '.'\n.\n1022 Invalid argument\n"));
     assert!(stdout.ends_with("counters=true\n.\n1000 Success\n"), "{stdout:?}");
 
     // logout ends the session: fine as the last command, an error before others.
     let out = vsterm(&[&sock, "-c", "logout"], "");
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), ""));
+    let out = vsterm(&[&sock, "--raw", "-c", "logout"], "");
     assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "9999 END OF SESSION\n"));
     let out = vsterm(&[&sock, "-c", "logout", "-c", "port/showinfo"], "");
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(255));
     assert!(text(&out.stderr).contains("port/showinfo"), "{:?}", text(&out.stderr));
     sw.assert_alive();
 }
@@ -121,27 +141,29 @@ fn stdin_script(target: Target) {
     assert_eq!(out.status.code(), Some(0), "stderr {:?}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "1000 Success\n0000 DATA END WITH '.'\n\
-         Port 0007 untagged_vlan=0000 INACTIVE - NOT Unnamed Allocatable\n \
+        "Port 0007 untagged_vlan=0000 INACTIVE - NOT Unnamed Allocatable\n \
          Current User: NONE Access Control: (User: NONE - Group: NONE)\n \
          IN:  pkts          0          bytes                    0\n \
-         OUT: pkts          0          bytes                    0\n.\n1000 Success\n"
+         OUT: pkts          0          bytes                    0\n"
     );
 
     let out = vsterm(&[&sock], "port/create 7\nport/remove 7\n");
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stdout), "1017 File exists\n1000 Success\n");
+    assert_eq!(out.status.code(), Some(17));
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("", "1017 File exists\n"));
+    let out = vsterm(&[&sock, "--raw"], "port/create 8\nport/create 8\nport/remove 8\n");
+    assert_eq!(out.status.code(), Some(17));
+    assert_eq!(text(&out.stdout), "1000 Success\n1017 File exists\n1000 Success\n");
 }
 
 test_both_targets!(c_mode, stdin_script);
 
 #[test]
-fn unreachable_switch_is_one_line_and_status_2() {
+fn unreachable_switch_is_one_line_and_status_255() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let missing = dir.path().join("nothing.mgmt");
     let out = vsterm(&[missing.to_str().unwrap(), "-c", "help"], "");
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(255));
     assert!(stderr.starts_with("vsterm: cannot connect to ") && stderr.lines().count() == 1, "{stderr:?}");
 
     // A socket that never sends a prompt (here a switch's control socket).
@@ -149,7 +171,7 @@ fn unreachable_switch_is_one_line_and_status_2() {
     let ctl = sw.ctl_dir().join("ctl");
     let out = vsterm(&["--timeout", "1", ctl.to_str().unwrap(), "-c", "help"], "");
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(255));
     assert!(stderr.contains("no prompt") && stderr.lines().count() == 1, "{stderr:?}");
 }
 
@@ -189,7 +211,7 @@ fn hostile_switch_replies_are_survived() {
         let case = dir.path().join(name);
         fs::create_dir(&case).unwrap();
         let (sock, server) = fake_switch(&case, script);
-        let out = vsterm(&[&sock, "-c", "port/print"], "");
+        let out = vsterm(&[&sock, "--raw", "-c", "port/print"], "");
         server.join().unwrap();
         out
     };
@@ -211,14 +233,14 @@ fn hostile_switch_replies_are_survived() {
         read_command(&mut s);
         let _ = s.write_all(b"0000 DATA END WITH '.'\nPort");
     });
-    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(2), "0000 DATA END WITH '.'\nPort\n"));
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(255), "0000 DATA END WITH '.'\nPort\n"));
     assert_eq!(text(&out.stderr), "vsterm: the switch closed the connection\n");
 
     // EOF before the prompt, and a prompt that never comes.
     let out = run("nobanner", |mut s| {
         let _ = s.write_all(b"VDE switch");
     });
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(255));
     assert!(text(&out.stderr).contains("closed the connection before its prompt"), "{}", text(&out.stderr));
     let out = run("endless", |mut s| {
         let _ = s.write_all(b"banner\n\nvde$ ");
@@ -230,7 +252,7 @@ fn hostile_switch_replies_are_survived() {
             }
         }
     });
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(255));
     assert!(text(&out.stderr).contains("without a prompt"), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("panicked"));
 }
@@ -330,11 +352,13 @@ fn interactive(target: Target) {
     tmux.keys(&["Enter"]);
     tmux.wait_for("the reply", |s| s.contains("port/print \n0000 DATA END WITH '.'\n.\n1000 Success\n"));
 
-    // vswitch's own commands are not in `help` but complete all the same.
+    // vswitch's extensions are not in `help` but complete all the same.
     if target == Target::Vswitch {
-        tmux.keys(&["vxlan/pr", "Tab"]);
-        tmux.wait_for("vxlan/print completed", |s| s.contains(&format!("{prompt}vxlan/print \n")));
-        tmux.keys(&["Enter"]);
+        tmux.keys(&["capture/pr", "Tab", "Enter"]);
+        tmux.wait_for("capture/print's reply", |s| {
+            s.contains("capture/print \n0000 DATA END WITH '.'\n.\n1000 Success\n")
+        });
+        tmux.keys(&["vxlan/pr", "Tab", "Enter"]);
         tmux.wait_for("vxlan/print's reply", |s| s.contains("vxlan/print \n0000 DATA END WITH '.'\n.\n1000 Success\n"));
     }
 
@@ -398,7 +422,7 @@ fn interactive_session_ends_cleanly_when_the_switch_goes_away() {
     kill(sw.pid(), Signal::SIGTERM).expect("stop the switch");
     let screen = tmux.wait_for("vsterm to exit", |s| s.contains("VSTERM-EXIT="));
     assert!(
-        screen.contains(&format!("{prompt}port/sh\nvsterm: the switch closed the connection\nVSTERM-EXIT=2\n")),
+        screen.contains(&format!("{prompt}port/sh\nvsterm: the switch closed the connection\nVSTERM-EXIT=255\n")),
         "{screen}"
     );
     tmux.wait_for("the terminal modes", |s| s.contains("icanon echo"));

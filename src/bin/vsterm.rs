@@ -11,10 +11,14 @@
 //! `help`; a reader thread owns the socket's input and hands replies to the
 //! editing thread, or prints notifications above the input line.
 //!
-//! Script mode (`-c COMMAND`…, or commands on a non-terminal stdin): each
-//! reply is printed as sent, minus the prompt. Exit status 0 when every
-//! command succeeded (or had no status, like a comment), 1 when one failed,
-//! 2 when the switch cannot be reached or the session broke.
+//! Script mode (`-c COMMAND`…, or commands on a non-terminal stdin) prints
+//! what `vdecmd` and `unixcmd` print: the body of each reply (the lines
+//! between `0000 DATA END WITH '.'` and `.`) on stdout, a failure's status
+//! line (`1022 Invalid argument`) and any `3NNN` notification on stderr.
+//! `--raw` prints each reply as sent instead, minus the prompt. Exit status
+//! 0 when every command succeeded (or had no status, like a comment), else
+//! the first failure's code less 1000 (the error number, as `vdecmd`
+//! exits), 255 when the switch cannot be reached or the session broke.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, ErrorKind, IsTerminal, Read, Write};
@@ -48,8 +52,9 @@ const MAX_REPLY: usize = 64 << 20;
 const HISTORY_FILE: &str = ".vsterm_history";
 const HISTORY_SIZE: usize = 1000;
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_CONNECTION: u8 = 2;
+const EXIT_CONNECTION: u8 = 255;
+/// The line that opens a reply's body; a line holding only `.` closes it.
+const DATA_START: &[u8] = b"0000 DATA END WITH '.'";
 
 #[derive(Parser)]
 #[command(version, about = "Console client for the management socket of vswitch or vde_switch")]
@@ -64,6 +69,10 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     timeout: u64,
+    /// In script mode, print each reply as the switch sent it (the
+    /// `0000 DATA END WITH '.'`, `.` and status lines included).
+    #[arg(long)]
+    raw: bool,
 }
 
 fn main() -> ExitCode {
@@ -146,14 +155,51 @@ struct Reply {
     closed: bool,
 }
 
+/// A reply cut as scripts want it: the body, and the status and
+/// notification lines that are not part of it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Parts {
+    body: Vec<u8>,
+    status: Option<Vec<u8>>,
+    notes: Vec<u8>,
+}
+
+fn parts(reply: &[u8]) -> Parts {
+    let mut parts = Parts::default();
+    let mut in_body = false;
+    for line in reply.split_inclusive(|&b| b == b'\n') {
+        let bare = line.strip_suffix(b"\n").unwrap_or(line);
+        if in_body {
+            if bare == b"." {
+                in_body = false;
+            } else {
+                parts.body.extend_from_slice(line);
+            }
+            continue;
+        }
+        match code(bare) {
+            _ if bare == DATA_START => in_body = true,
+            Some(3000..=3999) => parts.notes.extend_from_slice(line),
+            Some(_) => parts.status = Some(bare.to_vec()),
+            None => {}
+        }
+    }
+    parts
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Status {
     Success,
-    Failed,
+    /// The reply's code (1001 to 1999).
+    Failed(u16),
     EndOfSession,
     /// No status line: a comment or an empty command.
     None,
 }
+
+/// An extension command without effects, run to tell vswitch from
+/// vde_switch.
+const EXTENSION_PROBE: &str = "capture/print";
 
 /// The 4-digit code opening a line (`1000 Success`, `3021 port/+ 07`).
 fn code(line: &[u8]) -> Option<u16> {
@@ -175,7 +221,7 @@ fn status(reply: &[u8]) -> Status {
     match last.and_then(code) {
         Some(1000) => Status::Success,
         Some(9999) => Status::EndOfSession,
-        Some(1001..=1999) => Status::Failed,
+        Some(code @ 1001..=1999) => Status::Failed(code),
         _ => Status::None,
     }
 }
@@ -300,7 +346,7 @@ fn run_script(args: &Args, commands: impl Iterator<Item = io::Result<Vec<u8>>>) 
     let (mut connection, _banner) = Connection::open(&args.socket, Duration::from_secs(args.timeout))?;
     let terminal = io::stdout().is_terminal();
     let mut stdout = io::stdout().lock();
-    let mut failed = false;
+    let mut failure: Option<u8> = None;
     let mut ended = false;
     for command in commands {
         let command = command.context("reading commands from standard input")?;
@@ -312,13 +358,20 @@ fn run_script(args: &Args, commands: impl Iterator<Item = io::Result<Vec<u8>>>) 
         }
         if command.len() > MAX_COMMAND {
             eprintln!("vsterm: not sent, longer than {MAX_COMMAND} bytes: {}", String::from_utf8_lossy(&command));
-            failed = true;
+            failure.get_or_insert(libc::E2BIG as u8);
             continue;
         }
         let reply = connection.command(&command)?;
-        print_reply(&mut stdout, &reply.text, terminal).context("writing to standard output")?;
+        let broken = reply.closed && status(&reply.text) != Status::EndOfSession;
+        if args.raw || broken {
+            print_reply(&mut stdout, &reply.text, terminal).context("writing to standard output")?;
+        } else {
+            print_body(&mut stdout, &reply.text, terminal).context("writing to standard output")?;
+        }
         match status(&reply.text) {
-            Status::Failed => failed = true,
+            Status::Failed(code) => {
+                failure.get_or_insert(u8::try_from(code - 1000).unwrap_or(1));
+            }
             Status::EndOfSession => ended = true,
             Status::Success | Status::None => {}
         }
@@ -326,7 +379,25 @@ fn run_script(args: &Args, commands: impl Iterator<Item = io::Result<Vec<u8>>>) 
             bail!("the switch closed the connection");
         }
     }
-    Ok(ExitCode::from(if failed { EXIT_FAILED } else { 0 }))
+    Ok(ExitCode::from(failure.unwrap_or(0)))
+}
+
+/// Prints a reply's body on stdout, its notifications and a failed status
+/// line on stderr.
+fn print_body(out: &mut impl Write, text: &[u8], terminal: bool) -> io::Result<()> {
+    let parts = parts(text);
+    if terminal {
+        out.write_all(for_terminal(&parts.body).as_bytes())?;
+    } else {
+        out.write_all(&parts.body)?;
+    }
+    out.flush()?;
+    let mut stderr = io::stderr().lock();
+    stderr.write_all(for_terminal(&parts.notes).as_bytes())?;
+    if let Some(line) = parts.status.filter(|line| matches!(status(line), Status::Failed(_))) {
+        writeln!(stderr, "{}", for_terminal(&line))?;
+    }
+    Ok(())
 }
 
 /// Completes the command path (the first word) from the switch's `help`.
@@ -406,10 +477,10 @@ fn run_interactive(args: &Args) -> Result<ExitCode> {
         bail!("the switch closed the connection");
     }
     let mut paths = command_paths(&help.text);
-    // vswitch's own commands stay out of `help`; a switch that answers one
-    // of them (read-only) has them all.
-    let probe = connection.command(b"vxlan/print")?;
-    if status(&probe.text) == Status::Success {
+    // vswitch's own commands stay out of `help`; a switch that runs one of
+    // them (a listing, which changes nothing) has them all.
+    let probe = connection.command(EXTENSION_PROBE.as_bytes())?;
+    if !paths.is_empty() && status(&probe.text) == Status::Success {
         paths.extend(vswitch::mgmt::EXTENSIONS.iter().map(|c| c.path.to_string()));
     }
     if paths.is_empty() {
@@ -646,11 +717,23 @@ mod tests {
     fn status_is_the_last_line_that_is_not_a_notification() {
         assert_eq!(status(b"0000 DATA END WITH '.'\n.\n1000 Success\n"), Status::Success);
         assert_eq!(status(b"3021 port/+ 29\n1000 Success\n3022 port/- 29\n"), Status::Success);
-        assert_eq!(status(b"0000 DATA END WITH '.'\n.\n1022 Invalid argument\n"), Status::Failed);
+        assert_eq!(status(b"0000 DATA END WITH '.'\n.\n1022 Invalid argument\n"), Status::Failed(1022));
         assert_eq!(status(b"9999 END OF SESSION"), Status::EndOfSession);
         assert_eq!(status(b""), Status::None);
         assert_eq!(status(b"3031 port/ep/+ Port 01 FD  7\n"), Status::None);
         assert_eq!(status(b"\xff\xfe garbage 1000\n"), Status::None);
+    }
+
+    #[test]
+    fn parts_split_body_status_and_notifications() {
+        let reply = b"3021 port/+ 29\n0000 DATA END WITH '.'\nNumports=32\n3022 port/- 29\n.\n1000 Success\n";
+        let p = parts(reply);
+        assert_eq!(p.body, b"Numports=32\n3022 port/- 29\n");
+        assert_eq!(p.status.as_deref(), Some(&b"1000 Success"[..]));
+        assert_eq!(p.notes, b"3021 port/+ 29\n");
+        let p = parts(b"1017 File exists\n");
+        assert!(p.body.is_empty());
+        assert_eq!(p.status.as_deref(), Some(&b"1017 File exists"[..]));
     }
 
     #[test]

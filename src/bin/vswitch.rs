@@ -102,6 +102,7 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         hash_size,
         info,
         daemon: o.daemon,
+        stdin_console: !o.daemon && !o.nostdin,
         pidfile: o.pidfile.as_deref().map(|p| absolute(&cwd, p)),
         rcfile: rc_file(&cwd, o.rcfile.as_deref()),
         mgmt: o.mgmt.as_deref().map(|p| absolute(&cwd, Path::new(p))),

@@ -16,7 +16,7 @@
 //! No clock and no I/O: the switch passes the time in seconds and carries
 //! out the effects through [`Host`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ConfigError, Event, MacTable, Outgoing, Port, PortId, PortState, Switch, VLAN_NONE, Vlan, VlanId};
 use crate::wire::{Bpdu, BpduFlags, BridgeId, HELLO_TIME, MAX_AGE, Mac, port_id};
@@ -98,6 +98,12 @@ pub struct Tree {
     bonus_port: PortId,
     bonus_cost: u32,
     members: BTreeMap<PortId, Member>,
+    /// When the VLAN last relearned for a topology change.
+    last_change: Option<u64>,
+    /// Ports whose BPDUs announced or caused a topology change after
+    /// `last_change` in the same second: the change is carried out once,
+    /// at the next tick.
+    deferred_changes: BTreeSet<PortId>,
 }
 
 impl Tree {
@@ -112,6 +118,8 @@ impl Tree {
             bonus_port: 0,
             bonus_cost: 0,
             members: BTreeMap::new(),
+            last_change: None,
+            deferred_changes: BTreeSet::new(),
         }
     }
 
@@ -321,11 +329,31 @@ impl Fstp {
         }
     }
 
-    /// Called every second.
+    /// Called every second. A clock that jumped ahead (the switch was
+    /// stopped) gets one hello, not one per missed interval.
     pub(super) fn tick(&mut self, host: &mut impl Host, now: u64) {
-        while self.enabled && now >= self.next_hello {
-            self.next_hello += HELLO_INTERVAL;
+        self.deferred_topology_changes(host, now);
+        if self.enabled && now >= self.next_hello {
+            let next = self.next_hello + HELLO_INTERVAL;
+            self.next_hello = if next > now { next } else { now + HELLO_INTERVAL };
             self.hello(host, now);
+        }
+    }
+
+    /// Carries out the topology changes BPDUs asked for while the VLAN had
+    /// already relearned within the second: once per VLAN, not telling the
+    /// ports the changes came from.
+    fn deferred_topology_changes(&mut self, host: &mut impl Host, now: u64) {
+        let due: Vec<VlanId> =
+            self.trees.iter().filter(|(_, t)| !t.deferred_changes.is_empty()).map(|(&v, _)| v).collect();
+        for vlan in due {
+            let tree = self.trees.get_mut(&vlan).expect("listed above");
+            let origins = std::mem::take(&mut tree.deferred_changes);
+            tree.last_change = Some(now);
+            host.flush_vlan(vlan);
+            for port in tree.live_ports(PortId::MAX).into_iter().filter(|p| !origins.contains(p)) {
+                self.send_bpdu(host, vlan, port, false, true);
+            }
         }
     }
 
@@ -400,11 +428,28 @@ impl Fstp {
     }
 
     /// The VLAN relearns its stations; the other live ports are told.
-    fn topology_change(&self, host: &mut impl Host, vlan: VlanId, origin: PortId) {
+    fn topology_change(&mut self, host: &mut impl Host, vlan: VlanId, origin: PortId) {
+        let Some(tree) = self.trees.get_mut(&vlan) else { return host.flush_vlan(vlan) };
+        tree.last_change = Some(host.now());
         host.flush_vlan(vlan);
-        let Some(tree) = self.trees.get(&vlan) else { return };
         for port in tree.live_ports(origin) {
             self.send_bpdu(host, vlan, port, false, true);
+        }
+    }
+
+    /// A topology change that a received BPDU announced or caused. Any
+    /// neighbour can send those as fast as it likes, and each one flushes
+    /// the VLAN's stations and is passed on to every other port, so a VLAN
+    /// relearns for them at most once a second; vde_switch has no such
+    /// limit (it records the time of the last change, unused), and a
+    /// change postponed here still happens at the next tick.
+    fn heard_topology_change(&mut self, host: &mut impl Host, vlan: VlanId, origin: PortId) {
+        let now = host.now();
+        match self.trees.get_mut(&vlan) {
+            Some(tree) if tree.last_change == Some(now) => {
+                tree.deferred_changes.insert(origin);
+            }
+            _ => self.topology_change(host, vlan, origin),
         }
     }
 
@@ -440,7 +485,7 @@ impl Fstp {
         m.heard[window] = true;
         let Ok(bpdu) = Bpdu::parse(frame, tagged) else { return };
         if bpdu.flags.topology_change() {
-            self.topology_change(host, vlan, port);
+            self.heard_topology_change(host, vlan, port);
         }
         let tree = &self.trees[&vlan];
         let bonus = if port == tree.bonus_port { tree.bonus_cost } else { 0 };
@@ -466,7 +511,7 @@ impl Fstp {
                 m.backup = block;
                 let state = if block { PortState::Discarding } else { PortState::Forwarding };
                 set_state(host, vlan, port, state);
-                self.topology_change(host, vlan, port);
+                self.heard_topology_change(host, vlan, port);
             }
         } else {
             // The neighbour believes in a worse root: tell it about ours.
@@ -498,7 +543,7 @@ impl Fstp {
         tree.root_since = now;
         host.event(Event::FstpRoot { port, vlan, root: bpdu.root });
         self.adopt_root_port(host, vlan, port);
-        self.topology_change(host, vlan, port);
+        self.heard_topology_change(host, vlan, port);
     }
 }
 
@@ -532,7 +577,7 @@ impl Host for Plant<'_> {
         let ports = &*self.ports;
         if let Some(v) = self.vlans.get_mut(&vlan) {
             v.set_discarding(port, discarding);
-            v.refresh(|p| ports.get(p as usize).and_then(Option::as_ref).is_some_and(Port::is_active));
+            v.refresh(|p| ports.get(p as usize).and_then(Option::as_ref).is_some_and(Port::forwards));
         }
     }
 

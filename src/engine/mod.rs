@@ -151,6 +151,8 @@ pub struct Switch {
     outbox: Vec<Outgoing>,
     /// The time last passed in, for what happens between ticks.
     now: u64,
+    /// Mirror ports, each sent a copy of every forwarded frame.
+    mirrors: Vec<PortId>,
 }
 
 fn grow<T>(v: &mut Vec<Option<T>>, len: usize) {
@@ -177,6 +179,7 @@ impl Switch {
             fstp: Fstp::new(Mac::default(), DEFAULT_PRIORITY),
             outbox: Vec::new(),
             now: 0,
+            mirrors: Vec::new(),
         }
     }
 
@@ -313,6 +316,36 @@ impl Switch {
         now: u64,
         out: &mut Vec<Delivery>,
     ) -> Result<(), DropReason> {
+        if self.mirrors.is_empty() {
+            self.forward::<false>(from, bytes, now, out)
+        } else {
+            self.forward_mirrored(from, bytes, now, out)
+        }
+    }
+
+    /// Forwarding while mirror ports exist, out of line so that without
+    /// them forwarding is the same code as ever, plus one test.
+    #[cold]
+    #[inline(never)]
+    fn forward_mirrored(
+        &mut self,
+        from: EndpointKey,
+        bytes: &[u8],
+        now: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), DropReason> {
+        self.forward::<true>(from, bytes, now, out)
+    }
+
+    /// [`Switch::ingress`]; `MIRRORS`: some port is a mirror port.
+    #[inline(always)]
+    fn forward<const MIRRORS: bool>(
+        &mut self,
+        from: EndpointKey,
+        bytes: &[u8],
+        now: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), DropReason> {
         let Some(src) = self.endpoint(from).map(|e| e.port) else {
             return Ok(());
         };
@@ -332,8 +365,15 @@ impl Switch {
         let port = self.ports[src as usize].as_mut().expect("endpoint's port exists");
         port.counters.in_pkts += 1;
         port.counters.in_bytes += len;
+        if MIRRORS && port.mirror {
+            self.count_drop(src, DropReason::Mirror);
+            return Err(DropReason::Mirror);
+        }
         if self.hub {
-            self.flood_hub(src, len, out);
+            self.flood_hub::<MIRRORS>(src, len, out);
+            if MIRRORS {
+                self.mirror(src, len, out);
+            }
             return Ok(());
         }
         let tci = frame.tci();
@@ -383,10 +423,16 @@ impl Switch {
                     _ => Edit::AsIs,
                 };
                 self.deliver(dst, edit, len, out);
+                if MIRRORS {
+                    self.mirror(src, len, out);
+                }
                 Ok(())
             }
             None => {
                 self.flood_vlan(src, vlan, tci.is_some(), len, out);
+                if MIRRORS {
+                    self.mirror(src, len, out);
+                }
                 Ok(())
             }
         }
@@ -408,10 +454,20 @@ impl Switch {
         }
     }
 
-    fn flood_hub(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
+    fn flood_hub<const MIRRORS: bool>(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
         for &p in self.existing.range(1..) {
-            if p != src {
+            if p != src && !(MIRRORS && self.mirrors.contains(&p)) {
                 Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
+            }
+        }
+    }
+
+    /// Copies a forwarded frame, as it came in, to every mirror port but
+    /// the one it came from.
+    fn mirror(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
+        for &m in &self.mirrors {
+            if m != src && self.ports[m as usize].as_ref().is_some_and(Port::is_active) {
+                Self::deliver_to(&mut self.ports, m, Edit::AsIs, len, out);
             }
         }
     }
@@ -460,7 +516,7 @@ impl Switch {
     fn refresh_vlan(&mut self, id: VlanId) {
         let ports = &self.ports;
         if let Some(v) = self.vlans.get_mut(&id) {
-            v.refresh(|p| ports[p as usize].as_ref().is_some_and(Port::is_active));
+            v.refresh(|p| ports[p as usize].as_ref().is_some_and(Port::forwards));
         }
     }
 
@@ -562,11 +618,31 @@ impl Switch {
         }
         let port = self.ports[p as usize].take().expect("exists");
         self.existing.remove(&p);
+        self.mirrors.retain(|&m| m != p);
         for id in port.tagged_vlans.iter().chain([&port.untagged_vlan]) {
             if let Some(v) = self.vlans.get_mut(id) {
                 v.remove_member(p);
             }
         }
+        Ok(())
+    }
+
+    /// Makes `p` a mirror port, or a normal one again. A mirror port is
+    /// taken out of floods and its stations are forgotten: it only
+    /// watches, so nothing is ever learned on it.
+    pub fn set_mirror(&mut self, p: PortId, on: bool) -> Result<(), ConfigError> {
+        let port = self.existing_port_mut(p)?;
+        if port.mirror == on {
+            return Ok(());
+        }
+        port.mirror = on;
+        if on {
+            self.mirrors.push(p);
+            self.macs.retain(|s| s.port != p, &mut self.events);
+        } else {
+            self.mirrors.retain(|&m| m != p);
+        }
+        self.refresh_vlans_of(p);
         Ok(())
     }
 

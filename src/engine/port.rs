@@ -22,10 +22,12 @@ pub enum DropReason {
     SocketFull,
     /// Sending failed for another reason (peer gone, …).
     SendFailed,
+    /// Came from a mirror port, which only watches.
+    Mirror,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::NotMember,
@@ -34,6 +36,7 @@ impl DropReason {
         DropReason::Discarding,
         DropReason::SocketFull,
         DropReason::SendFailed,
+        DropReason::Mirror,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +49,7 @@ impl DropReason {
             DropReason::Discarding => "fstp-discarding",
             DropReason::SocketFull => "socket-full",
             DropReason::SendFailed => "send-failed",
+            DropReason::Mirror => "mirror-port",
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct Port {
     /// The kernel's uid of the processes attached while active.
     pub(super) peer_uid: u32,
     pub(super) counters: Counters,
+    /// Receives a copy of every forwarded frame and takes no other part in
+    /// switching (`port/setmirror`).
+    pub(super) mirror: bool,
 }
 
 impl Port {
@@ -117,11 +124,18 @@ impl Port {
             current_user: None,
             peer_uid: 0,
             counters: Counters::default(),
+            mirror: false,
         }
     }
 
     pub fn is_active(&self) -> bool {
         !self.endpoints.is_empty()
+    }
+
+    /// Whether the port takes part in floods: a mirror port gets its
+    /// copies another way.
+    pub(super) fn forwards(&self) -> bool {
+        self.is_active() && !self.mirror
     }
 
     /// Endpoints newest first, the order listings use.
@@ -155,6 +169,10 @@ impl Port {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub fn is_mirror(&self) -> bool {
+        self.mirror
     }
 }
 

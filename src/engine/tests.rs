@@ -536,3 +536,41 @@ fn a_new_port_brings_back_a_removed_vlan_0_with_its_spanning_tree() {
     assert!(lab.sw.vlan(0).is_some_and(|v| v.members().any(|(p, _)| p == 1)));
     assert!(lab.sw.fstp().tree(0).is_some(), "VLAN 0 has a spanning tree again");
 }
+
+#[test]
+fn a_mirror_port_gets_every_forwarded_frame_as_it_came_in_and_nothing_else() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    let m = lab.plug(PortRequest::Port(3));
+    lab.sw.create_vlan(5).unwrap();
+    lab.sw.add_tagged(5, 1).unwrap();
+    // A station learned on the port before it turns mirror is forgotten.
+    assert_eq!(lab.targets(m, &frame(mac(1), mac(9), 60)), [a, b]);
+    lab.sw.set_mirror(3, true).unwrap();
+    assert!(lab.sw.mac_table().stations(0).iter().all(|s| s.port != 3));
+    // A flood reaches the mirror once, unmodified, and not as a member.
+    let flood = lab.send(a, &frame(Mac([0xff; 6]), mac(1), 60));
+    assert_eq!(flood, [Delivery { endpoint: b, edit: Edit::AsIs }, Delivery { endpoint: m, edit: Edit::AsIs }]);
+    // Unicast between two ports goes to its destination and the mirror.
+    assert_eq!(lab.targets(b, &frame(mac(1), mac(2), 60)), [a, m]);
+    let tagged_in = lab.send(a, &tagged(mac(2), mac(1), 5, 64));
+    assert_eq!(tagged_in.len(), 1, "port 2 is not in VLAN 5: only the mirror");
+    assert_eq!(tagged_in[0], Delivery { endpoint: m, edit: Edit::AsIs });
+    // What the mirror port sends is dropped and teaches nothing.
+    assert_eq!(lab.sw.ingress(m, &frame(mac(1), mac(7), 60), 0, &mut Vec::new()), Err(DropReason::Mirror));
+    assert!(lab.sw.mac_table().stations(0).iter().all(|s| s.mac != mac(7)));
+    lab.sw.set_mirror(3, false).unwrap();
+    assert_eq!(lab.targets(a, &frame(Mac([0xff; 6]), mac(1), 60)), [b, m]);
+    assert_eq!(lab.sw.set_mirror(9, true), Err(ConfigError::Missing));
+}
+
+#[test]
+fn a_hub_floods_the_mirror_port_only_once() {
+    let mut lab = Lab::hub();
+    let a = lab.plug(PortRequest::Port(1));
+    let b = lab.plug(PortRequest::Port(2));
+    let m = lab.plug(PortRequest::Port(3));
+    lab.sw.set_mirror(3, true).unwrap();
+    assert_eq!(lab.targets(a, &frame(mac(2), mac(1), 60)), [b, m]);
+}

@@ -13,6 +13,7 @@ mod args;
 mod commands;
 mod events;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use nix::errno::Errno;
@@ -20,7 +21,7 @@ use nix::errno::Errno;
 pub use commands::{Action, COMMANDS, Command, EXTENSIONS, read_script};
 pub use events::{CATEGORIES, Category, format_event};
 
-use crate::engine::{EndpointKey, Event, Switch};
+use crate::engine::{EndpointKey, Event, PortId, Switch};
 use crate::wire::Mac;
 
 pub const BANNER: &str = "VDE switch V.2.3.2\n(C) Virtual Square Team (coord. R. Davoli) 2005,2006,2007 - GPLv2\n";
@@ -38,6 +39,12 @@ const MAX_SCRIPT_LINES: usize = 100_000;
 /// A `load` whose reply grows beyond this stops with `ENOBUFS`: a script of
 /// `help` lines must not build a reply of gigabytes.
 const MAX_SCRIPT_OUTPUT: usize = 16 << 20;
+/// Most distinct scripts one `load` reads ahead, nested ones included.
+const MAX_PREFETCHED_SCRIPTS: usize = 64;
+
+/// Script texts read ahead of a `load` (see [`prefetch`]), by path as the
+/// command names it, or why a script could not be read.
+pub type Scripts = HashMap<String, Result<String, Errno>>;
 
 /// Facts about the running switch that commands report but do not change.
 #[derive(Debug, Clone)]
@@ -97,6 +104,17 @@ pub enum Effect {
     CloseEndpoint(EndpointKey),
 }
 
+/// The transport's frame captures, as the `capture/…` commands see them.
+pub trait CaptureDesk {
+    /// Starts capturing `port` (0: every port) to `path`; on failure the
+    /// errno to answer and a one-line reason.
+    fn start(&mut self, port: PortId, path: &str, overwrite: bool) -> Result<(), (Errno, String)>;
+    /// Stops the capture of `port`; false if there is none.
+    fn stop(&mut self, port: PortId) -> bool;
+    /// One line per capture and per mirror port.
+    fn print(&self, out: &mut String);
+}
+
 /// Ports the console opens and closes itself (VXLAN), implemented by the
 /// I/O layer: the commands stay in the one table, the sockets in `net`.
 pub trait Uplinks {
@@ -122,13 +140,30 @@ pub struct Context<'a> {
     pub events: Vec<Event>,
     /// Lines for the switch's log.
     pub log: Vec<String>,
+    /// Frame captures, where the transport has them.
+    pub capture: Option<&'a mut dyn CaptureDesk>,
+    /// What `load` reads: the scripts read ahead for this command, or,
+    /// when `None`, the file system directly (only where blocking is
+    /// harmless: tests and fuzzing).
+    pub scripts: Option<Scripts>,
     /// The VXLAN ports, when the console runs inside a switch.
     pub uplinks: Option<&'a mut dyn Uplinks>,
 }
 
 impl<'a> Context<'a> {
     pub fn new(switch: &'a mut Switch, info: &'a SwitchInfo, now: u64, session: &'a mut Session) -> Self {
-        Context { switch, info, now, session, effects: Vec::new(), events: Vec::new(), log: Vec::new(), uplinks: None }
+        Context {
+            switch,
+            info,
+            now,
+            session,
+            effects: Vec::new(),
+            events: Vec::new(),
+            log: Vec::new(),
+            capture: None,
+            scripts: None,
+            uplinks: None,
+        }
     }
 }
 
@@ -197,6 +232,46 @@ fn abbreviated(line: &str) -> String {
         Some((end, _)) => format!("{}...", &line[..end]),
         None => line.to_string(),
     }
+}
+
+/// The path a console or script line would `load`, if it is a `load`
+/// command; read the same way [`run_line`] reads the line.
+pub fn load_target(line: &str) -> Option<&str> {
+    let line = c_string(line);
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let line = line.trim_start_matches([' ', '\t']);
+    if line.starts_with('#') {
+        return None;
+    }
+    lookup(line).filter(|(c, _)| c.path == "load").map(|(_, path)| path)
+}
+
+/// Reads the script `path` names and, inside it, every script its `load`
+/// lines name, as deep as `load` may nest, with `read`: the whole set a
+/// `load` command can need, so that it can be read where blocking is
+/// harmless and run without touching the file system. Bounded in files and
+/// bytes; a script left out is refused with `ENOBUFS` when its turn comes.
+pub fn prefetch(path: &str, read: impl Fn(&str) -> Result<String, Errno>) -> Scripts {
+    let mut scripts = Scripts::new();
+    let mut bytes = 0;
+    let mut level = vec![path.to_string()];
+    for _ in 0..MAX_LOAD_DEPTH {
+        let mut next = Vec::new();
+        for path in level {
+            if scripts.contains_key(&path) || scripts.len() >= MAX_PREFETCHED_SCRIPTS || bytes > MAX_SCRIPT_OUTPUT {
+                continue;
+            }
+            let text = read(&path);
+            if let Ok(text) = &text {
+                bytes += text.len();
+                let lines = text.split_inclusive('\n').map(|raw| c_string(raw.strip_suffix('\n').unwrap_or(raw)));
+                next.extend(lines.filter(|l| l.len() <= MAX_LINE).filter_map(load_target).map(str::to_string));
+            }
+            scripts.insert(path, text);
+        }
+        level = next;
+    }
+    scripts
 }
 
 /// Runs one console line and returns the reply (without prompt).

@@ -51,6 +51,18 @@ impl Console {
         reply
     }
 
+    /// Runs a line as the event loop does: the scripts a `load` needs are
+    /// read ahead and the command itself touches no file.
+    fn run_prefetched(&mut self, line: &str) -> String {
+        let scripts = load_target(line).map(|path| prefetch(path, read_script)).unwrap_or_default();
+        let mut ctx = Context::new(&mut self.switch, &self.info, 5, &mut self.session);
+        ctx.scripts = Some(scripts);
+        let reply = execute(&mut ctx, line);
+        self.effects.extend(ctx.effects);
+        self.log.extend(ctx.log);
+        reply
+    }
+
     fn script(&mut self, name: &str, text: &str) -> (String, Result<(), Errno>) {
         let mut ctx = Context::new(&mut self.switch, &self.info, 5, &mut self.session);
         let mut out = String::new();
@@ -326,7 +338,7 @@ fn drop_counters_are_an_unlisted_extension() {
     c.run("port/create 3");
     let reply = c.run("port/drops 3");
     assert!(reply.starts_with("0000 DATA END WITH '.'\nPort 0003 runt=0 oversize=0 "), "{reply}");
-    assert!(reply.ends_with("send-failed=0\n.\n1000 Success\n"), "{reply}");
+    assert!(reply.ends_with("mirror-port=0\n.\n1000 Success\n"), "{reply}");
     assert_eq!(c.run("port/drops 99"), "0000 DATA END WITH '.'\n.\n1022 Invalid argument\n");
     assert!(!c.run("help").contains("port/drops"), "help must stay vde_switch's");
 }
@@ -352,4 +364,41 @@ fn scripts_loading_themselves_stop_at_a_line_budget() {
     assert!(reply.ends_with("1105 No buffer space available\n"), "{}", &reply[reply.len().saturating_sub(200)..]);
     assert!(reply.matches("vde[").count() <= MAX_SCRIPT_LINES);
     assert_eq!(c.run("port/showinfo").lines().last(), Some("1000 Success"), "the session still works");
+}
+
+#[test]
+fn scripts_read_ahead_answer_as_scripts_read_in_place() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    fs::write(path("inner.rc"), "vlan/create 4\n# load /not/read\n").unwrap();
+    let outer = format!("  load {}\nload /nonexistent\nload\t{}\n", path("inner.rc"), path("empty"));
+    fs::write(path("outer.rc"), outer).unwrap();
+    fs::write(path("empty"), "").unwrap();
+    fs::write(path("loop.rc"), format!("load {}\n", path("loop.rc"))).unwrap();
+    fs::write(path("fork.rc"), format!("load {}\n", path("fork.rc")).repeat(50)).unwrap();
+    let lines = ["load outer.rc", "load loop.rc", "load fork.rc", "load /dev/zero", "load", "port/create 3"];
+    for line in lines.map(|l| l.replace("load ", &format!("load {}/", dir.path().display()))) {
+        let direct = Console::new(SessionKind::Socket).run(&line);
+        let ahead = Console::new(SessionKind::Socket).run_prefetched(&line);
+        assert_eq!(direct, ahead, "{line}");
+    }
+    let scripts = prefetch(&path("outer.rc"), read_script);
+    let mut read: Vec<String> = scripts.into_keys().collect();
+    read.sort();
+    let mut expected = [path("empty"), path("inner.rc"), "/nonexistent".into(), path("outer.rc")];
+    expected.sort();
+    assert_eq!(read, expected, "every script a load line names, and nothing in comments");
+    assert_eq!(load_target("  # load x"), None);
+    assert_eq!(load_target("load\tx\n"), Some("x"));
+    assert_eq!(load_target("loadx"), Some("x"), "a command is any line its path begins");
+}
+
+#[test]
+fn a_script_not_read_ahead_is_refused() {
+    let mut c = Console::new(SessionKind::Socket);
+    let mut ctx = Context::new(&mut c.switch, &c.info, 5, &mut c.session);
+    ctx.scripts = Some(Scripts::from([("/a".to_string(), Ok("load /b\n".to_string()))]));
+    assert_eq!(execute(&mut ctx, "load /a"), "vde[/a]: load /b\n1105 No buffer space available\n1000 Success\n");
+    ctx.scripts = Some(Scripts::new());
+    assert_eq!(execute(&mut ctx, "load /etc/hostname"), "1105 No buffer space available\n", "no file is read in place");
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, lchown};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt, chown, lchown};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -14,10 +14,13 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket
 use nix::unistd::{Gid, Uid};
 
 use super::data::VDE;
+use super::jobs::{LOOKUP_TIME_LIMIT, Outcome, Reached, Waiter};
 use super::transport::vde::{self, Vde};
-use super::{Conn, Fatal, HANDSHAKE_TIMEOUT, Server, Token, interest, log, sys};
+use super::{
+    Accepted, Conn, Fatal, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, Server, Token, interest, log, sys, token_generation,
+};
 use crate::engine::{Attach, AttachError, Credentials, EndpointKey, PortRequest, Switch};
-use crate::wire::{Request, RequestError, RequestKind, reply_for_path};
+use crate::wire::{ClientAddr, Request, RequestError, RequestKind, reply_for_path};
 
 /// Permissions and ownership requested on the command line.
 #[derive(Debug, Clone)]
@@ -67,38 +70,109 @@ fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
 
 impl CtlDir {
     /// Creates (or reuses) the directory and listens on its `ctl` socket,
-    /// replacing a stale socket but never a live switch's.
+    /// replacing a stale socket but never a live switch's. Nobody can see
+    /// the directory, or a `ctl` in it, before `ctl` listens: a new
+    /// directory is built under a temporary name beside it and renamed
+    /// into place, and in an existing one `ctl` is bound under a temporary
+    /// name and renamed.
     pub fn open(path: &Path, access: Access) -> Result<CtlDir, Fatal> {
-        match fs::create_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(Fatal::new(
-                    255,
-                    format!("Cannot create ctl directory '{}': {}", path.display(), log::error_text(&e)),
-                ));
-            }
+        let exists = fs::symlink_metadata(path).is_ok();
+        if !exists && let Some(listener) = Self::build_aside(path, &access)? {
+            let dir = Self::resolve(path)?;
+            return Ok(CtlDir { dir, listener, access });
         }
-        let dir = fs::canonicalize(path).map_err(|e| {
-            Fatal::new(1, format!("Cannot resolve ctl directory '{}': {}", path.display(), log::error_text(&e)))
-        })?;
+        if let Err(e) = fs::create_dir(path)
+            && e.kind() != io::ErrorKind::AlreadyExists
+        {
+            return Err(Self::create_error(path, &e));
+        }
+        let dir = Self::resolve(path)?;
         let _ = set_group(&dir, access.group);
         let _ = set_mode(&dir, access.dir_mode);
-        let ctl = dir.join("ctl");
-        let listener = match super::listen_at(&ctl) {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                return Err(Fatal::new(
-                    255,
-                    format!("Could not bind to socket '{}': Address already in use", ctl.display()),
-                ));
-            }
-            Err(_) => UnixListener::bind(&ctl).map_err(|e| Self::bind_error(&ctl, &e))?,
-        };
-        listener.set_nonblocking(true).map_err(|e| Self::bind_error(&ctl, &e))?;
-        let _ = set_group(&ctl, access.group);
-        let _ = set_mode(&ctl, access.ctl_mode);
+        let listener = Self::listen_in_place(&dir.join("ctl"), &access)?;
         Ok(CtlDir { dir, listener, access })
+    }
+
+    fn resolve(path: &Path) -> Result<PathBuf, Fatal> {
+        fs::canonicalize(path).map_err(|e| {
+            Fatal::new(1, format!("Cannot resolve ctl directory '{}': {}", path.display(), log::error_text(&e)))
+        })
+    }
+
+    fn create_error(path: &Path, e: &io::Error) -> Fatal {
+        Fatal::new(255, format!("Cannot create ctl directory '{}': {}", path.display(), log::error_text(e)))
+    }
+
+    /// Builds the directory with a listening `ctl` under a temporary name
+    /// beside `path` and renames it into place. `None` when that cannot be
+    /// done (the temporary paths would be too long for a socket address,
+    /// the file system cannot rename without replacing, or `path` appeared
+    /// meanwhile): the caller then works in place.
+    fn build_aside(path: &Path, access: &Access) -> Result<Option<UnixListener>, Fatal> {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        let Some(temp) = super::temporary_name(path) else { return Ok(None) };
+        let ctl = temp.join("ctl");
+        if UnixAddr::new(&ctl).is_err() {
+            return Ok(None);
+        }
+        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&temp) {
+            return match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(None),
+                _ => Err(Self::create_error(path, &e)),
+            };
+        }
+        let discard = |temp: &Path| {
+            let _ = fs::remove_file(temp.join("ctl"));
+            let _ = fs::remove_dir(temp);
+        };
+        let _ = set_group(&temp, access.group);
+        let _ = set_mode(&temp, access.dir_mode);
+        let listener = match Self::listen(&ctl, access) {
+            Ok(l) => l,
+            Err(e) => {
+                discard(&temp);
+                return Err(Self::bind_error(&path.join("ctl"), &e));
+            }
+        };
+        match renameat2(AT_FDCWD, &temp, AT_FDCWD, path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => Ok(Some(listener)),
+            Err(nix::errno::Errno::EEXIST | nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+                drop(listener);
+                discard(&temp);
+                Ok(None)
+            }
+            Err(e) => {
+                drop(listener);
+                discard(&temp);
+                Err(Self::create_error(path, &io_err(e)))
+            }
+        }
+    }
+
+    /// Binds and listens at `path` with the `ctl` mode and group.
+    fn listen(path: &Path, access: &Access) -> io::Result<UnixListener> {
+        super::bind_prepared(path, |at| Self::prepare(at, access))
+    }
+
+    /// Gives a new `ctl` its mode and group; like vde_switch, a failure to
+    /// do so does not stop the switch.
+    fn prepare(at: &Path, access: &Access) -> io::Result<()> {
+        let _ = set_group(at, access.group);
+        let _ = set_mode(at, access.ctl_mode);
+        Ok(())
+    }
+
+    /// Listens on `ctl` in an existing directory: bound under a temporary
+    /// name and renamed over `ctl`, so that the name `ctl` goes from absent
+    /// or stale straight to listening.
+    fn listen_in_place(ctl: &Path, access: &Access) -> Result<UnixListener, Fatal> {
+        match super::listen_atomically(ctl, |at| Self::prepare(at, access)) {
+            Ok(Some(listener)) => Ok(listener),
+            Ok(None) => {
+                Err(Fatal::new(255, format!("Could not bind to socket '{}': Address already in use", ctl.display())))
+            }
+            Err(e) => Err(Self::bind_error(ctl, &e)),
+        }
     }
 
     fn bind_error(ctl: &Path, e: &io::Error) -> Fatal {
@@ -137,6 +211,8 @@ pub enum HandshakeError {
     Attach(#[from] AttachError),
     #[error("Cannot create data socket: {}", log::error_text(.0))]
     DataSocket(io::Error),
+    #[error("Refusing client: its socket path could not be reached in time")]
+    TimedOut,
 }
 
 impl HandshakeError {
@@ -156,28 +232,42 @@ fn io_err(e: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// Serves one port request read from a control connection: checks the
-/// client, attaches it to a port, creates and binds its data socket and
-/// writes the reply naming that socket.
-pub fn handshake(
-    ctl: &CtlDir,
-    stream: &UnixStream,
-    request: &[u8],
-    switch: &mut Switch,
-) -> Result<NewEndpoint, HandshakeError> {
-    let req = Request::parse(request)?;
-    let peer = Peer::of(stream);
-    let owner = match req.addr.path() {
+/// Reaches the client's socket: looks up who owns its path and connects a
+/// new datagram socket to it. With `peer`, first takes the peer's
+/// file-system identity for the rest of the calling thread's life (a job
+/// thread's), so a client cannot make the switch reach a socket it could
+/// not reach itself. An abstract address involves no file system and needs
+/// no identity.
+pub fn reach(peer: Option<&Peer>, addr: &ClientAddr) -> Result<Reached, HandshakeError> {
+    if let Some(peer) = peer {
+        peer.assume().map_err(|_| HandshakeError::Inaccessible)?;
+    }
+    let owner = match addr.path() {
         None => None,
         Some(path) => {
             let path = Path::new(std::ffi::OsStr::from_bytes(path));
-            Some(peer.impersonate(|| fs::metadata(path)).map_err(|_| HandshakeError::Inaccessible)?.uid())
+            Some(fs::metadata(path).map_err(|_| HandshakeError::Inaccessible)?.uid())
         }
     };
     let socket =
         socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
             .map_err(|e| HandshakeError::DataSocket(io_err(e)))?;
-    peer.impersonate(|| sys::connect_raw(socket.as_fd(), &req.addr)).map_err(HandshakeError::Connect)?;
+    sys::connect_raw(socket.as_fd(), addr).map_err(HandshakeError::Connect)?;
+    Ok(Reached { owner, socket })
+}
+
+/// Serves a port request whose client socket has been reached: attaches
+/// the client to a port, creates and binds its data socket and writes the
+/// reply naming that socket.
+pub fn handshake(
+    ctl: &CtlDir,
+    stream: &UnixStream,
+    req: &Request,
+    reached: Reached,
+    switch: &mut Switch,
+) -> Result<NewEndpoint, HandshakeError> {
+    let peer = Peer::of(stream);
+    let Reached { owner, socket } = reached;
     let request = match req.kind {
         RequestKind::NewPort0 => PortRequest::Zero,
         RequestKind::NewControl if req.port == 0 => PortRequest::Any,
@@ -243,16 +333,17 @@ fn bind_with_mode(socket: &OwnedFd, path: &Path, mode: u32) -> io::Result<()> {
     bound.map_err(io_err)
 }
 
-/// The process at the other end of a control connection, as the kernel
-/// knows it.
-struct Peer {
+/// The process at the other end of a Unix stream (a control connection or
+/// a console session), as the kernel knows it.
+#[derive(Debug, Clone)]
+pub struct Peer {
     uid: Uid,
     gid: Gid,
     groups: Vec<Gid>,
 }
 
 impl Peer {
-    fn of(stream: &UnixStream) -> Peer {
+    pub fn of(stream: &UnixStream) -> Peer {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
         let Ok(cred) = getsockopt(stream, PeerCredentials) else {
             // Unknown peers get an identity that owns nothing.
@@ -269,56 +360,87 @@ impl Peer {
         Credentials { uid: self.uid.as_raw(), gids }
     }
 
-    /// Runs `f` with the peer's file-system identity, so the client's
-    /// socket path is looked up and connected to with the peer's rights,
-    /// not the switch's: a client cannot make the switch reach a socket it
-    /// could not reach itself. Only a root switch has another identity to
-    /// borrow; otherwise the kernel already checks with the switch's own.
-    fn impersonate<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        use nix::unistd::{getgroups, setfsgid, setfsuid, setgroups};
+    /// Gives the calling thread the peer's file-system identity (user,
+    /// group, supplementary groups) for good: only job threads call it,
+    /// and the identity is per thread, so the loop and other jobs keep
+    /// theirs. Only a root switch has another identity to lend; otherwise
+    /// the kernel already checks with the switch's own, which is never more
+    /// than the peer could reach through the switch anyway.
+    pub fn assume(&self) -> io::Result<()> {
+        use nix::unistd::{setfsgid, setfsuid};
         if !Uid::effective().is_root() || self.uid.is_root() {
-            return f();
+            return Ok(());
         }
-        let saved = getgroups().map_err(io_err)?;
-        setgroups(&self.groups).map_err(io_err)?;
+        sys::set_thread_groups(&self.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>())?;
         setfsgid(self.gid);
         setfsuid(self.uid);
-        let result = f();
-        setfsuid(Uid::effective());
-        setfsgid(Gid::effective());
-        setgroups(&saved).map_err(io_err)?;
-        result
+        // Both calls answer with the previous id, never an error: ask again
+        // to learn whether the change took.
+        if setfsuid(self.uid) != self.uid || setfsgid(self.gid) != self.gid {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(())
     }
 }
 
 /// The switch's control side: accepting clients and serving handshakes.
 impl Server {
     pub(super) fn accept_ctl(&mut self) {
-        loop {
-            match self.ctl.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let slot = self.conns.vacant_key();
-                    let generation = self.next_generation();
-                    let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-                    if self.epoll.add(&stream, interest(Token::Conn(slot, generation), flags)).is_ok() {
-                        self.conns.insert(Conn { stream, endpoint: None, accepted_at: self.now, generation });
-                        self.handshakes.push_back((slot, self.now));
-                    }
+        // A bounded batch: clients connecting as fast as the switch accepts
+        // must not keep the loop here (the listener stays ready).
+        for _ in 0..super::ACCEPT_BATCH {
+            let stream = match super::accept(&self.ctl.listener, &mut self.reserve) {
+                Accepted::Stream(stream) => stream,
+                Accepted::Nothing => return,
+                Accepted::Shed => {
+                    self.refusals.note(|| "Out of descriptors: closed a new control connection".into());
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.pause_listener(Token::Ctl, &e),
+                Accepted::Failed(e) => return self.pause_listener(Token::Ctl, &e),
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
             }
+            self.make_room_for_handshake();
+            let slot = self.conns.vacant_key();
+            self.serial += 1;
+            let serial = self.serial;
+            let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+            if self.epoll.add(&stream, interest(Token::Conn(slot, token_generation(serial)), flags)).is_ok() {
+                let conn = Conn { stream, endpoint: None, accepted_at: self.now, serial, request: None };
+                self.conns.insert(conn);
+                self.handshakes.push_back((slot, self.serial));
+            }
+        }
+    }
+
+    fn is_pending(&self, slot: usize, serial: u64) -> bool {
+        self.conns.get(slot).is_some_and(|c| c.endpoint.is_none() && c.serial == serial)
+    }
+
+    /// Keeps at most [`MAX_HANDSHAKES`] connections waiting for their
+    /// request: at the limit, the oldest one is closed for the newcomer.
+    fn make_room_for_handshake(&mut self) {
+        let max = super::cap(MAX_HANDSHAKES, 4);
+        if self.handshakes.len() < max {
+            return;
+        }
+        let mut live = std::mem::take(&mut self.handshakes);
+        live.retain(|&(slot, serial)| self.is_pending(slot, serial));
+        self.handshakes = live;
+        while self.handshakes.len() >= max
+            && let Some((slot, _)) = self.handshakes.pop_front()
+        {
+            self.refusals.note(|| format!("{max} connections owe their request: closed the oldest"));
+            self.close_conn(slot);
         }
     }
 
     pub(super) fn read_conn(&mut self, slot: usize, flags: EpollFlags) {
         let Some(conn) = self.conns.get_mut(slot) else { return };
-        if conn.endpoint.is_some() {
-            // Attached streams are watched for hang-up only (see below).
+        if conn.endpoint.is_some() || conn.request.is_some() {
+            // Attached streams, and those whose client socket is being
+            // reached, are watched for hang-up only (see below).
             if flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
                 self.close_conn(slot);
             }
@@ -334,7 +456,65 @@ impl Server {
             self.close_conn(slot);
             return;
         }
-        match handshake(&self.ctl, &conn.stream, &buf[..n], &mut self.switch) {
+        let request = &buf[..n];
+        let addr = match Request::parse(request) {
+            Ok(req) => req.addr,
+            Err(e) => return self.refuse(slot, &HandshakeError::Request(e)),
+        };
+        if addr.path().is_none() {
+            let reached = reach(None, &addr);
+            return self.finish_handshake(slot, request, reached);
+        }
+        // The path may sit on a mount that hangs: reached in a job. With
+        // every job slot taken the connection waits its turn; its
+        // handshake time limit runs on meanwhile. Until then only a
+        // hang-up matters.
+        conn.request = Some(request.to_vec());
+        let serial = conn.serial;
+        let _ = self
+            .epoll
+            .modify(&conn.stream, &mut interest(Token::Conn(slot, token_generation(serial)), EpollFlags::EPOLLRDHUP));
+        if !self.start_lookup(slot) {
+            if self.lookups_waiting.len() >= MAX_HANDSHAKES {
+                let mut waiting = std::mem::take(&mut self.lookups_waiting);
+                waiting.retain(|&(slot, serial)| self.is_pending(slot, serial));
+                self.lookups_waiting = waiting;
+            }
+            self.lookups_waiting.push_back((slot, serial));
+        }
+    }
+
+    /// Starts the job reaching the client socket of the connection in
+    /// `slot`. False when no job can start now.
+    fn start_lookup(&mut self, slot: usize) -> bool {
+        let Some(conn) = self.conns.get(slot) else { return true };
+        let Some(addr) = conn.request.as_deref().and_then(|r| Request::parse(r).ok()).map(|r| r.addr) else {
+            return true;
+        };
+        let peer = Peer::of(&conn.stream);
+        let waiter = Waiter::Conn(slot, conn.serial);
+        self.jobs.start(waiter, LOOKUP_TIME_LIMIT, move || Outcome::Reached(reach(Some(&peer), &addr)))
+    }
+
+    /// Starts the look-ups that waited for a free job slot, oldest first.
+    pub(super) fn start_waiting_lookups(&mut self) {
+        while let Some(&(slot, serial)) = self.lookups_waiting.front() {
+            if self.is_pending(slot, serial) && !self.start_lookup(slot) {
+                return;
+            }
+            self.lookups_waiting.pop_front();
+        }
+    }
+
+    /// Goes on with a handshake once its client socket was reached (or not).
+    pub(super) fn finish_handshake(&mut self, slot: usize, request: &[u8], reached: Result<Reached, HandshakeError>) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        conn.request = None;
+        let result = reached.and_then(|reached| {
+            let req = Request::parse(request)?;
+            handshake(&self.ctl, &conn.stream, &req, reached, &mut self.switch)
+        });
+        match result {
             Ok(new) => {
                 let epoll = &self.epoll;
                 let (key, socket, path) = (new.key, new.socket, new.path.clone());
@@ -344,7 +524,7 @@ impl Server {
                 match added.unwrap_or_else(|| Err(io::Error::other("no VDE transport"))) {
                     Ok((local, desc)) => self.data.attach(key, VDE, local, desc, desc),
                     Err(e) => {
-                        log::log(&format!("epoll add data socket: {e}"));
+                        self.refusals.note(|| format!("epoll add data socket: {e}"));
                         self.switch.detach(new.key);
                         let _ = fs::remove_file(&new.path);
                         self.close_conn(slot);
@@ -355,31 +535,42 @@ impl Server {
                 // From now on only the end of the stream matters. Not
                 // reading it also means a client writing without pause
                 // fills its own socket buffer, not the switch's time.
-                let _ = self
-                    .epoll
-                    .modify(&conn.stream, &mut interest(Token::Conn(slot, conn.generation), EpollFlags::EPOLLRDHUP));
+                let _ = self.epoll.modify(
+                    &conn.stream,
+                    &mut interest(Token::Conn(slot, token_generation(conn.serial)), EpollFlags::EPOLLRDHUP),
+                );
             }
-            Err(e) => {
-                if !e.is_silent() {
-                    log::log(&e.to_string());
-                }
-                self.close_conn(slot);
-            }
+            Err(e) => self.refuse(slot, &e),
         }
+    }
+
+    /// Job outcome for a control connection: `None` when reaching its
+    /// client socket took too long.
+    pub(super) fn reached(&mut self, slot: usize, serial: u64, outcome: Option<Result<Reached, HandshakeError>>) {
+        let Some(conn) = self.conns.get(slot).filter(|c| c.serial == serial) else { return };
+        let Some(request) = conn.request.clone() else { return };
+        self.finish_handshake(slot, &request, outcome.unwrap_or(Err(HandshakeError::TimedOut)));
+    }
+
+    /// Closes a connection whose request was refused, logging why (at a
+    /// bounded rate: any local user may send bad requests).
+    fn refuse(&mut self, slot: usize, e: &HandshakeError) {
+        if !e.is_silent() {
+            self.refusals.note(|| e.to_string());
+        }
+        self.close_conn(slot);
     }
 
     /// Closes connections that have not sent their request in time.
     pub(super) fn expire_handshakes(&mut self) {
-        while let Some(&(slot, accepted_at)) = self.handshakes.front() {
-            if accepted_at + HANDSHAKE_TIMEOUT > self.now {
-                break;
-            }
-            self.handshakes.pop_front();
-            let still_waiting =
-                self.conns.get(slot).is_some_and(|c| c.endpoint.is_none() && c.accepted_at == accepted_at);
-            if still_waiting {
+        while let Some(&(slot, serial)) = self.handshakes.front() {
+            if self.is_pending(slot, serial) {
+                if self.conns[slot].accepted_at + HANDSHAKE_TIMEOUT > self.now {
+                    break;
+                }
                 self.close_conn(slot);
             }
+            self.handshakes.pop_front();
         }
     }
 
@@ -387,6 +578,9 @@ impl Server {
     pub(super) fn close_conn(&mut self, slot: usize) {
         let Some(conn) = self.conns.try_remove(slot) else { return };
         let _ = self.epoll.delete(&conn.stream);
+        if conn.request.is_some() {
+            self.jobs.forget(Waiter::Conn(slot, conn.serial));
+        }
         if let Some(key) = conn.endpoint {
             self.switch.detach(key);
             self.data.remove(&self.epoll, key);

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollFlags};
 
+use super::capture::{Captures, Direction};
 use super::sys::BATCH;
 use super::transport::tap::Tap;
 use super::transport::vde::Vde;
@@ -142,6 +143,7 @@ pub struct DataPlane {
     /// Flow-control state changed since the invariants were last checked.
     #[cfg(debug_assertions)]
     changed: bool,
+    capture: Captures,
 }
 
 impl Default for DataPlane {
@@ -164,6 +166,7 @@ impl Default for DataPlane {
             wakeup: 0,
             #[cfg(debug_assertions)]
             changed: false,
+            capture: Captures::default(),
         }
     }
 }
@@ -273,6 +276,10 @@ impl DataPlane {
     pub fn lifeline(&self, key: EndpointKey) -> Option<usize> {
         let link = self.link(key)?;
         self.transports[link.transport].lifeline(link.local)
+    }
+
+    pub fn capture(&mut self) -> &mut Captures {
+        &mut self.capture
     }
 
     fn spare_buffers(&mut self, buffers: impl Iterator<Item = Vec<u8>>) {
@@ -418,6 +425,13 @@ impl DataPlane {
             if let Some(desc) = self.registry.descs.get_mut(id) {
                 desc.last_busy = wakeup;
             }
+            if self.capture.is_on() {
+                for i in 0..n {
+                    if let Some(ep) = switch.endpoint(EndpointKey(self.rx.source(i))) {
+                        self.capture.record(ep.port, Direction::In, [self.rx.frame(i)]);
+                    }
+                }
+            }
             self.decide(n, switch, now);
             self.send(epoll, switch);
             if n < BATCH {
@@ -490,6 +504,19 @@ impl DataPlane {
 
     fn send(&mut self, epoll: &Epoll, switch: &mut Switch) {
         let queue = std::mem::take(&mut self.queue);
+        if self.capture.is_on() {
+            let mut capture = std::mem::take(&mut self.capture);
+            for run in queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
+                if let Some(ep) = switch.endpoint(run[0].endpoint) {
+                    capture.record(
+                        ep.port,
+                        Direction::Out,
+                        run.iter().map(|q| frame_of(&self.rx, &self.edited, &self.edited_len, q)),
+                    );
+                }
+            }
+            self.capture = capture;
+        }
         for run in queue.chunk_by(|a, b| a.endpoint == b.endpoint) {
             let dest = run[0].endpoint;
             let Some(link) = self.links.get(dest.0 as usize).and_then(Option::as_ref) else { continue };

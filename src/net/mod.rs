@@ -2,9 +2,11 @@
 //! the engine and the console and carries their decisions out; it decides
 //! nothing about switching itself.
 
+mod capture;
 mod console;
 mod ctl;
 mod data;
+mod jobs;
 pub mod log;
 pub mod sys;
 mod transport;
@@ -60,6 +62,8 @@ pub struct Config {
     pub hash_size: u32,
     pub info: SwitchInfo,
     pub daemon: bool,
+    /// Whether stdin is a console (not with `-d` or `--nostdin`).
+    pub stdin_console: bool,
     /// Absolute paths: the daemon changes directory before using them.
     pub pidfile: Option<PathBuf>,
     pub rcfile: Option<PathBuf>,
@@ -92,6 +96,7 @@ enum Token {
     /// Descriptor registry slot and generation (see `transport::Registry`).
     Data(u32, u32),
     Session(usize, u32),
+    Jobs,
 }
 
 impl Token {
@@ -106,6 +111,7 @@ impl Token {
             Token::Data(k, g) => (5, g, u64::from(k)),
             Token::Session(i, g) => (6, g, i as u64),
             Token::Tick => (7, 0, 0),
+            Token::Jobs => (8, 0, 0),
         };
         kind << 56 | u64::from(generation & GENERATION_MASK) << 32 | (index & 0xffff_ffff)
     }
@@ -122,6 +128,7 @@ impl Token {
             5 => Token::Data(index as u32, generation),
             6 => Token::Session(index as usize, generation),
             7 => Token::Tick,
+            8 => Token::Jobs,
             _ => return None,
         })
     }
@@ -133,12 +140,42 @@ struct Conn {
     endpoint: Option<EndpointKey>,
     /// When it was accepted (seconds since start).
     accepted_at: u64,
-    generation: u32,
+    /// Tells this connection from earlier ones in the same slot.
+    serial: u64,
+    /// The port request, kept while its client socket is being reached.
+    request: Option<Vec<u8>>,
 }
 
 /// How long a connection may take to send its port request. Connections
 /// that never do would otherwise hold a descriptor each for ever.
 const HANDSHAKE_TIMEOUT: u64 = 10;
+/// Most connections that may owe their port request at once (and at most a
+/// quarter of the descriptor limit); beyond, the oldest is closed. A client
+/// sends its request right after connecting, so only idle or hostile
+/// connections are ever closed this way.
+const MAX_HANDSHAKES: usize = 128;
+/// Most console sessions at once (and at most an eighth of the descriptor
+/// limit); beyond, the one idle longest is closed.
+const MAX_SESSIONS: usize = 128;
+
+/// `cap`, or `1/share` of the process's descriptor limit if that is less
+/// (read each time: the limit may be changed from outside, `prlimit`), so
+/// idle connections can never take the descriptors endpoints need.
+fn cap(cap: usize, share: u64) -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    cap.min(usize::try_from(limit / share).unwrap_or(usize::MAX)).max(1)
+}
+/// Lines about refused or dropped connections a second: any local user who
+/// may connect can cause them.
+const REFUSAL_LINES_PER_SECOND: u32 = 10;
+/// Log lines of console commands a second (`hash/setsize`, `load` giving
+/// up): every console user can cause them.
+const CONSOLE_LINES_PER_SECOND: u32 = 10;
+/// Most connections accepted from one listener per wake-up.
+const ACCEPT_BATCH: usize = 64;
+/// How long the last log lines may take to be written on the way out.
+const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// A station flapping between ports (a loop, a spoofer) moves on every
 /// frame; logging each would make the log, not the network, the bottleneck.
 const MAC_MOVE_LINES_PER_SECOND: u32 = 10;
@@ -191,9 +228,18 @@ struct Server {
     /// of descriptors, and a level-triggered wait would spin on them.
     paused: Vec<Token>,
     conns: Slab<Conn>,
-    /// Connections still owing their request, oldest first, with the time
-    /// they were accepted (a slot may have been reused since).
+    /// Connections still owing their request, oldest first, with their
+    /// serial (a slot may have been reused since).
     handshakes: VecDeque<(usize, u64)>,
+    /// Last serial given to a connection or session.
+    serial: u64,
+    /// Held open so that, out of descriptors, a connection can still be
+    /// accepted and closed instead of waiting in the backlog.
+    reserve: Option<fs::File>,
+    jobs: jobs::Jobs,
+    /// Connections whose client socket waits for a free job slot, oldest
+    /// first, with their serial.
+    lookups_waiting: VecDeque<(usize, u64)>,
     data: DataPlane,
     mgmt: Option<MgmtListener>,
     sessions: Slab<SocketSession>,
@@ -203,8 +249,14 @@ struct Server {
     pidfile: Option<PathBuf>,
     exit: Option<Exit>,
     moves: log::RateLimited,
-    /// The last generation given to a connection or session token.
-    generation: u32,
+    refusals: log::RateLimited,
+    console_lines: log::RateLimited,
+}
+
+/// The token generation of a connection or session: the low bits of its
+/// serial number, enough to tell it from the slot's previous occupant.
+fn token_generation(serial: u64) -> u32 {
+    serial as u32 & GENERATION_MASK
 }
 
 fn interest(token: Token, flags: EpollFlags) -> EpollEvent {
@@ -221,10 +273,14 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
     let mut info = config.info.clone();
     info.ctl_dir = ctl.dir.display().to_string();
     info.ctl_mode = config.access.ctl_mode;
+    let mut readiness = None;
     if config.daemon {
-        if let Err(e) = nix::unistd::daemon(false, false) {
-            ctl.cleanup();
-            return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
+        match sys::daemon_when_ready() {
+            Ok(report) => readiness = Some(report),
+            Err(e) => {
+                ctl.cleanup();
+                return Err(Fatal::new(1, format!("daemon: {}", mgmt::strerror(e))));
+            }
         }
         log::switch_to_syslog();
         log::log("VDE_SWITCH started");
@@ -242,39 +298,160 @@ pub fn run(config: Config) -> Result<Exit, Fatal> {
         server.cleanup();
         return Err(fatal);
     }
+    log::start_writer();
+    // The launcher of `-d` returns now: every listener and the pid file are
+    // in place, the tap interfaces attached and the rc file run.
+    if let Some(report) = readiness.take() {
+        let _ = nix::unistd::write(&report, b"1");
+    }
     let exit = server.serve();
     server.cleanup();
+    log::drain(LOG_DRAIN_LIMIT);
     Ok(exit)
 }
 
-/// Listens on a socket at `path`. A socket left there by a process that no
-/// longer listens is replaced; `Ok(None)` means a live process listens
-/// there. Anything else at the path is never deleted.
-fn listen_at(path: &std::path::Path) -> io::Result<Option<std::os::unix::net::UnixListener>> {
+/// The name beside `path` that a file is prepared under before it is
+/// renamed to `path`. It starts with `path`'s own name: the kernel keeps
+/// listing a socket under the path it was bound to (`/proc/net/unix`), and
+/// launchers (Marionnet) look for the final name there.
+fn temporary_name(path: &std::path::Path) -> Option<PathBuf> {
+    let mut name = path.file_name()?.to_os_string();
+    name.push(format!(".vswitch-{}", std::process::id()));
+    Some(path.with_file_name(name))
+}
+
+/// Listens on a socket at `path` such that the path goes straight from
+/// absent (or a socket nobody listens on any more) to a listening socket
+/// that `prepare` has given its mode and group: it is bound under a
+/// temporary name and renamed. `Ok(None)` means a live process listens
+/// there; anything at `path` that is not a socket is never replaced
+/// (`EADDRINUSE`). When the temporary name would not fit a socket address,
+/// the socket is bound in place.
+fn listen_atomically(
+    path: &std::path::Path,
+    prepare: impl FnOnce(&std::path::Path) -> io::Result<()>,
+) -> io::Result<Option<std::os::unix::net::UnixListener>> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     use std::os::unix::fs::FileTypeExt;
-    use std::os::unix::net::UnixListener;
-    match UnixListener::bind(path) {
-        Ok(listener) => Ok(Some(listener)),
-        Err(e) if e.kind() != io::ErrorKind::AddrInUse => Err(e),
-        Err(e) => {
+    let stale = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
                 return Ok(None);
             }
-            if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                return Err(e);
-            }
+            true
+        }
+        Ok(_) => return Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    let Some(temp) = temporary_name(path).filter(|t| nix::sys::socket::UnixAddr::new(t).is_ok()) else {
+        if stale {
             fs::remove_file(path)?;
-            UnixListener::bind(path).map(Some)
+        }
+        return bind_prepared(path, prepare).map(Some);
+    };
+    let _ = fs::remove_file(&temp);
+    let listener = bind_prepared(&temp, prepare)?;
+    // A stale socket is replaced in one step; an absent name must not be
+    // taken from a process that binds it meanwhile.
+    let flags = if stale { RenameFlags::empty() } else { RenameFlags::RENAME_NOREPLACE };
+    let renamed = match renameat2(AT_FDCWD, &temp, AT_FDCWD, path, flags) {
+        Err(Errno::EINVAL | Errno::ENOSYS) if !stale => fs::hard_link(&temp, path),
+        other => other.map_err(io_error),
+    };
+    let _ = fs::remove_file(&temp);
+    renamed.map(|()| Some(listener))
+}
+
+/// Listens at `path` and lets `prepare` set its mode and group; nothing is
+/// left at `path` if that fails.
+fn bind_prepared(
+    path: &std::path::Path,
+    prepare: impl FnOnce(&std::path::Path) -> io::Result<()>,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    match listener.set_nonblocking(true).and_then(|()| prepare(path)) {
+        Ok(()) => Ok(listener),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(e)
         }
     }
 }
 
-/// The event loop's own descriptors: the epoll set, the signal queue and
-/// the one-second tick.
+/// Writes the pid file complete or not at all: the pid goes to a
+/// temporary file beside it, which is then renamed to `path` unless
+/// something is there already. vde_switch's file mode (0644 less the umask).
+fn write_pidfile(path: &std::path::Path, pid: u32) -> Result<(), Fatal> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    use std::os::unix::fs::OpenOptionsExt;
+    let creation = |e: &io::Error| Fatal::new(1, format!("Error in pidfile creation: {}", log::error_text(e)));
+    let writing = |e: &io::Error| Fatal::new(1, format!("Error writing pidfile {}: {e}", path.display()));
+    let temp = temporary_name(path).ok_or_else(|| creation(&io::Error::from_raw_os_error(libc::EISDIR)))?;
+    let open = |p: &std::path::Path| fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(p);
+    let mut file = match open(&temp) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_file(&temp).map_err(|e| creation(&e))?;
+            open(&temp).map_err(|e| creation(&e))?
+        }
+        Err(e) => return Err(creation(&e)),
+    };
+    let placed = writeln!(file, "{pid}").map_err(|e| writing(&e)).and_then(|()| {
+        match renameat2(AT_FDCWD, &temp, AT_FDCWD, path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(Errno::EINVAL | Errno::ENOSYS) => fs::hard_link(&temp, path).map_err(|e| creation(&e)),
+            Err(e) => Err(creation(&io_error(e))),
+        }
+    });
+    let _ = fs::remove_file(&temp);
+    placed
+}
+
+/// What accepting on a listener gave.
+enum Accepted {
+    Stream(UnixStream),
+    /// Nobody is waiting.
+    Nothing,
+    /// A connection was accepted and closed at once for lack of descriptors.
+    Shed,
+    Failed(io::Error),
+}
+
+/// Accepts one connection. Out of descriptors, the reserve descriptor is
+/// given up for a moment to accept the connection and close it: otherwise
+/// it would wait in the backlog, keeping the listener readable and its
+/// client waiting for a reply that never comes.
+fn accept(listener: &std::os::unix::net::UnixListener, reserve: &mut Option<fs::File>) -> Accepted {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return Accepted::Stream(stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Nothing,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if reserve.take().is_none() {
+                    return Accepted::Failed(e);
+                }
+                drop(listener.accept());
+                *reserve = open_reserve();
+                return if reserve.is_some() { Accepted::Shed } else { Accepted::Failed(e) };
+            }
+            Err(e) => return Accepted::Failed(e),
+        }
+    }
+}
+
+fn open_reserve() -> Option<fs::File> {
+    fs::File::open("/dev/null").ok()
+}
+
+/// The event loop's own descriptors: the epoll set, the signal queue, the
+/// one-second tick and the file-system jobs.
 struct LoopHandles {
     epoll: Epoll,
     signals: SignalFd,
     ticks: TimerFd,
+    jobs: jobs::Jobs,
 }
 
 fn loop_handles() -> io::Result<LoopHandles> {
@@ -287,12 +464,14 @@ fn loop_handles() -> io::Result<LoopHandles> {
     let second = TimeSpec::from_duration(Duration::from_secs(1));
     ticks.set(Expiration::Interval(second), TimerSetTimeFlags::empty()).map_err(io_error)?;
     epoll.add(&ticks, interest(Token::Tick, EpollFlags::EPOLLIN)).map_err(io_error)?;
-    Ok(LoopHandles { epoll, signals, ticks })
+    let jobs = jobs::Jobs::new()?;
+    epoll.add(&*jobs.wake, interest(Token::Jobs, EpollFlags::EPOLLIN)).map_err(io_error)?;
+    Ok(LoopHandles { epoll, signals, ticks, jobs })
 }
 
 impl Server {
     fn new(config: &Config, ctl: CtlDir, info: SwitchInfo, handles: LoopHandles) -> Server {
-        let LoopHandles { epoll, signals, ticks } = handles;
+        let LoopHandles { epoll, signals, ticks, jobs } = handles;
         let mut switch = Switch::new(config.numports, config.hub, config.hash_size);
         switch.set_bridge_id(info.mac, info.priority);
         if config.fstp {
@@ -308,6 +487,10 @@ impl Server {
             paused: Vec::new(),
             conns: Slab::new(),
             handshakes: VecDeque::new(),
+            serial: 0,
+            reserve: open_reserve(),
+            jobs,
+            lookups_waiting: VecDeque::new(),
             data: DataPlane::default(),
             mgmt: None,
             sessions: Slab::new(),
@@ -317,25 +500,17 @@ impl Server {
             pidfile: None,
             exit: None,
             moves: log::RateLimited::new(MAC_MOVE_LINES_PER_SECOND),
-            generation: 0,
+            refusals: log::RateLimited::new(REFUSAL_LINES_PER_SECOND),
+            console_lines: log::RateLimited::new(CONSOLE_LINES_PER_SECOND),
         }
     }
 
-    /// Pid file, management socket, tap interfaces, rc file and stdin
-    /// console, in vde_switch's order.
+    /// Management socket, pid file, tap interfaces, rc file and stdin
+    /// console.
     fn start(&mut self, config: &Config) -> Result<(), Fatal> {
         self.epoll
             .add(&self.ctl.listener, interest(Token::Ctl, EpollFlags::EPOLLIN))
             .map_err(|e| Fatal::new(1, format!("epoll: {}", mgmt::strerror(e))))?;
-        if let Some(path) = &config.pidfile {
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| {
-                let text = log::error_text(&e);
-                Fatal::new(1, format!("Error in pidfile creation: {text}"))
-            })?;
-            self.pidfile = Some(path.clone());
-            writeln!(file, "{}", self.info.pid)
-                .map_err(|e| Fatal::new(1, format!("Error writing pidfile {}: {e}", path.display())))?;
-        }
         if let Some(path) = &config.mgmt {
             let a = &config.access;
             match MgmtListener::open(path, a.mgmt_mode, a.mgmt_group) {
@@ -349,21 +524,21 @@ impl Server {
                 Err(e) => return Err(Fatal::new(1, format!("mgmt socket {}: {e}", path.display()))),
             }
         }
+        // Last of the files others wait for: once it exists, `ctl` and the
+        // management socket accept.
+        if let Some(path) = &config.pidfile {
+            write_pidfile(path, self.info.pid)?;
+            self.pidfile = Some(path.clone());
+        }
         self.attach_taps(&config.taps);
         self.attach_vxlans(&config.vxlans);
         if let Some(path) = &config.rcfile {
             self.run_rc_file(path);
         }
-        if !config.daemon {
+        if config.stdin_console {
             self.start_stdin();
         }
         Ok(())
-    }
-
-    /// A generation for a new connection's or session's token.
-    fn next_generation(&mut self) -> u32 {
-        self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
-        self.generation
     }
 
     fn serve(&mut self) -> Exit {
@@ -400,23 +575,55 @@ impl Server {
             }
             // BPDUs the ticks, frames and commands above made the switch send.
             self.data.send_originated(&self.epoll, &mut self.switch);
+            if self.data.capture().is_on() {
+                self.data.capture().write_out();
+            }
             self.publish_events();
         }
         self.exit.expect("loop ends on exit")
     }
 
+    /// Hands finished (and abandoned) file-system jobs to their waiters.
+    fn jobs_done(&mut self) {
+        for done in self.jobs.collect(Instant::now()) {
+            match (done.waiter, done.outcome) {
+                (jobs::Waiter::Conn(slot, serial), Some(jobs::Outcome::Reached(r))) => {
+                    self.reached(slot, serial, Some(r));
+                }
+                (jobs::Waiter::Conn(slot, serial), None) => self.reached(slot, serial, None),
+                (waiter, Some(jobs::Outcome::Scripts(scripts))) => self.scripts_read(waiter, Some(scripts)),
+                (waiter, None) => self.scripts_read(waiter, None),
+                (_, Some(jobs::Outcome::Reached(_))) => {}
+            }
+        }
+        self.start_waiting_lookups();
+    }
+
     fn advance_clock(&mut self) {
         let now = self.started.elapsed().as_secs();
+        // After the process was stopped (SIGSTOP, a suspended VM) many
+        // seconds may have passed: the clock jumps to one before now, and
+        // only the last second is run, rather than every missed one (each
+        // would send its hellos: a burst of BPDUs into the network).
+        if now > self.now + 1 {
+            self.now = now - 1;
+        }
         while self.now < now {
             self.now += 1;
             self.switch.tick(self.now);
             self.data.tick(&self.epoll);
+            self.data.capture().tick();
             self.expire_handshakes();
             self.moves.next_second("MAC moves");
+            self.refusals.next_second("refused connections");
+            self.console_lines.next_second("console log lines");
+            self.resume_stdin();
             for token in std::mem::take(&mut self.paused) {
                 self.watch_listener(token, EpollFlags::EPOLLIN);
             }
         }
+        // Jobs past their time limit are given up on.
+        self.jobs_done();
     }
 
     fn watch_listener(&mut self, token: Token, flags: EpollFlags) {
@@ -434,7 +641,7 @@ impl Server {
     /// Stops watching a listener until the next tick, after `error` made
     /// accepting fail (out of descriptors, typically).
     fn pause_listener(&mut self, token: Token, error: &io::Error) {
-        log::log(&format!("accept: {error}"));
+        self.refusals.note(|| format!("accept: {error}"));
         self.watch_listener(token, EpollFlags::empty());
         self.paused.push(token);
     }
@@ -451,15 +658,16 @@ impl Server {
             Token::Mgmt => self.accept_mgmt(),
             Token::Stdin => self.read_stdin(),
             Token::Conn(slot, generation) => {
-                if self.conns.get(slot).is_some_and(|c| c.generation == generation) {
+                if self.conns.get(slot).is_some_and(|c| token_generation(c.serial) == generation) {
                     self.read_conn(slot, flags);
                 }
             }
             Token::Data(id, generation) => {
                 self.data.ready(&self.epoll, id, generation, flags, &mut self.switch, self.now);
             }
+            Token::Jobs => self.jobs_done(),
             Token::Session(slot, generation) => {
-                if self.sessions.get(slot).is_none_or(|s| s.generation != generation) {
+                if self.sessions.get(slot).is_none_or(|s| token_generation(s.serial) != generation) {
                     return;
                 }
                 if flags.contains(EpollFlags::EPOLLOUT) {

@@ -1,7 +1,8 @@
 //! The system calls the safe wrappers do not cover in the form the hot path
 //! needs: batched datagram I/O, with receive headers built once (and its tap
 //! counterpart, one frame per read or write), connecting to a raw 110-byte
-//! `sockaddr_un`, creating a tap interface, and syslog. Every `unsafe` block
+//! `sockaddr_un`, creating a tap interface, syslog, per-thread supplementary
+//! groups, and the fork of a daemon that reports its readiness. Every `unsafe` block
 //! in vswitch is here; each one passes pointers to memory that outlives the
 //! call.
 #![allow(unsafe_code)]
@@ -484,6 +485,16 @@ pub fn peer_groups(fd: BorrowedFd) -> io::Result<Vec<u32>> {
     }
 }
 
+/// Sets the supplementary groups of the calling thread only. The C
+/// library's `setgroups` changes every thread of the process (POSIX wants
+/// one set per process), which would hand one client's groups to the
+/// event loop and to jobs run for other users.
+pub fn set_thread_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the raw system call reads `groups.len()` ids from a live slice.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// What a signal does; never a handler of ours, so no code of ours ever
 /// runs in signal context.
 pub enum Disposition {
@@ -499,6 +510,31 @@ pub fn set_disposition(signal: nix::sys::signal::Signal, how: Disposition) -> ni
     };
     // SAFETY: ignoring or restoring the default installs no handler code.
     unsafe { nix::sys::signal::signal(signal, handler) }.map(drop)
+}
+
+/// Becomes a daemon as `daemon(3)` does (new session, `/`, standard
+/// descriptors on /dev/null), except that the launching process exits only
+/// once the daemon writes to, or closes, the returned descriptor: a script
+/// that starts the switch with `-d` can use it as soon as the command
+/// returns. The launcher exits with status 0 either way, as vde_switch's.
+pub fn daemon_when_ready() -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::unistd::{ForkResult, daemon, fork, pipe2, read};
+    let (readiness, report) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: called before any thread exists; the parent only reads one
+    // byte and exits.
+    match unsafe { fork() }? {
+        ForkResult::Parent { .. } => {
+            drop(report);
+            let mut byte = [0u8; 1];
+            while read(&readiness, &mut byte) == Err(nix::errno::Errno::EINTR) {}
+            std::process::exit(0);
+        }
+        ForkResult::Child => {
+            drop(readiness);
+            daemon(false, false)?;
+            Ok(report)
+        }
+    }
 }
 
 #[cfg(test)]

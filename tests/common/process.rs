@@ -33,6 +33,16 @@ impl ProcessGuard {
         self.child.id()
     }
 
+    /// The writing end of the child's piped stdin, if it has one.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// The reading end of the child's piped stdout, if it has one.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// The exit status, if the process has already exited.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("query child status")

@@ -52,6 +52,8 @@ pub enum Workload {
     Pair64,
     Pairs8,
     Pair1500,
+    /// The 64-byte pair while vswitch captures every port to a file.
+    Captured,
     Broadcast8,
     Idle(usize),
     /// A pair with broadcasts, beside a client that never reads, or not.
@@ -68,6 +70,7 @@ impl Workload {
             Workload::Pair64 => "unicast pair, 64 B".into(),
             Workload::Pairs8 => "8 unicast pairs, 64 B".into(),
             Workload::Pair1500 => "unicast pair, 1500 B".into(),
+            Workload::Captured => "unicast pair, 64 B, vswitch capturing every port to a file".into(),
             Workload::Broadcast8 => "broadcast to 8, 64 B".into(),
             Workload::Idle(n) => format!("unicast pair + {n} idle ports"),
             Workload::Stalled(false) => "pair with broadcasts, all clients reading".into(),
@@ -80,7 +83,9 @@ impl Workload {
 
     pub fn targets(self) -> &'static [Kind] {
         match self {
-            Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
+            Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 | Workload::Captured => {
+                &[Kind::Vswitch, Kind::VdeSwitch]
+            }
             Workload::Vxlan64 => &[Kind::Vswitch, Kind::VdePlugVxlan],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
@@ -117,12 +122,16 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Rss1000 => 1000,
         _ => 0,
     };
-    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU))?;
+    // vde_switch has no capture: it runs as in the plain pair, the baseline.
+    let capture = workload == Workload::Captured && kind == Kind::Vswitch;
+    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU), capture)?;
     let dir = sw.ctl_dir();
     let _idle_clients = load::attach(&dir, idle, "idle")?;
     let base_cpu = sw.cpu_time();
     let measured = match workload {
-        Workload::Pair64 | Workload::Idle(_) => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 64, duration)?),
+        Workload::Pair64 | Workload::Idle(_) | Workload::Captured => {
+            traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 64, duration)?)
+        }
         Workload::Pairs8 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 8, 64, duration)?),
         Workload::Pair1500 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 1500, duration)?),
         Workload::Broadcast8 => traffic(&sw, base_cpu, load::broadcast(&dir, 8, duration)?),
@@ -149,8 +158,10 @@ const ROUND_TRIP_CPU: usize = target::LOAD_CPU;
 /// switches' own path plus the clients'.
 fn latency(samples: usize) -> Result<Vec<(Kind, Vec<Duration>, Duration)>> {
     let kinds = Workload::Latency.targets();
-    let switches: Vec<Switch> =
-        kinds.iter().map(|&k| Switch::start(k, 32, Fanout::Pair, Some(ROUND_TRIP_CPU))).collect::<Result<_>>()?;
+    let switches: Vec<Switch> = kinds
+        .iter()
+        .map(|&k| Switch::start(k, 32, Fanout::Pair, Some(ROUND_TRIP_CPU), false))
+        .collect::<Result<_>>()?;
     let dirs: Vec<PathBuf> = switches.iter().map(Switch::ctl_dir).collect();
     let base_cpu: Vec<Duration> = switches.iter().map(Switch::cpu_time).collect();
     // The clients' threads inherit the pinning from this one.
@@ -185,13 +196,15 @@ fn raise_fd_limit() {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    target::find_binaries()?;
     raise_fd_limit();
     if args.pin {
         // The generators' threads inherit this.
         target::pin(nix::unistd::Pid::from_raw(0), target::LOAD_CPU);
     }
     let duration = Duration::from_secs_f64(args.seconds);
-    let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
+    let mut workloads =
+        vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Captured, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
     if nix::unistd::Uid::effective().is_root() {

@@ -64,10 +64,52 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(std::env::current_exe()?.with_file_name(name))
 }
 
+/// The switches this benchmark starts, next to its own executable.
+const SIBLINGS: [&str; 2] = ["vswitch", "vswitch-floor"];
+
+/// Makes sure vswitch and vswitch-floor are next to this executable.
+/// `cargo run --bin vswitch-bench` builds this binary only; cargo tells the
+/// program it runs where it came from, so the others are built the same
+/// way (same profile and target directory) before anything starts.
+pub fn find_binaries() -> Result<()> {
+    let missing = || -> Result<Vec<PathBuf>> {
+        Ok(SIBLINGS
+            .iter()
+            .map(|name| sibling(name))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|p| !p.exists())
+            .collect())
+    };
+    if missing()?.is_empty() {
+        return Ok(());
+    }
+    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) {
+        let exe = std::env::current_exe()?;
+        let profile = exe.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).unwrap_or("debug");
+        let mut build = Command::new(cargo);
+        build.arg("build").arg("--bins").arg("--manifest-path").arg(PathBuf::from(manifest).join("Cargo.toml"));
+        if profile != "debug" {
+            build.args(["--profile", profile]);
+        }
+        eprintln!("vswitch-bench: building vswitch and vswitch-floor ({profile})");
+        let status = build.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --bins failed ({status})");
+        }
+    }
+    match missing()?.first() {
+        None => Ok(()),
+        Some(path) => bail!("{} not found; run `cargo build --release --bins` first", path.display()),
+    }
+}
+
 impl Switch {
-    /// Starts a fresh `kind`, bound to `cpu` if given.
-    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>) -> Result<Switch> {
-        Switch::start_in(kind, numports, fanout, cpu, None, &[])
+    /// Starts a fresh `kind`, bound to `cpu` if given; a capturing vswitch
+    /// writes every port's frames to a file in its directory from the
+    /// start (an rc file's `capture/start 0`).
+    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>, capture: bool) -> Result<Switch> {
+        Switch::start_in(kind, numports, fanout, cpu, capture, None, &[])
     }
 
     /// Like `start`, in network namespace `netns` if given, with `extra`
@@ -77,6 +119,7 @@ impl Switch {
         numports: u32,
         fanout: Fanout,
         cpu: Option<usize>,
+        capture: bool,
         netns: Option<&str>,
         extra: &[String],
     ) -> Result<Switch> {
@@ -108,6 +151,11 @@ impl Switch {
                     }
                     None => Command::new(&program),
                 };
+                if capture {
+                    let rc = dir.path().join("capture.rc");
+                    fs::write(&rc, format!("capture/start 0 {}\n", dir.path().join("all.pcapng").display()))?;
+                    command.arg("-f").arg(rc);
+                }
                 let status = command
                     .arg("-s")
                     .arg(&sw)

@@ -109,7 +109,7 @@ pub fn run(kind: Kind, duration: Duration) -> Result<(Traffic, Duration)> {
             Kind::Vswitch => vec!["--vxlan".to_string(), format!("id={VNI},group={GROUP},dev={dev}")],
             _ => Vec::new(),
         };
-        let sw = Switch::start_in(kind, 8, Fanout::Pair, None, Some(ns), &extra)?;
+        let sw = Switch::start_in(kind, 8, Fanout::Pair, None, false, Some(ns), &extra)?;
         if kind == Kind::VdePlugVxlan {
             let dir = sw.ctl_dir();
             let url = format!("vxlan://{GROUP}/vni={VNI}/if={dev}");

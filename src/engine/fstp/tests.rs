@@ -332,6 +332,8 @@ fn a_blocked_port_drops_data_and_a_topology_change_flushes_the_vlan() {
     let (_, b1) = net.cable(0, 1, 1, 1);
     let (_, b2) = net.cable(0, 2, 1, 2);
     let (h, _) = net.host(1, 5);
+    // The attachments made the VLAN relearn (some of it at the next tick).
+    net.advance(2);
     net.send(1, h, &frame(Mac::BROADCAST, mac(0x55))).unwrap();
     assert_eq!(net.switches[1].mac_table().len(), 1);
     let mut out = Vec::new();
@@ -354,6 +356,74 @@ fn a_blocked_port_drops_data_and_a_topology_change_flushes_the_vlan() {
     net.switches[1].ingress(b1, &tc.encode(mac(0x0a), None), net.now, &mut out).unwrap();
     assert!(out.is_empty(), "BPDUs are never forwarded");
     assert!(net.switches[1].mac_table().is_empty());
+}
+
+fn topology_change_from(root: BridgeId) -> Vec<u8> {
+    let tc = Bpdu {
+        flags: crate::wire::BpduFlags(0x3d),
+        root,
+        root_cost: 0,
+        bridge: root,
+        port: crate::wire::port_id(1),
+        age: 0,
+        max_age: 40,
+        hello: 4,
+    };
+    tc.encode(mac(0x0a), None)
+}
+
+#[test]
+fn topology_changes_heard_within_a_second_relearn_once_then_at_the_next_tick() {
+    let mut net = Net::new(&[(0x8000, 0x0a), (0x8000, 0x0b), (0x8000, 0x0c)]);
+    let (_, b1) = net.cable(0, 1, 1, 1);
+    let (b2, _) = net.cable(1, 2, 2, 1);
+    let (h, _) = net.host(1, 5);
+    net.advance(2);
+    let tc = topology_change_from(net.tree(1, 0).root());
+    let mut out = Vec::new();
+    let learn = |net: &mut Net| {
+        net.send(1, h, &frame(Mac::BROADCAST, mac(0x55))).unwrap();
+        assert_eq!(net.switches[1].mac_table().len(), 1);
+    };
+    // Topology changes switch 1 passes on towards switch 2.
+    let passed_on = |net: &mut Net| {
+        let outbox = net.switches[1].take_outbox();
+        let to_b2 = outbox.iter().filter(|o| o.endpoint == b2);
+        to_b2.filter(|o| Bpdu::parse(&o.frame, false).is_ok_and(|b| b.flags.topology_change())).count()
+    };
+    learn(&mut net);
+    net.switches[1].ingress(b1, &tc, net.now, &mut out).unwrap();
+    assert!(net.switches[1].mac_table().is_empty(), "the first change relearns at once");
+    assert_eq!(passed_on(&mut net), 1, "and is passed on");
+    for _ in 0..1000 {
+        learn(&mut net);
+        net.switches[1].ingress(b1, &tc, net.now, &mut out).unwrap();
+    }
+    assert_eq!(net.switches[1].mac_table().len(), 1, "a flood of changes in the same second waits");
+    assert_eq!(passed_on(&mut net), 0);
+    net.now += 1;
+    net.switches[1].tick(net.now);
+    assert!(net.switches[1].mac_table().is_empty(), "the postponed change happens at the next tick");
+    assert_eq!(passed_on(&mut net), 1, "once");
+}
+
+#[test]
+fn a_clock_jump_sends_one_hello_not_one_per_missed_interval() {
+    let mut net = Net::new(&[(0x8000, 0x0a)]);
+    let (h, _) = net.host(0, 5);
+    net.advance(1);
+    net.switches[0].outbox.clear();
+    net.now += 3600;
+    net.switches[0].tick(net.now);
+    let hellos = net.switches[0].outbox.drain(..).filter(|o| o.endpoint == h).count();
+    assert_eq!(hellos, 1);
+    net.now += 1;
+    net.switches[0].tick(net.now);
+    assert_eq!(
+        net.switches[0].outbox.drain(..).filter(|o| o.endpoint == h).count(),
+        0,
+        "the next one a hello time later"
+    );
 }
 
 #[test]

@@ -69,7 +69,10 @@ pub fn read_script(path: &str) -> Result<String, Errno> {
 
 pub fn load(ctx: &mut Context, path: &str, out: &mut String) -> Result<(), Errno> {
     may_nest_script(ctx)?;
-    let text = read_script(path)?;
+    let text = match &ctx.scripts {
+        Some(scripts) => scripts.get(path).cloned().unwrap_or(Err(Errno::ENOBUFS))?,
+        None => read_script(path)?,
+    };
     run_script(ctx, path, &text, out)
 }
 

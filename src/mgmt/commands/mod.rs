@@ -1,6 +1,7 @@
 //! The command table. Order matters: it is both the `help` listing order
 //! and the lookup order (first path that prefixes the input line wins).
 
+mod capture;
 mod debug;
 mod fstp;
 mod global;
@@ -135,6 +136,10 @@ pub static COMMANDS: &[Command] = &[
 /// out of `help`, whose output clients compare byte for byte.
 pub static EXTENSIONS: &[Command] = &[
     data("port/drops", "[N]", "frames not delivered, by reason", port::drops),
+    cmd("port/setmirror", "N 0/1", "send port N a copy of every forwarded frame 1=Y 0=N", capture::setmirror),
+    cmd("capture/start", "PORT FILE [overwrite]", "capture port PORT (0=all) to pcapng FILE", capture::start),
+    cmd("capture/stop", "PORT", "stop capturing port PORT", capture::stop),
+    data("capture/print", "", "list captures and mirror ports", capture::print),
     data("vxlan/add", "SPEC", "join a VXLAN: id=VNI,remote=ADDR|group=MCAST,dev=IFACE,...", vxlan::add),
     cmd("vxlan/del", "N", "close the VXLAN port N", vxlan::del),
     data("vxlan/print", "", "VXLAN ports and their remote endpoints", vxlan::print),
