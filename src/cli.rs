@@ -33,6 +33,7 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("nostdin", false),
     ("debugclients", true),
     ("tap", true),
+    ("vxlan", true),
 ];
 /// vswitch's own long options (taking an argument). They are matched by
 /// their full name only, so that every abbreviation vde_switch accepts
@@ -70,6 +71,8 @@ Runs a VDE switch.
   -D, --debugclients #       number of debug clients allowed
 (opts from tuntap module)
   -t, --tap TAP              Enable routing through TAP tap interface
+(opts from vxlan module)
+      --vxlan SPEC           Join a VXLAN: id=VNI,remote=ADDR|group=MCAST,dev=IFACE[,local=ADDR,dstport=N,ttl=N]
 
 Report bugs to info@v2.cs.unibo.it
 ";
@@ -139,6 +142,8 @@ pub struct Options {
     /// Unix datagram sockets to bind for QEMU's `-netdev dgram`.
     #[arg(long)]
     pub dgram: Vec<PathBuf>,
+    #[arg(long)]
+    pub vxlan: Vec<String>,
 }
 
 /// A number as C's `%i` reads it: `0x` hex, leading `0` octal, else

@@ -18,6 +18,22 @@ pub fn handshake(data: &[u8]) {
     }
 }
 
+/// A VXLAN datagram view and a VXLAN SPEC accept or reject any bytes
+/// without panicking; a SPEC that parses prints as one that parses the
+/// same.
+pub fn vxlan(data: &[u8]) {
+    if let Ok(v) = crate::wire::Vxlan::new_checked(data) {
+        assert!(v.vni() <= crate::wire::VNI_MAX);
+        assert_eq!(v.payload().len(), data.len() - crate::wire::VXLAN_HEADER_LEN);
+    }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(spec) = text.parse::<crate::net::VxlanSpec>()
+    {
+        let again: crate::net::VxlanSpec = spec.to_string().parse().expect("a printed SPEC parses");
+        assert_eq!(again, spec);
+    }
+}
+
 /// Reads little values off the front of the fuzzer's bytes.
 struct Bytes<'a>(&'a [u8]);
 

@@ -37,3 +37,8 @@ fn console_corpus() {
 fn rc_file_corpus() {
     replay("rc_file", vswitch::fuzzing::rc_file);
 }
+
+#[test]
+fn vxlan_corpus() {
+    replay("vxlan", vswitch::fuzzing::vxlan);
+}

@@ -358,6 +358,8 @@ fn interactive(target: Target) {
         tmux.wait_for("capture/print's reply", |s| {
             s.contains("capture/print \n0000 DATA END WITH '.'\n.\n1000 Success\n")
         });
+        tmux.keys(&["vxlan/pr", "Tab", "Enter"]);
+        tmux.wait_for("vxlan/print's reply", |s| s.contains("vxlan/print \n0000 DATA END WITH '.'\n.\n1000 Success\n"));
     }
 
     tmux.keys(&["debug/add port", "Enter"]);

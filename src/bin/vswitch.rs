@@ -10,7 +10,7 @@ use nix::unistd::{AccessFlags, Gid, Group, Uid, access};
 use vswitch::cli::{self, Options, USAGE, VERSION};
 use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS, MAX_BUCKETS, MAX_PORTS, bucket_count};
 use vswitch::mgmt::SwitchInfo;
-use vswitch::net::{self, Access, Config, Exit, log, modes};
+use vswitch::net::{self, Access, Config, Exit, VxlanSpec, log, modes};
 use vswitch::wire::Mac;
 
 /// Prints a message and the usage text, as getopt-style errors do.
@@ -74,6 +74,7 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
             rounded
         }
     };
+    let vxlans = o.vxlan.iter().map(|s| s.parse()).collect::<Result<Vec<VxlanSpec>, String>>().map_err(fail)?;
     let group = o.group.as_deref().map(group_id).transpose().map_err(fail)?;
     let mgmt_group = o.mgmtgroup.as_deref().map(group_id).transpose().map_err(fail)?;
     let (ctl_mode, dir_mode) = modes(o.mode, o.dirmode);
@@ -108,6 +109,7 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         taps: o.tap,
         streams: o.stream.iter().map(|p| absolute(&cwd, p)).collect(),
         dgrams: o.dgram.iter().map(|p| absolute(&cwd, p)).collect(),
+        vxlans,
     })
 }
 

@@ -115,6 +115,17 @@ pub trait CaptureDesk {
     fn print(&self, out: &mut String);
 }
 
+/// Ports the console opens and closes itself (VXLAN), implemented by the
+/// I/O layer: the commands stay in the one table, the sockets in `net`.
+pub trait Uplinks {
+    /// Opens a VXLAN port from its SPEC; returns the switch port it got.
+    fn add(&mut self, switch: &mut Switch, spec: &str) -> Result<u32, String>;
+    /// Closes the VXLAN port on switch port `port`.
+    fn remove(&mut self, switch: &mut Switch, port: u32) -> Result<(), String>;
+    /// Lists the VXLAN ports with the counters of each remote endpoint.
+    fn print(&mut self, switch: &Switch, out: &mut String);
+}
+
 /// Everything a command may look at or change, and what it leaves for the
 /// transport to do.
 pub struct Context<'a> {
@@ -135,6 +146,8 @@ pub struct Context<'a> {
     /// when `None`, the file system directly (only where blocking is
     /// harmless: tests and fuzzing).
     pub scripts: Option<Scripts>,
+    /// The VXLAN ports, when the console runs inside a switch.
+    pub uplinks: Option<&'a mut dyn Uplinks>,
 }
 
 impl<'a> Context<'a> {
@@ -149,6 +162,7 @@ impl<'a> Context<'a> {
             log: Vec::new(),
             capture: None,
             scripts: None,
+            uplinks: None,
         }
     }
 }

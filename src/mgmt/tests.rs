@@ -344,6 +344,16 @@ fn drop_counters_are_an_unlisted_extension() {
 }
 
 #[test]
+fn vxlan_commands_are_unlisted_and_need_a_running_switch() {
+    let mut c = Console::new(SessionKind::Socket);
+    assert!(!c.run("help").contains("vxlan"), "help must stay vde_switch's");
+    // Without the I/O layer (no sockets to open) they are not available.
+    assert_eq!(c.run("vxlan/print"), "0000 DATA END WITH '.'\n.\n1038 Function not implemented\n");
+    assert_eq!(c.run("vxlan/del 1"), "1038 Function not implemented\n");
+    assert_eq!(c.run("vxlan/del x"), "1022 Invalid argument\n");
+}
+
+#[test]
 fn scripts_loading_themselves_stop_at_a_line_budget() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fork.rc");

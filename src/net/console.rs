@@ -18,6 +18,7 @@ use nix::unistd::Gid;
 use super::ctl::Peer;
 use super::jobs::{LOAD_TIME_LIMIT, Outcome, Waiter};
 use super::log::ConsoleOut;
+use super::transport::vxlan::Ports;
 use super::{ACCEPT_BATCH, Accepted, Exit, MAX_SESSIONS, Server, Token, capture, interest, log, token_generation};
 use crate::engine::Event;
 pub use crate::mgmt::MAX_LINE;
@@ -308,16 +309,23 @@ impl Server {
             }
         };
         let mut session = Session::new(SessionKind::RcFile);
+        // The captures leave the data plane for the command, which reaches
+        // the VXLAN ports through it as well; the data path does not run
+        // meanwhile.
+        let mut captures = std::mem::take(self.data.capture());
+        let mut desk = capture::Desk::new(&mut captures, None);
+        let mut ports = Ports { data: &mut self.data, epoll: &self.epoll };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
         // `load` is refused in rc files; nothing else reads files.
         ctx.scripts = Some(Scripts::new());
-        let mut desk = capture::Desk::new(self.data.capture(), None);
         ctx.capture = Some(&mut desk);
+        ctx.uplinks = Some(&mut ports);
         let mut discarded = String::new();
         if let Err(e) = mgmt::run_script(&mut ctx, &name, &text, &mut discarded) {
             ctx.log.push(format!("{name}: {}", mgmt::strerror(e)));
         }
         let Context { effects, events, log: lines, .. } = ctx;
+        *self.data.capture() = captures;
         for line in &lines {
             log::log(line);
         }
@@ -645,12 +653,18 @@ impl Server {
         // The session was dropped while earlier events went out (it fell
         // too far behind): the command is not run, and nobody reads a reply.
         let Some(state) = state else { return Reply { text: String::new(), ends_session: true } };
+        // As in run_rc_file: the captures are out of the data plane for
+        // the command.
+        let mut captures = std::mem::take(self.data.capture());
+        let mut desk = capture::Desk::new(&mut captures, peer.as_ref());
+        let mut ports = Ports { data: &mut self.data, epoll: &self.epoll };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
         ctx.scripts = Some(scripts);
-        let mut desk = capture::Desk::new(self.data.capture(), peer.as_ref());
         ctx.capture = Some(&mut desk);
+        ctx.uplinks = Some(&mut ports);
         let text = mgmt::execute(&mut ctx, line);
         let Context { effects, events, log: lines, .. } = ctx;
+        *self.data.capture() = captures;
         for line in lines {
             self.console_lines.note(|| line);
         }

@@ -60,6 +60,7 @@ use super::capture::{Captures, Direction};
 use super::sys::BATCH;
 use super::transport::tap::Tap;
 use super::transport::vde::Vde;
+use super::transport::vxlan::Vxlan;
 use super::transport::{Arrival, Batch, DescId, PENDING, Registry, Sent, Transport, TransportId, Verdict};
 use super::{Token, interest, log};
 use crate::engine::{Attach, Delivery, DropReason, Edit, EndpointKey, Outgoing, PortRequest, Switch};
@@ -78,6 +79,7 @@ pub const STALL_LIMIT: Duration = Duration::from_millis(10);
 /// The transports every switch has, at fixed places.
 pub const VDE: TransportId = 0;
 pub const TAP: TransportId = 1;
+pub const VXLAN: TransportId = 2;
 
 /// One attached endpoint: where its frames move and its flow-control state.
 struct Link {
@@ -159,7 +161,7 @@ pub struct DataPlane {
 impl Default for DataPlane {
     fn default() -> Self {
         DataPlane {
-            transports: vec![Box::new(Vde::new(VDE)), Box::new(Tap::new(TAP))],
+            transports: vec![Box::new(Vde::new(VDE)), Box::new(Tap::new(TAP)), Box::new(Vxlan::new(VXLAN))],
             registry: Registry::default(),
             links: Vec::new(),
             rx: Batch::default(),

@@ -29,6 +29,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use slab::Slab;
 
 pub use ctl::{Access, modes};
+pub use transport::vxlan::Spec as VxlanSpec;
 
 use crate::engine::{EndpointKey, Switch};
 use crate::mgmt::{self, SwitchInfo};
@@ -73,6 +74,8 @@ pub struct Config {
     /// Sockets for QEMU's `-netdev stream` and `-netdev dgram` (absolute).
     pub streams: Vec<PathBuf>,
     pub dgrams: Vec<PathBuf>,
+    /// VXLAN ports to attach at start-up (`--vxlan SPEC`), in order.
+    pub vxlans: Vec<VxlanSpec>,
 }
 
 /// Why the switch stopped.
@@ -573,6 +576,7 @@ impl Server {
         }
         self.attach_taps(&config.taps);
         self.open_qemu_sockets(config)?;
+        self.attach_vxlans(&config.vxlans);
         if let Some(path) = &config.rcfile {
             self.run_rc_file(path);
         }

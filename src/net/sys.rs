@@ -343,6 +343,77 @@ where
     (sent, None)
 }
 
+/// Sends datagram `i` (of the first [`BATCH`]) as `header` followed by
+/// `frames[i]` to `to[i]`, gathered from two pieces so the frame is never
+/// copied, on an unconnected datagram socket without blocking. Returns how
+/// many were sent before the first failure, and that failure if any.
+pub fn send_to_batch(
+    fd: BorrowedFd,
+    header: &[u8],
+    frames: &[&[u8]],
+    to: &[&nix::sys::socket::SockaddrStorage],
+) -> (usize, Option<io::Error>) {
+    use nix::sys::socket::SockaddrLike;
+    let count = frames.len().min(to.len()).min(BATCH);
+    let mut iovs: [[MaybeUninit<libc::iovec>; 2]; BATCH] = [[MaybeUninit::uninit(); 2]; BATCH];
+    let mut hdrs: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
+    for (((iov, hdr), frame), to) in iovs.iter_mut().zip(&mut hdrs).zip(frames).zip(to).take(count) {
+        iov[0].write(libc::iovec { iov_base: header.as_ptr() as *mut _, iov_len: header.len() });
+        iov[1].write(libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() });
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid empty header.
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        h.msg_hdr.msg_iov = iov.as_mut_ptr().cast();
+        h.msg_hdr.msg_iovlen = 2;
+        h.msg_hdr.msg_name = to.as_ptr() as *mut _;
+        h.msg_hdr.msg_namelen = to.len();
+        hdr.write(h);
+    }
+    let mut sent = 0;
+    while sent < count {
+        // SAFETY: headers sent..count are initialised and point at iovecs
+        // over the caller's header and frames and at its addresses, all
+        // alive for the call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                hdrs.as_mut_ptr().add(sent).cast(),
+                (count - sent) as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (sent, Some(err));
+        }
+        sent += n as usize;
+    }
+    (sent, None)
+}
+
+/// Makes a UDP socket refuse datagrams larger than the path MTU with
+/// `EMSGSIZE` instead of fragmenting them (`IP_PMTUDISC_DO`).
+pub fn set_dont_fragment(fd: BorrowedFd, ipv6: bool) -> io::Result<()> {
+    let (level, name, value) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    };
+    // SAFETY: the option is one int, passed by a pointer valid for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// A lone frame goes by `send`, which has no message headers to copy in:
 /// at low rates that is most frames, and the difference is measurable.
 fn send_one(fd: BorrowedFd, frame: &[u8]) -> (usize, Option<io::Error>) {

@@ -128,6 +128,16 @@ pub fn unicast_pairs(dir: &Path, n: usize, len: usize, duration: Duration) -> Re
     Ok(exchange(&senders, &frames, &receivers, duration))
 }
 
+/// One sender on the switch at `from` streaming `len`-byte frames to a
+/// receiver on the switch at `to` that never speaks (so the frames are
+/// unknown unicast all the way).
+pub fn one_way(from: &Path, to: &Path, len: usize, duration: Duration) -> Result<Traffic> {
+    let sender = Client::connect(from, 0, "tx")?;
+    let receiver = Client::connect(to, 0, "rx")?;
+    let frames = vec![repeated(frame(mac(0, 2), mac(0, 1), len))];
+    Ok(exchange(std::slice::from_ref(&sender), &frames, std::slice::from_ref(&receiver), duration))
+}
+
 /// One sender broadcasting 64-byte frames to `n` receivers.
 pub fn broadcast(dir: &Path, n: usize, duration: Duration) -> Result<Traffic> {
     let sender = Client::connect(dir, 0, "tx")?;

@@ -5,6 +5,7 @@
 mod load;
 mod report;
 mod target;
+mod vxlan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ pub enum Workload {
     /// A pair of `--stream` and of `--dgram` peers (QEMU's back-ends).
     StreamPair,
     DgramPair,
+    /// One pair across two switches in two namespaces over VXLAN.
+    Vxlan64,
 }
 
 impl Workload {
@@ -79,6 +82,7 @@ impl Workload {
             Workload::Rss1000 => "RSS with 1000 endpoints".into(),
             Workload::StreamPair => "stream pair, 64 B (--stream)".into(),
             Workload::DgramPair => "dgram pair, 64 B (--dgram)".into(),
+            Workload::Vxlan64 => "VXLAN between two switches, one pair, 64 B".into(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Workload {
                 &[Kind::Vswitch, Kind::VdeSwitch]
             }
             Workload::StreamPair | Workload::DgramPair => &[Kind::Vswitch],
+            Workload::Vxlan64 => &[Kind::Vswitch, Kind::VdePlugVxlan],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
     }
@@ -108,6 +113,15 @@ fn traffic(sw: &Switch, base: Duration, t: load::Traffic) -> Measurement {
 }
 
 fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<Measurement> {
+    if workload == Workload::Vxlan64 {
+        let (t, cpu) = vxlan::run(kind, duration)?;
+        return Ok(Measurement {
+            frames_per_s: t.received as f64 / t.seconds,
+            loss_pct: 100.0 * t.expected.saturating_sub(t.received) as f64 / t.expected.max(1) as f64,
+            cpu_ns_per_frame: cpu.as_nanos() as f64 / t.received.max(1) as f64,
+            ..Measurement::default()
+        });
+    }
     let fanout = if workload == Workload::Broadcast8 { Fanout::All } else { Fanout::Pair };
     let idle = match workload {
         Workload::Idle(n) => n,
@@ -137,6 +151,7 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
         Workload::StreamPair => traffic(&sw, base_cpu, load::stream_pair(&sw.stream_path(), duration)?),
         Workload::DgramPair => traffic(&sw, base_cpu, load::dgram_pair(&sw.dgram_path(), duration)?),
+        Workload::Vxlan64 => bail!("the VXLAN workload runs its own switches"),
     };
     Ok(measured)
 }
@@ -204,6 +219,11 @@ fn main() -> Result<()> {
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
     workloads.extend([Workload::StreamPair, Workload::DgramPair]);
+    if nix::unistd::Uid::effective().is_root() {
+        workloads.push(Workload::Vxlan64);
+    } else {
+        eprintln!("VXLAN workload skipped: it needs root for network namespaces");
+    }
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
     }

@@ -92,6 +92,30 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
                 }
                 let _ = writeln!(out, "  (round trips of all runs together; switches and clients on one CPU)");
             }
+            Workload::Vxlan64 => {
+                let _ = writeln!(
+                    out,
+                    "  {:<15} {:>30} {:>13} {:>8} {:>18}",
+                    "path", "delivered frames/s (min-max)", "CPU ns/frame", "loss %", "vs vde_plug vxlan"
+                );
+                let plug = get(Kind::VdePlugVxlan, |m| m.frames_per_s).median;
+                for &k in w.targets() {
+                    let fps = get(k, |m| m.frames_per_s);
+                    let name = if k == Kind::Vswitch { "vswitch --vxlan" } else { k.name() };
+                    let _ = writeln!(
+                        out,
+                        "  {:<15} {:>10.0} ({:>8.0}-{:>8.0}) {:>13.0} {:>8.1} {:>18}",
+                        name,
+                        fps.median,
+                        fps.min,
+                        fps.max,
+                        get(k, |m| m.cpu_ns_per_frame).median,
+                        get(k, |m| m.loss_pct).median,
+                        ratio(fps.median, plug)
+                    );
+                }
+                let _ = writeln!(out, "  (CPU of both switches, and of the four vde_plug processes where used)");
+            }
             Workload::Rss1000 => {
                 for &k in &[Kind::Vswitch, Kind::VdeSwitch] {
                     let _ = writeln!(out, "  {:<11} {:>8.0} KiB", k.name(), get(k, |m| m.rss_kib).median);

@@ -16,6 +16,9 @@ pub enum Kind {
     Vswitch,
     VdeSwitch,
     Floor,
+    /// Two vswitches joined as users do without VXLAN ports: `dpipe
+    /// vde_plug DIR = vde_plug vxlan://…` on each side.
+    VdePlugVxlan,
 }
 
 impl Kind {
@@ -24,6 +27,7 @@ impl Kind {
             Kind::Vswitch => "vswitch",
             Kind::VdeSwitch => "vde_switch",
             Kind::Floor => "floor",
+            Kind::VdePlugVxlan => "vde_plug vxlan",
         }
     }
 }
@@ -114,6 +118,20 @@ impl Switch {
     /// `qemu` it also serves `--stream` and `--dgram` sockets (see
     /// [`Switch::stream_path`]).
     pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>, extras: Extras) -> Result<Switch> {
+        Switch::start_in(kind, numports, fanout, cpu, extras, None, &[])
+    }
+
+    /// Like `start`, in network namespace `netns` if given, with `extra`
+    /// arguments for a vswitch or vde_switch.
+    pub fn start_in(
+        kind: Kind,
+        numports: u32,
+        fanout: Fanout,
+        cpu: Option<usize>,
+        extras: Extras,
+        netns: Option<&str>,
+        extra: &[String],
+    ) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
@@ -132,9 +150,16 @@ impl Switch {
                 fs::write(&pidfile, c.id().to_string())?;
                 child = Some(c);
             }
-            Kind::Vswitch | Kind::VdeSwitch => {
-                let program = if kind == Kind::Vswitch { sibling("vswitch")? } else { PathBuf::from("vde_switch") };
-                let mut command = Command::new(&program);
+            Kind::Vswitch | Kind::VdeSwitch | Kind::VdePlugVxlan => {
+                let program = if kind == Kind::VdeSwitch { PathBuf::from("vde_switch") } else { sibling("vswitch")? };
+                let mut command = match netns {
+                    Some(ns) => {
+                        let mut c = Command::new("ip");
+                        c.args(["netns", "exec", ns]).arg(&program);
+                        c
+                    }
+                    None => Command::new(&program),
+                };
                 if extras.capture {
                     let rc = dir.path().join("capture.rc");
                     fs::write(&rc, format!("capture/start 0 {}\n", dir.path().join("all.pcapng").display()))?;
@@ -150,6 +175,7 @@ impl Switch {
                     .arg("-p")
                     .arg(&pidfile)
                     .args(["-n", &ports, "-d"])
+                    .args(extra)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -198,6 +224,10 @@ impl Switch {
         nix::time::clock_getcpuclockid(self.pid)
             .and_then(nix::time::clock_gettime)
             .map_or(Duration::ZERO, Duration::from)
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
     }
 
     /// Resident set size in KiB.

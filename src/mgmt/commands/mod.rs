@@ -8,6 +8,7 @@ mod global;
 mod hash;
 mod port;
 mod vlan;
+mod vxlan;
 
 use nix::errno::Errno;
 
@@ -139,6 +140,9 @@ pub static EXTENSIONS: &[Command] = &[
     cmd("capture/start", "PORT FILE [overwrite]", "capture port PORT (0=all) to pcapng FILE", capture::start),
     cmd("capture/stop", "PORT", "stop capturing port PORT", capture::stop),
     data("capture/print", "", "list captures and mirror ports", capture::print),
+    data("vxlan/add", "SPEC", "join a VXLAN: id=VNI,remote=ADDR|group=MCAST,dev=IFACE,...", vxlan::add),
+    cmd("vxlan/del", "N", "close the VXLAN port N", vxlan::del),
+    data("vxlan/print", "", "VXLAN ports and their remote endpoints", vxlan::print),
 ];
 
 /// Maps engine configuration errors to the errno the reference reports.

@@ -15,6 +15,8 @@ pub mod dgram;
 pub mod stream;
 pub mod tap;
 pub mod vde;
+pub mod vxlan;
+mod vxlan_spec;
 
 use std::io;
 use std::os::fd::BorrowedFd;
