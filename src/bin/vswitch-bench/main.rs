@@ -5,6 +5,7 @@
 mod load;
 mod report;
 mod target;
+mod vhost;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ pub enum Workload {
     Stalled(bool),
     Latency,
     Rss1000,
+    /// testpmd's two virtio-user ports looping 64-byte frames through the
+    /// switch's two vhost-user ports.
+    VhostLoopback,
 }
 
 impl Workload {
@@ -71,12 +75,14 @@ impl Workload {
             Workload::Stalled(true) => "pair with broadcasts, beside a client that never reads".into(),
             Workload::Latency => "round trip at low rate".into(),
             Workload::Rss1000 => "RSS with 1000 endpoints".into(),
+            Workload::VhostLoopback => "vhost-user loopback, 64 B".into(),
         }
     }
 
     pub fn targets(self) -> &'static [Kind] {
         match self {
             Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
+            Workload::VhostLoopback => &[Kind::OvsDpdk],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
     }
@@ -96,7 +102,18 @@ fn traffic(sw: &Switch, base: Duration, t: load::Traffic) -> Measurement {
     }
 }
 
-fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<Measurement> {
+fn run(
+    workload: Workload,
+    kind: Kind,
+    duration: Duration,
+    pin: bool,
+    huge: Option<&vhost::Hugepages>,
+) -> Result<Measurement> {
+    if workload == Workload::VhostLoopback {
+        let huge = huge.context("hugepages were not reserved")?.dir();
+        let ovs = vhost::OvsDpdk::start(huge)?;
+        return vhost::loopback(huge, &ovs.sockets(), ovs.pid(), duration);
+    }
     let fanout = if workload == Workload::Broadcast8 { Fanout::All } else { Fanout::Pair };
     let idle = match workload {
         Workload::Idle(n) => n,
@@ -116,6 +133,7 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
             traffic(&sw, base_cpu, load::pair_beside_stalled_client(&dir, stalled, duration)?)
         }
         Workload::Latency => bail!("round trips are measured on all targets at once"),
+        Workload::VhostLoopback => bail!("the vhost-user loopback has no socket switch"),
         Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
     };
     Ok(measured)
@@ -168,6 +186,19 @@ fn raise_fd_limit() {
     }
 }
 
+/// Hugepages for the vhost-user loopback, or why it is skipped.
+fn hugepages() -> Option<vhost::Hugepages> {
+    let why = match Workload::VhostLoopback.targets().iter().find_map(|&k| vhost::unavailable(k)) {
+        Some(why) => why,
+        None => match vhost::Hugepages::reserve() {
+            Ok(huge) => return Some(huge),
+            Err(e) => format!("{e:#}"),
+        },
+    };
+    eprintln!("skipping {}: {why}", Workload::VhostLoopback.label());
+    None
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     raise_fd_limit();
@@ -179,8 +210,13 @@ fn main() -> Result<()> {
     let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
+    workloads.push(Workload::VhostLoopback);
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
+    }
+    let huge = if workloads.contains(&Workload::VhostLoopback) { hugepages() } else { None };
+    if huge.is_none() {
+        workloads.retain(|&w| w != Workload::VhostLoopback);
     }
     let total: usize = args.reps * workloads.iter().map(|w| w.targets().len()).sum::<usize>();
     let bar = ProgressBar::new(total as u64);
@@ -200,7 +236,7 @@ fn main() -> Result<()> {
                 }
             } else {
                 for &kind in workload.targets() {
-                    let m = run(workload, kind, duration, args.pin)
+                    let m = run(workload, kind, duration, args.pin, huge.as_ref())
                         .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
                     records.push(Record { workload, target: kind, rep: Some(rep), m });
                 }

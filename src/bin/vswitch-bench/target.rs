@@ -16,6 +16,8 @@ pub enum Kind {
     Vswitch,
     VdeSwitch,
     Floor,
+    /// Open vSwitch with DPDK, the vhost-user loopback's reference.
+    OvsDpdk,
 }
 
 impl Kind {
@@ -24,6 +26,7 @@ impl Kind {
             Kind::Vswitch => "vswitch",
             Kind::VdeSwitch => "vde_switch",
             Kind::Floor => "floor",
+            Kind::OvsDpdk => "ovs-dpdk",
         }
     }
 }
@@ -81,6 +84,7 @@ impl Switch {
                 fs::write(&pidfile, c.id().to_string())?;
                 child = Some(c);
             }
+            Kind::OvsDpdk => bail!("Open vSwitch is only started for the vhost-user loopback"),
             Kind::Vswitch | Kind::VdeSwitch => {
                 let program = if kind == Kind::Vswitch { sibling("vswitch")? } else { PathBuf::from("vde_switch") };
                 let status = Command::new(&program)
