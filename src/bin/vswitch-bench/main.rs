@@ -83,7 +83,7 @@ impl Workload {
         match self {
             Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
             Workload::VhostLoopback => &[Kind::OvsDpdk],
-            _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
+            _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor, Kind::TokioFloor],
         }
     }
 }

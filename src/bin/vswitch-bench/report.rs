@@ -163,12 +163,16 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
                     }
                 }
                 let cpu = |k| get(k, |m| m.cpu_ns_per_frame).median;
-                let _ = writeln!(
+                let _ = write!(
                     out,
                     "  CPU per frame, vswitch vs vde_switch {} vs floor {}",
                     ratio(cpu(Kind::Vswitch), cpu(Kind::VdeSwitch)),
                     ratio(cpu(Kind::Vswitch), cpu(Kind::Floor))
                 );
+                if w.targets().contains(&Kind::TokioFloor) {
+                    let _ = write!(out, "; tokio floor vs floor {}", ratio(cpu(Kind::TokioFloor), cpu(Kind::Floor)));
+                }
+                let _ = writeln!(out);
             }
         }
     }

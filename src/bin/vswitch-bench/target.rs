@@ -16,6 +16,8 @@ pub enum Kind {
     Vswitch,
     VdeSwitch,
     Floor,
+    /// The floor on a tokio current-thread runtime.
+    TokioFloor,
     /// Open vSwitch with DPDK, the vhost-user loopback's reference.
     OvsDpdk,
 }
@@ -26,6 +28,7 @@ impl Kind {
             Kind::Vswitch => "vswitch",
             Kind::VdeSwitch => "vde_switch",
             Kind::Floor => "floor",
+            Kind::TokioFloor => "tokio floor",
             Kind::OvsDpdk => "ovs-dpdk",
         }
     }
@@ -72,11 +75,12 @@ impl Switch {
         let ports = numports.to_string();
         let mut child = None;
         match kind {
-            Kind::Floor => {
+            Kind::Floor | Kind::TokioFloor => {
                 let mode = if fanout == Fanout::Pair { "pair" } else { "all" };
+                let runtime = if kind == Kind::Floor { "epoll" } else { "tokio" };
                 let c = Command::new(sibling("vswitch-floor")?)
                     .arg(&sw)
-                    .args(["--fanout", mode])
+                    .args(["--fanout", mode, "--runtime", runtime])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .spawn()
