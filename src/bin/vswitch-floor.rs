@@ -14,8 +14,14 @@
 //! `AsyncFd` would make, without `AsyncFd::register`'s `unsafe` (its safe
 //! constructor is deprecated as unsound since tokio 1.54).
 //!
+//! `--vhost-user PATH` (repeatable) makes it a vhost-user-net backend
+//! instead, listening on each PATH, with the frontends on sockets 2k and
+//! 2k+1 wired to each other: the floor of the vhost-user path, with the
+//! same transport code vswitch uses.
+//!
 //! Usage: `vswitch-floor DIR [--fanout pair|all] [--runtime epoll|tokio]`
-//! (runs in the foreground until SIGTERM; creates DIR and DIR/ctl).
+//! or `vswitch-floor --vhost-user PATH --vhost-user PATH` (runs in the
+//! foreground until SIGTERM; creates DIR and DIR/ctl).
 
 use std::cell::RefCell;
 use std::fs;
@@ -34,6 +40,7 @@ use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
 use vswitch::net::sys::{BATCH, RecvBatch, connect_raw, send_batch};
+use vswitch::net::vhost_user::{self, Control, VhostUserListener, VhostUserPort};
 use vswitch::wire::{Request, reply_for_path};
 
 const LISTENER: u64 = u64::MAX;
@@ -63,7 +70,11 @@ enum Runtime {
 #[command(about = "A VDE forwarder with no switching logic: the benchmark's floor")]
 struct Args {
     /// Control directory to create (DIR/ctl is its listening socket).
-    dir: PathBuf,
+    #[arg(required_unless_present = "vhost_user")]
+    dir: Option<PathBuf>,
+    /// Be a vhost-user backend listening on PATH instead (repeatable).
+    #[arg(long, value_name = "PATH", conflicts_with = "dir")]
+    vhost_user: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = Fanout::Pair)]
     fanout: Fanout,
     #[arg(long, value_enum, default_value_t = Runtime::Epoll)]
@@ -115,14 +126,101 @@ fn main() -> Result<()> {
     // autogrouping the scheduler treats each session as a group, and the
     // floor must be scheduled like the switches it is compared with.
     let _ = nix::unistd::setsid();
-    fs::create_dir_all(&args.dir)?;
-    let ctl = args.dir.join("ctl");
+    let Some(dir) = args.dir else { return run_vhost_user(&args.vhost_user) };
+    fs::create_dir_all(&dir)?;
+    let ctl = dir.join("ctl");
     let _ = fs::remove_file(&ctl);
     let listener = UnixListener::bind(&ctl)?;
     match args.runtime {
-        Runtime::Epoll => run_epoll(&args.dir, listener, args.fanout),
-        Runtime::Tokio => run_tokio(&args.dir, listener, args.fanout),
+        Runtime::Epoll => run_epoll(&dir, listener, args.fanout),
+        Runtime::Tokio => run_tokio(&dir, listener, args.fanout),
     }
+}
+
+/// What an epoll event of the vhost-user floor is about: the kind in the
+/// high half of the token, the socket's index in the low half.
+const VHOST_LISTENER: u64 = 1 << 32;
+const VHOST_CONTROL: u64 = 2 << 32;
+const VHOST_TX_KICK: u64 = 3 << 32;
+
+fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let listeners: Vec<VhostUserListener> = paths
+        .iter()
+        .map(|p| VhostUserListener::bind(p).with_context(|| format!("listening on {}", p.display())))
+        .collect::<Result<_>>()?;
+    for (i, l) in listeners.iter().enumerate() {
+        epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, VHOST_LISTENER | i as u64))?;
+    }
+    let mut ports: Vec<Option<VhostUserPort>> = listeners.iter().map(|_| None).collect();
+    let mut frames: Vec<Vec<u8>> = Vec::with_capacity(vhost_user::BATCH);
+    let mut events = vec![EpollEvent::empty(); 64];
+    loop {
+        let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
+            nix::errno::Errno::EINTR => Ok(0),
+            e => Err(e),
+        })?;
+        for ev in &events[..n] {
+            let (kind, i) = (ev.data() & !0xffff_ffff, (ev.data() & 0xffff_ffff) as usize);
+            match kind {
+                VHOST_LISTENER => {
+                    let Some(port) = listeners[i].accept()? else { continue };
+                    // One frontend per socket; a second one is turned away.
+                    if ports[i].is_none() {
+                        let edge = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+                        epoll.add(port.control_fd(), EpollEvent::new(edge, VHOST_CONTROL | i as u64))?;
+                        ports[i] = Some(port);
+                    }
+                }
+                VHOST_CONTROL => {
+                    let Some(port) = ports[i].as_mut() else { continue };
+                    match port.handle_control() {
+                        // A replaced kick's registration went with its
+                        // descriptor.
+                        Ok(Control::KicksChanged) => {
+                            if let Some(kick) = port.tx_kick() {
+                                let _ = epoll.add(kick, EpollEvent::new(EpollFlags::EPOLLIN, VHOST_TX_KICK | i as u64));
+                            }
+                        }
+                        Ok(Control::Unchanged) => {}
+                        Err(_) => ports[i] = None,
+                    }
+                }
+                VHOST_TX_KICK => {
+                    let Some(port) = ports[i].as_mut() else { continue };
+                    frames.clear();
+                    if port.receive(vhost_user::BATCH, |f| frames.push(f.to_vec())).is_err() {
+                        ports[i] = None;
+                        continue;
+                    }
+                    if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
+                        && send_all_vhost_user(peer, &frames).is_err()
+                    {
+                        ports[i ^ 1] = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Sends every frame, waiting while the guest's receive ring is full; a
+/// guest that adds no buffers for a second loses the rest.
+fn send_all_vhost_user(peer: &mut VhostUserPort, frames: &[Vec<u8>]) -> Result<(), vhost_user::PortError> {
+    let mut left = frames;
+    while !left.is_empty() {
+        let sent = peer.send(left.iter().map(Vec::as_slice))?;
+        left = &left[sent.frames..];
+        if !sent.would_block {
+            break;
+        }
+        let Some(kick) = peer.rx_kick() else { break };
+        if !poll(&mut [PollFd::new(kick, PollFlags::POLLIN)], PollTimeout::from(1000u16)).is_ok_and(|n| n > 0) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn run_epoll(dir: &Path, listener: UnixListener, fanout: Fanout) -> Result<()> {

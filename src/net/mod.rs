@@ -8,6 +8,7 @@ mod data;
 pub mod log;
 pub mod sys;
 mod tap;
+pub mod vhost_user;
 
 use std::collections::VecDeque;
 use std::fs;

@@ -42,6 +42,10 @@ struct Args {
     /// Round trips timed per switch and repetition.
     #[arg(long, default_value_t = 30_000)]
     round_trips: usize,
+    /// Bursts of 32 frames per port that testpmd starts circulating in the
+    /// vhost-user loopback.
+    #[arg(long, default_value_t = 32)]
+    bursts: u32,
     /// Run only the workloads whose label contains this text.
     #[arg(long)]
     only: Option<String>,
@@ -82,7 +86,7 @@ impl Workload {
     pub fn targets(self) -> &'static [Kind] {
         match self {
             Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
-            Workload::VhostLoopback => &[Kind::OvsDpdk],
+            Workload::VhostLoopback => &[Kind::OvsDpdk, Kind::Floor],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor, Kind::TokioFloor],
         }
     }
@@ -108,11 +112,21 @@ fn run(
     duration: Duration,
     pin: bool,
     huge: Option<&vhost::Hugepages>,
+    bursts: u32,
 ) -> Result<Measurement> {
     if workload == Workload::VhostLoopback {
         let huge = huge.context("hugepages were not reserved")?.dir();
-        let ovs = vhost::OvsDpdk::start(huge)?;
-        return vhost::loopback(huge, &ovs.sockets(), ovs.pid(), duration);
+        return match kind {
+            Kind::OvsDpdk => {
+                let ovs = vhost::OvsDpdk::start(huge)?;
+                vhost::loopback(huge, &ovs.sockets(), ovs.pid(), duration, bursts)
+            }
+            Kind::Floor => {
+                let floor = vhost::VhostFloor::start()?;
+                vhost::loopback(huge, &floor.sockets(), floor.pid(), duration, bursts)
+            }
+            _ => bail!("{} has no vhost-user ports", kind.name()),
+        };
     }
     let fanout = if workload == Workload::Broadcast8 { Fanout::All } else { Fanout::Pair };
     let idle = match workload {
@@ -236,7 +250,7 @@ fn main() -> Result<()> {
                 }
             } else {
                 for &kind in workload.targets() {
-                    let m = run(workload, kind, duration, args.pin, huge.as_ref())
+                    let m = run(workload, kind, duration, args.pin, huge.as_ref(), args.bursts)
                         .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
                     records.push(Record { workload, target: kind, rep: Some(rep), m });
                 }

@@ -2,7 +2,10 @@
 //! ports on a switch's two vhost-user sockets, forwarding in `mac` mode
 //! with each port's peer set to the other port's MAC, so frames started by
 //! `tx_first` circulate through the switch for as long as the run lasts.
-//! testpmd's receive counters are the frames the switch delivered.
+//! testpmd's receive counters are the frames the switch delivered. How
+//! many frames circulate is `tx_first`'s burst count (32 frames a burst
+//! and port): with one burst, a switch that sleeps between kicks is timed
+//! on its wake-up latency; with more, on its work per frame.
 //!
 //! testpmd and Open vSwitch with DPDK need hugepages: they are reserved
 //! through `/proc/sys/vm/nr_hugepages` and mounted in a temporary directory
@@ -32,6 +35,8 @@ const PAGES: u64 = 512;
 /// The MACs of testpmd's two ports; each port's frames are addressed to
 /// the other.
 const MACS: [&str; 2] = ["02:00:00:00:76:01", "02:00:00:00:76:02"];
+/// Ring size of testpmd's ports: room for 32 bursts of 32 frames.
+const RING: u32 = 1024;
 /// testpmd polls on this CPU; the switch under test is kept on the other.
 const TESTPMD_CPU: usize = 1;
 
@@ -210,6 +215,51 @@ impl Drop for OvsDpdk {
     }
 }
 
+/// `vswitch-floor` as a vhost-user backend: the floor of the vhost-user
+/// path, with vswitch's transport and no switching logic.
+pub struct VhostFloor {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl VhostFloor {
+    pub fn start() -> Result<VhostFloor> {
+        let dir = tempfile::Builder::new().prefix("vswitch-bench-vhost").tempdir()?;
+        let program = std::env::current_exe()?.with_file_name("vswitch-floor");
+        let mut cmd = Command::new(program);
+        let floor_dir = dir.path().to_path_buf();
+        let sockets = [floor_dir.join("vhu0"), floor_dir.join("vhu1")];
+        for sock in &sockets {
+            cmd.arg("--vhost-user").arg(sock);
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().context("starting vswitch-floor")?;
+        let floor = VhostFloor { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sockets.iter().all(|s| s.exists()) {
+            if Instant::now() > deadline {
+                bail!("vswitch-floor did not come up");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(floor)
+    }
+
+    pub fn sockets(&self) -> [PathBuf; 2] {
+        [self.dir.path().join("vhu0"), self.dir.path().join("vhu1")]
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for VhostFloor {
+    fn drop(&mut self) {
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
 /// The process CPU time of `pid`, all threads.
 pub fn cpu_time(pid: Pid) -> Duration {
     nix::time::clock_getcpuclockid(pid).and_then(nix::time::clock_gettime).map_or(Duration::ZERO, Duration::from)
@@ -243,9 +293,15 @@ impl Testpmd {
         .arg("--huge-dir")
         .arg(huge);
         for (i, sock) in sockets.iter().enumerate() {
-            cmd.arg("--vdev").arg(format!("net_virtio_user{i},path={},queues=1,mac={}", sock.display(), MACS[i]));
+            cmd.arg("--vdev").arg(format!(
+                "net_virtio_user{i},path={},queues=1,queue_size={RING},mac={}",
+                sock.display(),
+                MACS[i]
+            ));
         }
         cmd.args(["--", "-i", "--total-num-mbufs=16384", "--forward-mode=mac", "--nb-cores=1"])
+            .arg(format!("--rxd={RING}"))
+            .arg(format!("--txd={RING}"))
             .arg(format!("--eth-peer=0,{}", MACS[1]))
             .arg(format!("--eth-peer=1,{}", MACS[0]));
         let mut child = cmd
@@ -349,13 +405,13 @@ const IDLE: Duration = Duration::from_secs(1);
 /// Runs the loopback through the switch whose vhost-user sockets are
 /// `sockets` and whose CPU is `pid`'s: idle CPU with both frontends
 /// attached and silent, then frames/s and CPU per frame over `duration`.
-pub fn loopback(huge: &Path, sockets: &[PathBuf; 2], pid: Pid, duration: Duration) -> Result<Measurement> {
+pub fn loopback(huge: &Path, sockets: &[PathBuf; 2], pid: Pid, duration: Duration, bursts: u32) -> Result<Measurement> {
     pin(pid, SWITCH_CPU);
     let mut pmd = Testpmd::start(huge, sockets)?;
     let (idle_from, idle_at) = (cpu_time(pid), Instant::now());
     thread::sleep(IDLE);
     let idle_cpu_pct = 100.0 * (cpu_time(pid) - idle_from).as_secs_f64() / idle_at.elapsed().as_secs_f64();
-    pmd.command("start tx_first")?;
+    pmd.command(&format!("start tx_first {bursts}"))?;
     thread::sleep(WARM_UP);
     let (frames_from, cpu_from, at) = (pmd.received()?, cpu_time(pid), Instant::now());
     thread::sleep(duration);
