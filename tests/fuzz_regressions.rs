@@ -37,3 +37,8 @@ fn console_corpus() {
 fn rc_file_corpus() {
     replay("rc_file", vswitch::fuzzing::rc_file);
 }
+
+#[test]
+fn vhost_user_corpus() {
+    replay("vhost_user", vswitch::fuzzing::vhost_user);
+}

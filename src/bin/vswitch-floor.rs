@@ -187,16 +187,20 @@ fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
                     }
                 }
                 VHOST_TX_KICK => {
-                    let Some(port) = ports[i].as_mut() else { continue };
-                    frames.clear();
-                    if port.receive(vhost_user::BATCH, |f| frames.push(f.to_vec())).is_err() {
-                        ports[i] = None;
-                        continue;
-                    }
-                    if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
-                        && send_all_vhost_user(peer, &frames).is_err()
-                    {
-                        ports[i ^ 1] = None;
+                    while let Some(port) = ports[i].as_mut() {
+                        frames.clear();
+                        let Ok(got) = port.receive(vhost_user::BATCH, |f| frames.push(f.to_vec())) else {
+                            ports[i] = None;
+                            break;
+                        };
+                        if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
+                            && send_all_vhost_user(peer, &frames).is_err()
+                        {
+                            ports[i ^ 1] = None;
+                        }
+                        if !got.more {
+                            break;
+                        }
                     }
                 }
                 _ => {}

@@ -475,7 +475,19 @@ pub struct VhostUserPort {
     kicks: [Option<Arc<File>>; QUEUES],
     kick_generation: u64,
     frame: Box<[u8; MAX_FRAME + 64]>,
+    /// The last receive left frames in the ring, with the kick off.
+    tx_pending: bool,
+    /// The last send ran out of buffers and asked for a receive kick.
+    rx_waiting: bool,
     pub drops: PortDrops,
+}
+
+/// What receiving a batch from the guest did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub frames: usize,
+    /// Frames are left in the ring and no kick will say so.
+    pub more: bool,
 }
 
 /// What handling control requests changed for the caller.
@@ -487,7 +499,8 @@ pub enum Control {
 }
 
 impl VhostUserPort {
-    fn new(stream: UnixStream) -> io::Result<VhostUserPort> {
+    /// A port for the frontend at the other end of `stream`.
+    pub fn new(stream: UnixStream) -> io::Result<VhostUserPort> {
         stream.set_nonblocking(true)?;
         let control = stream.try_clone()?;
         let device = Arc::new(Mutex::new(Device {
@@ -505,6 +518,8 @@ impl VhostUserPort {
             kicks: [None, None],
             kick_generation: 0,
             frame: Box::new([0; MAX_FRAME + 64]),
+            tx_pending: false,
+            rx_waiting: false,
             drops: PortDrops::default(),
         })
     }
@@ -567,17 +582,20 @@ impl VhostUserPort {
     }
 
     /// Receives up to `max` (at most [`BATCH`]) frames the guest
-    /// transmitted, handing each to `each`. Clears the transmit kick; when
-    /// frames are left in the ring the kick is raised again, so a
-    /// level-triggered wait comes back here after the other ports.
-    pub fn receive(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> Result<usize, PortError> {
-        if let Some(kick) = &self.kicks[TX] {
+    /// transmitted, handing each to `each`. `more` says frames are left in
+    /// the ring: then the guest does not kick again, and the caller comes
+    /// back (after its other ports) without waiting for the transmit kick.
+    pub fn receive(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> Result<Received, PortError> {
+        if !self.tx_pending
+            && let Some(kick) = &self.kicks[TX]
+        {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
+        self.tx_pending = false;
         let Self { device, frame, drops, .. } = self;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         if !device.running(TX) {
-            return Ok(0);
+            return Ok(Received { frames: 0, more: false });
         }
         let header = device.header_len();
         let Device { memory, vrings, .. } = &mut *device;
@@ -588,6 +606,7 @@ impl VhostUserPort {
         let mut more = false;
         loop {
             vring.queue.disable_notification(memory).map_err(queue_error)?;
+            let before = done;
             while done < max.min(BATCH) {
                 let Some(chain) = vring.queue.pop_descriptor_chain(memory) else { break };
                 let head = chain.head_index();
@@ -611,14 +630,19 @@ impl VhostUserPort {
             if !vring.queue.enable_notification(memory).map_err(queue_error)? {
                 break;
             }
+            // The ring says there is more but nothing could be taken: an
+            // available index more than a ring ahead, which `virtio-queue`
+            // refuses to walk. Looking again would never end.
+            if done == before {
+                return Err(queue_error(virtio_queue::Error::InvalidAvailRingIndex));
+            }
         }
         if done > 0 && vring.queue.needs_notification(memory).map_err(queue_error)? {
             signal(vring.call.as_ref());
         }
-        if more && let Some(kick) = &vring.kick {
-            let _ = (&**kick).write(&1u64.to_ne_bytes());
-        }
-        Ok(done)
+        drop(device);
+        self.tx_pending = more;
+        Ok(Received { frames: done, more })
     }
 
     /// Writes `frames` into the guest's receive ring, each behind a
@@ -626,7 +650,9 @@ impl VhostUserPort {
     /// guest accepted mergeable buffers. Stops when the ring is out of
     /// buffers; the guest's next receive kick says there are more.
     pub fn send<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> Result<Sent, PortError> {
-        if let Some(kick) = &self.kicks[RX] {
+        if self.rx_waiting
+            && let Some(kick) = &self.kicks[RX]
+        {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
         let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
@@ -665,6 +691,8 @@ impl VhostUserPort {
         if sent.frames > 0 && vring.queue.needs_notification(memory).map_err(queue_error)? {
             signal(vring.call.as_ref());
         }
+        drop(device);
+        self.rx_waiting = sent.would_block;
         Ok(sent)
     }
 }
