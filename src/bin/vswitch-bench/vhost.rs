@@ -399,6 +399,8 @@ impl Drop for Testpmd {
 
 /// Settling time after the first frames, before anything is counted.
 const WARM_UP: Duration = Duration::from_secs(1);
+/// Times `tx_first` is tried before the loop is declared dead.
+const START_ATTEMPTS: usize = 5;
 /// How long the attached but silent switch is watched for its idle CPU.
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -411,9 +413,22 @@ pub fn loopback(huge: &Path, sockets: &[PathBuf; 2], pid: Pid, duration: Duratio
     let (idle_from, idle_at) = (cpu_time(pid), Instant::now());
     thread::sleep(IDLE);
     let idle_cpu_pct = 100.0 * (cpu_time(pid) - idle_from).as_secs_f64() / idle_at.elapsed().as_secs_f64();
-    pmd.command(&format!("start tx_first {bursts}"))?;
-    thread::sleep(WARM_UP);
-    let (frames_from, cpu_from, at) = (pmd.received()?, cpu_time(pid), Instant::now());
+    // A switch that brings its port up a moment after the frontend
+    // attached loses the first bursts, and lost frames never come back
+    // into the loop: start again until frames circulate.
+    let mut frames_from = 0;
+    for _ in 0..START_ATTEMPTS {
+        pmd.command(&format!("start tx_first {bursts}"))?;
+        thread::sleep(WARM_UP);
+        let before = pmd.received()?;
+        thread::sleep(Duration::from_millis(100));
+        frames_from = pmd.received()?;
+        if frames_from > before {
+            break;
+        }
+        pmd.command("stop")?;
+    }
+    let (cpu_from, at) = (cpu_time(pid), Instant::now());
     thread::sleep(duration);
     let (frames, cpu, seconds) = (pmd.received()? - frames_from, cpu_time(pid) - cpu_from, at.elapsed().as_secs_f64());
     pmd.command("stop")?;
