@@ -39,7 +39,7 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{BackendReqHandler, GpuBackend, VhostUserBackendReqHandlerMut};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{Bytes as _, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 /// Largest frame moved, as on the socket ports.
 pub const MAX_FRAME: usize = 1518;
@@ -610,12 +610,25 @@ impl VhostUserPort {
             while done < max.min(BATCH) {
                 let Some(chain) = vring.queue.pop_descriptor_chain(memory) else { break };
                 let head = chain.head_index();
-                let mut reader = chain.reader(memory).map_err(queue_error)?;
-                let len = reader.available_bytes();
-                if len > header + MAX_FRAME {
+                // Descriptor by descriptor from guest memory (which
+                // bounds-checks each range); a chain cut short by a loop
+                // or a bad index has whatever came before.
+                let mut len = 0;
+                let mut oversize = false;
+                for desc in chain.readable() {
+                    let end = len + desc.len() as usize;
+                    if end > header + MAX_FRAME {
+                        oversize = true;
+                        break;
+                    }
+                    memory
+                        .read_slice(&mut frame[len..end], desc.addr())
+                        .map_err(|e| queue_error(virtio_queue::Error::GuestMemory(e)))?;
+                    len = end;
+                }
+                if oversize {
                     drops.oversize += 1;
                 } else if len >= header {
-                    reader.read_exact(&mut frame[..len])?;
                     each(&frame[header..len]);
                 }
                 vring.queue.add_used(memory, head, 0).map_err(queue_error)?;
@@ -716,19 +729,17 @@ fn write_frame(
 ) -> Result<bool, virtio_queue::Error> {
     let frame = &frame[..frame.len().min(MAX_FRAME)];
     let total = header + frame.len();
-    let mut writers = Vec::new();
+    let mut chains = Vec::new();
     let mut room = 0;
     while room < total {
         let Some(chain) = queue.pop_descriptor_chain(memory) else {
-            for _ in &writers {
+            for _ in &chains {
                 queue.go_to_previous_position();
             }
             return Ok(false);
         };
-        let head = chain.head_index();
-        let writer = chain.writer(memory)?;
-        room += writer.available_bytes();
-        writers.push((head, writer));
+        room += chain.clone().writable().map(|d| d.len() as usize).sum::<usize>();
+        chains.push(chain);
         // Without mergeable buffers a frame gets one chain, cut to fit if
         // the guest posted a smaller one.
         if !mergeable {
@@ -738,15 +749,23 @@ fn write_frame(
     // The header's last field counts the buffers a merged frame uses.
     let mut bytes = [0u8; 12 + MAX_FRAME];
     if header == 12 {
-        bytes[10..12].copy_from_slice(&(writers.len() as u16).to_le_bytes());
+        bytes[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
     }
     bytes[header..total].copy_from_slice(frame);
     let mut offset = 0;
-    for (head, mut writer) in writers {
-        let end = total.min(offset + writer.available_bytes());
-        writer.write_all(&bytes[offset..end]).map_err(|_| virtio_queue::Error::InvalidChain)?;
-        queue.add_used(memory, head, (end - offset) as u32)?;
-        offset = end;
+    for chain in chains {
+        let (head, start) = (chain.head_index(), offset);
+        // Descriptor by descriptor, straight into guest memory (which
+        // bounds-checks each range): no per-chain allocation.
+        for desc in chain.writable() {
+            if offset == total {
+                break;
+            }
+            let end = total.min(offset + desc.len() as usize);
+            memory.write_slice(&bytes[offset..end], desc.addr()).map_err(virtio_queue::Error::GuestMemory)?;
+            offset = end;
+        }
+        queue.add_used(memory, head, (offset - start) as u32)?;
     }
     Ok(true)
 }
