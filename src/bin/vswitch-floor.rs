@@ -183,7 +183,10 @@ fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
                             }
                         }
                         Ok(Control::Unchanged) => {}
-                        Err(_) => ports[i] = None,
+                        Err(e) => {
+                            eprintln!("vhost-user {}: closed: {e}", paths[i].display());
+                            ports[i] = None;
+                        }
                     }
                 }
                 VHOST_TX_KICK => {

@@ -567,7 +567,15 @@ impl VhostUserPort {
     /// error means the frontend is gone or misbehaved: close the port.
     pub fn handle_control(&mut self) -> Result<Control, PortError> {
         while self.request_waiting()? {
-            self.requests.handle_request()?;
+            match self.requests.handle_request() {
+                // The one request the crate gates on an acknowledged
+                // feature is SET_VRING_ENABLE, which QEMU's virtio-net
+                // sends while the device is realized, before SET_FEATURES;
+                // the message was read whole, so the connection is still
+                // in step.
+                Err(vhost::vhost_user::Error::InactiveFeature(_)) => {}
+                result => result?,
+            }
         }
         let generation = self.device().kick_generation;
         if generation == self.kick_generation {
