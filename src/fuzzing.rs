@@ -6,6 +6,8 @@ use crate::engine::{Attach, Credentials, Delivery, EndpointKey, PortRequest, Swi
 use crate::mgmt::{self, Context, Session, SessionKind, SwitchInfo};
 use crate::wire::{Frame, Mac, Request};
 
+pub mod frontend;
+
 /// The handshake parser accepts or rejects any bytes without panicking, and
 /// what it accepts is consistent.
 pub fn handshake(data: &[u8]) {
@@ -204,4 +206,66 @@ pub fn rc_file(data: &[u8]) {
     let mut ctx = Context::new(&mut sw, &info, 0, &mut session);
     let mut out = String::new();
     let _ = mgmt::run_script(&mut ctx, "fuzz.rc", &text, &mut out);
+}
+
+/// The vhost-user backend under a frontend that says anything: raw control
+/// messages (some carrying the guest-memory memfd), bytes written over its
+/// rings, and frames moved both ways, in the order the input says. Whatever
+/// happens, nothing panics or blocks, and no frame longer than the largest
+/// Ethernet frame comes out; an error means the port would be closed.
+pub fn vhost_user(data: &[u8]) {
+    use std::os::fd::AsRawFd;
+
+    use crate::net::vhost_user::{BATCH, MAX_FRAME, VhostUserPort};
+    use vm_memory::{Bytes as _, GuestAddress};
+
+    let mut input = Bytes(data);
+    let Ok((ours, theirs)) = std::os::unix::net::UnixStream::pair() else { return };
+    let Ok(mut front) = frontend::Frontend::from_stream(ours) else { return };
+    let Ok(mut port) = VhostUserPort::new(theirs) else { return };
+    if input.u8().is_some_and(|b| b & 1 == 1) {
+        let features = frontend::VERSION_1 | frontend::MRG_RXBUF | frontend::EVENT_IDX | frontend::INDIRECT_DESC;
+        if front.set_up(features).is_err() || port.handle_control().is_err() {
+            return;
+        }
+    }
+    while let Some(op) = input.u8() {
+        let ok = match op % 6 {
+            0 => {
+                let len = usize::from(input.u8().unwrap_or(0));
+                let with_memory = input.u8().is_some_and(|b| b & 1 == 1);
+                let msg = input.take(len).to_vec();
+                let fds = if with_memory { vec![front.memfd.as_raw_fd()] } else { Vec::new() };
+                front.send_raw(&msg, &fds).is_ok() && port.handle_control().is_ok()
+            }
+            1 => {
+                let at = u64::from(u16::from_le_bytes([input.u8().unwrap_or(0), input.u8().unwrap_or(0)]));
+                let len = usize::from(input.u8().unwrap_or(0));
+                let bytes = input.take(len).to_vec();
+                let _ = front.memory.write_slice(&bytes, GuestAddress(at));
+                true
+            }
+            2 => port.receive(BATCH, |f| assert!(f.len() <= MAX_FRAME)).is_ok(),
+            3 => {
+                let n = usize::from(input.u8().unwrap_or(0) % 8);
+                let len = 14 + usize::from(input.u8().unwrap_or(0)) * 6;
+                let frame = vec![0x5a; len];
+                port.send(std::iter::repeat_n(frame.as_slice(), n)).is_ok()
+            }
+            4 => {
+                let len = usize::from(input.u8().unwrap_or(0)) * 7;
+                front.transmit(&vec![0xa5; len]);
+                true
+            }
+            _ => {
+                let n = u16::from(input.u8().unwrap_or(0) % 16);
+                let len = u32::from(input.u8().unwrap_or(0)) * 16;
+                front.post_receive_buffers(n, len);
+                true
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
 }

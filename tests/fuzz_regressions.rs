@@ -42,3 +42,8 @@ fn rc_file_corpus() {
 fn vxlan_corpus() {
     replay("vxlan", vswitch::fuzzing::vxlan);
 }
+
+#[test]
+fn vhost_user_corpus() {
+    replay("vhost_user", vswitch::fuzzing::vhost_user);
+}

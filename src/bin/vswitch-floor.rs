@@ -6,21 +6,41 @@
 //! nothing and paces its senders. What it achieves is what any switch on
 //! this machine can hope for.
 //!
-//! Usage: `vswitch-floor DIR [--fanout pair|all]` (runs in the foreground
-//! until SIGTERM; creates DIR and DIR/ctl).
+//! `--runtime tokio` runs the same forwarding on a tokio current-thread
+//! runtime, each data socket registered with its reactor and given a task
+//! of its own: what a Rust developer would write first, measured against
+//! the plain epoll loop. The sockets are tokio `UnixDatagram`s driven
+//! through `try_io` with the same batched calls: the registration an
+//! `AsyncFd` would make, without `AsyncFd::register`'s `unsafe` (its safe
+//! constructor is deprecated as unsound since tokio 1.54).
+//!
+//! `--vhost-user PATH` (repeatable) makes it a vhost-user-net backend
+//! instead, listening on each PATH, with the frontends on sockets 2k and
+//! 2k+1 wired to each other: the floor of the vhost-user path, with the
+//! same transport code vswitch uses.
+//!
+//! Usage: `vswitch-floor DIR [--fanout pair|all] [--runtime epoll|tokio]`
+//! or `vswitch-floor --vhost-user PATH --vhost-user PATH` (runs in the
+//! foreground until SIGTERM; creates DIR and DIR/ctl).
 
+use std::cell::RefCell;
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+use tokio::io::Interest;
+use tokio::net::UnixDatagram;
 
 use vswitch::net::sys::{BATCH, RecvBatch, connect_raw, send_batch};
+use vswitch::net::vhost_user::{self, Control, VhostUserListener, VhostUserPort};
 use vswitch::wire::{Request, reply_for_path};
 
 const LISTENER: u64 = u64::MAX;
@@ -30,7 +50,47 @@ struct Endpoint {
     data: OwnedFd,
 }
 
-fn attach(dir: &std::path::Path, mut stream: UnixStream, index: usize) -> Result<Endpoint> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Fanout {
+    /// Endpoint 2k and 2k+1 are wired to each other.
+    Pair,
+    /// Every frame goes to every other endpoint.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Runtime {
+    /// One level-triggered epoll set, as vswitch's own loop.
+    Epoll,
+    /// A tokio current-thread runtime, one task per data socket.
+    Tokio,
+}
+
+#[derive(Parser)]
+#[command(about = "A VDE forwarder with no switching logic: the benchmark's floor")]
+struct Args {
+    /// Control directory to create (DIR/ctl is its listening socket).
+    #[arg(required_unless_present = "vhost_user")]
+    dir: Option<PathBuf>,
+    /// Be a vhost-user backend listening on PATH instead (repeatable).
+    #[arg(long, value_name = "PATH", conflicts_with = "dir")]
+    vhost_user: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Fanout::Pair)]
+    fanout: Fanout,
+    #[arg(long, value_enum, default_value_t = Runtime::Epoll)]
+    runtime: Runtime,
+}
+
+impl Fanout {
+    fn wanted(self, from: usize, to: usize) -> bool {
+        match self {
+            Fanout::Pair => to == from ^ 1,
+            Fanout::All => to != from,
+        }
+    }
+}
+
+fn attach(dir: &Path, mut stream: UnixStream, index: usize) -> Result<Endpoint> {
     let mut buf = [0u8; 256];
     let n = stream.read(&mut buf)?;
     let req = Request::parse(&buf[..n]).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -61,21 +121,116 @@ fn send_all(fd: BorrowedFd, mut frames: &[&[u8]]) {
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().context("usage: vswitch-floor DIR [--fanout pair|all]")?);
-    let pairwise = match (args.next().as_deref(), args.next().as_deref()) {
-        (None, _) | (Some("--fanout"), Some("pair")) => true,
-        (Some("--fanout"), Some("all")) => false,
-        _ => bail!("usage: vswitch-floor DIR [--fanout pair|all]"),
-    };
+    let args = Args::parse();
     // A session of its own, as the daemonised switches have: with
     // autogrouping the scheduler treats each session as a group, and the
     // floor must be scheduled like the switches it is compared with.
     let _ = nix::unistd::setsid();
+    let Some(dir) = args.dir else { return run_vhost_user(&args.vhost_user) };
     fs::create_dir_all(&dir)?;
     let ctl = dir.join("ctl");
     let _ = fs::remove_file(&ctl);
     let listener = UnixListener::bind(&ctl)?;
+    match args.runtime {
+        Runtime::Epoll => run_epoll(&dir, listener, args.fanout),
+        Runtime::Tokio => run_tokio(&dir, listener, args.fanout),
+    }
+}
+
+/// What an epoll event of the vhost-user floor is about: the kind in the
+/// high half of the token, the socket's index in the low half.
+const VHOST_LISTENER: u64 = 1 << 32;
+const VHOST_CONTROL: u64 = 2 << 32;
+const VHOST_TX_KICK: u64 = 3 << 32;
+
+fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let listeners: Vec<VhostUserListener> = paths
+        .iter()
+        .map(|p| VhostUserListener::bind(p).with_context(|| format!("listening on {}", p.display())))
+        .collect::<Result<_>>()?;
+    for (i, l) in listeners.iter().enumerate() {
+        epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, VHOST_LISTENER | i as u64))?;
+    }
+    let mut ports: Vec<Option<VhostUserPort>> = listeners.iter().map(|_| None).collect();
+    let mut frames: Vec<Vec<u8>> = Vec::with_capacity(vhost_user::BATCH);
+    let mut events = vec![EpollEvent::empty(); 64];
+    loop {
+        let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
+            nix::errno::Errno::EINTR => Ok(0),
+            e => Err(e),
+        })?;
+        for ev in &events[..n] {
+            let (kind, i) = (ev.data() & !0xffff_ffff, (ev.data() & 0xffff_ffff) as usize);
+            match kind {
+                VHOST_LISTENER => {
+                    let Some(port) = listeners[i].accept()? else { continue };
+                    // One frontend per socket; a second one is turned away.
+                    if ports[i].is_none() {
+                        let edge = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+                        epoll.add(port.control_fd(), EpollEvent::new(edge, VHOST_CONTROL | i as u64))?;
+                        ports[i] = Some(port);
+                    }
+                }
+                VHOST_CONTROL => {
+                    let Some(port) = ports[i].as_mut() else { continue };
+                    match port.handle_control() {
+                        // A replaced kick's registration went with its
+                        // descriptor.
+                        Ok(Control::KicksChanged) => {
+                            if let Some(kick) = port.tx_kick() {
+                                let _ = epoll.add(kick, EpollEvent::new(EpollFlags::EPOLLIN, VHOST_TX_KICK | i as u64));
+                            }
+                        }
+                        Ok(Control::Unchanged) => {}
+                        Err(e) => {
+                            eprintln!("vhost-user {}: closed: {e}", paths[i].display());
+                            ports[i] = None;
+                        }
+                    }
+                }
+                VHOST_TX_KICK => {
+                    while let Some(port) = ports[i].as_mut() {
+                        frames.clear();
+                        let Ok(got) = port.receive(vhost_user::BATCH, |f| frames.push(f.to_vec())) else {
+                            ports[i] = None;
+                            break;
+                        };
+                        if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
+                            && send_all_vhost_user(peer, &frames).is_err()
+                        {
+                            ports[i ^ 1] = None;
+                        }
+                        if !got.more {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Sends every frame, waiting while the guest's receive ring is full; a
+/// guest that adds no buffers for a second loses the rest.
+fn send_all_vhost_user(peer: &mut VhostUserPort, frames: &[Vec<u8>]) -> Result<(), vhost_user::PortError> {
+    let mut left = frames;
+    while !left.is_empty() {
+        let sent = peer.send(left.iter().map(Vec::as_slice))?;
+        left = &left[sent.frames..];
+        if !sent.would_block {
+            break;
+        }
+        let Some(kick) = peer.rx_kick() else { break };
+        if !poll(&mut [PollFd::new(kick, PollFlags::POLLIN)], PollTimeout::from(1000u16)).is_ok_and(|n| n > 0) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn run_epoll(dir: &Path, listener: UnixListener, fanout: Fanout) -> Result<()> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
     let mut endpoints: Vec<Endpoint> = Vec::new();
@@ -90,7 +245,7 @@ fn main() -> Result<()> {
             if ev.data() == LISTENER {
                 let (stream, _) = listener.accept()?;
                 // Probes that connect and hang up are not endpoints.
-                let Ok(ep) = attach(&dir, stream, endpoints.len()) else { continue };
+                let Ok(ep) = attach(dir, stream, endpoints.len()) else { continue };
                 epoll.add(&ep.data, EpollEvent::new(EpollFlags::EPOLLIN, endpoints.len() as u64))?;
                 endpoints.push(ep);
                 continue;
@@ -102,11 +257,81 @@ fn main() -> Result<()> {
                 *slot = rx.frame(i);
             }
             for (i, peer) in endpoints.iter().enumerate() {
-                let wanted = if pairwise { i == from ^ 1 } else { i != from };
-                if wanted {
+                if fanout.wanted(from, i) {
                     send_all(peer.data.as_fd(), &frames[..got]);
                 }
             }
         }
     }
+}
+
+/// The data sockets of the tokio floor, by endpoint index.
+type Peers = Rc<RefCell<Vec<Rc<UnixDatagram>>>>;
+
+fn run_tokio(dir: &Path, listener: UnixListener, fanout: Fanout) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let tasks = tokio::task::LocalSet::new();
+    tasks.block_on(&runtime, async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let peers = Peers::default();
+        let mut controls = Vec::new();
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let stream = stream.into_std()?;
+            stream.set_nonblocking(false)?;
+            let index = peers.borrow().len();
+            let Ok(Endpoint { _control, data }) = attach(dir, stream, index) else { continue };
+            let data = Rc::new(UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(data))?);
+            peers.borrow_mut().push(data.clone());
+            controls.push(_control);
+            tokio::task::spawn_local(forward(index, data, peers.clone(), fanout));
+        }
+    })
+}
+
+/// One endpoint's task: a batch from its socket, sent whole to every
+/// destination, waiting for each while it is full.
+async fn forward(from: usize, socket: Rc<UnixDatagram>, peers: Peers, fanout: Fanout) -> io::Result<()> {
+    let mut rx = RecvBatch::<2048>::default();
+    loop {
+        socket.readable().await?;
+        let got = match socket.try_io(Interest::READABLE, || match rx.recv(socket.as_fd(), BATCH)? {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut frames: [&[u8]; BATCH] = [&[]; BATCH];
+        for (i, slot) in frames.iter_mut().enumerate().take(got) {
+            *slot = rx.frame(i);
+        }
+        let count = peers.borrow().len();
+        for to in (0..count).filter(|&to| fanout.wanted(from, to)) {
+            let peer = peers.borrow()[to].clone();
+            send_all_async(&peer, &frames[..got]).await?;
+        }
+    }
+}
+
+async fn send_all_async(to: &UnixDatagram, mut frames: &[&[u8]]) -> io::Result<()> {
+    while !frames.is_empty() {
+        to.writable().await?;
+        let sent = to.try_io(Interest::WRITABLE, || {
+            let (sent, error) = send_batch(to.as_fd(), frames.iter().copied());
+            match error {
+                Some(e) if sent == 0 => Err(e),
+                _ => Ok(sent),
+            }
+        });
+        match sent {
+            Ok(sent) => frames = &frames[sent..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // A destination that has gone away loses the rest.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ mod jobs;
 pub mod log;
 pub mod sys;
 mod transport;
+pub mod vhost_user;
 
 use std::collections::VecDeque;
 use std::fs;

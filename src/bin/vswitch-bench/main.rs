@@ -5,6 +5,7 @@
 mod load;
 mod report;
 mod target;
+mod vhost;
 mod vxlan;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,10 @@ struct Args {
     /// Round trips timed per switch and repetition.
     #[arg(long, default_value_t = 30_000)]
     round_trips: usize,
+    /// Bursts of 32 frames per port that testpmd starts circulating in the
+    /// vhost-user loopback.
+    #[arg(long, default_value_t = 32)]
+    bursts: u32,
     /// Run only the workloads whose label contains this text.
     #[arg(long)]
     only: Option<String>,
@@ -65,6 +70,9 @@ pub enum Workload {
     DgramPair,
     /// One pair across two switches in two namespaces over VXLAN.
     Vxlan64,
+    /// testpmd's two virtio-user ports looping 64-byte frames through the
+    /// switch's two vhost-user ports.
+    VhostLoopback,
 }
 
 impl Workload {
@@ -83,6 +91,7 @@ impl Workload {
             Workload::StreamPair => "stream pair, 64 B (--stream)".into(),
             Workload::DgramPair => "dgram pair, 64 B (--dgram)".into(),
             Workload::Vxlan64 => "VXLAN between two switches, one pair, 64 B".into(),
+            Workload::VhostLoopback => "vhost-user loopback, 64 B".into(),
         }
     }
 
@@ -93,7 +102,8 @@ impl Workload {
             }
             Workload::StreamPair | Workload::DgramPair => &[Kind::Vswitch],
             Workload::Vxlan64 => &[Kind::Vswitch, Kind::VdePlugVxlan],
-            _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
+            Workload::VhostLoopback => &[Kind::OvsDpdk, Kind::Floor],
+            _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor, Kind::TokioFloor],
         }
     }
 }
@@ -112,7 +122,28 @@ fn traffic(sw: &Switch, base: Duration, t: load::Traffic) -> Measurement {
     }
 }
 
-fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<Measurement> {
+fn run(
+    workload: Workload,
+    kind: Kind,
+    duration: Duration,
+    pin: bool,
+    huge: Option<&vhost::Hugepages>,
+    bursts: u32,
+) -> Result<Measurement> {
+    if workload == Workload::VhostLoopback {
+        let huge = huge.context("hugepages were not reserved")?.dir();
+        return match kind {
+            Kind::OvsDpdk => {
+                let ovs = vhost::OvsDpdk::start(huge)?;
+                vhost::loopback(huge, &ovs.sockets(), ovs.pid(), duration, bursts)
+            }
+            Kind::Floor => {
+                let floor = vhost::VhostFloor::start()?;
+                vhost::loopback(huge, &floor.sockets(), floor.pid(), duration, bursts)
+            }
+            _ => bail!("{} has no vhost-user ports", kind.name()),
+        };
+    }
     if workload == Workload::Vxlan64 {
         let (t, cpu) = vxlan::run(kind, duration)?;
         return Ok(Measurement {
@@ -148,6 +179,7 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
             traffic(&sw, base_cpu, load::pair_beside_stalled_client(&dir, stalled, duration)?)
         }
         Workload::Latency => bail!("round trips are measured on all targets at once"),
+        Workload::VhostLoopback => bail!("the vhost-user loopback has no socket switch"),
         Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
         Workload::StreamPair => traffic(&sw, base_cpu, load::stream_pair(&sw.stream_path(), duration)?),
         Workload::DgramPair => traffic(&sw, base_cpu, load::dgram_pair(&sw.dgram_path(), duration)?),
@@ -205,6 +237,19 @@ fn raise_fd_limit() {
     }
 }
 
+/// Hugepages for the vhost-user loopback, or why it is skipped.
+fn hugepages() -> Option<vhost::Hugepages> {
+    let why = match Workload::VhostLoopback.targets().iter().find_map(|&k| vhost::unavailable(k)) {
+        Some(why) => why,
+        None => match vhost::Hugepages::reserve() {
+            Ok(huge) => return Some(huge),
+            Err(e) => format!("{e:#}"),
+        },
+    };
+    eprintln!("skipping {}: {why}", Workload::VhostLoopback.label());
+    None
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     target::find_binaries()?;
@@ -224,8 +269,13 @@ fn main() -> Result<()> {
     } else {
         eprintln!("VXLAN workload skipped: it needs root for network namespaces");
     }
+    workloads.push(Workload::VhostLoopback);
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
+    }
+    let huge = if workloads.contains(&Workload::VhostLoopback) { hugepages() } else { None };
+    if huge.is_none() {
+        workloads.retain(|&w| w != Workload::VhostLoopback);
     }
     let total: usize = args.reps * workloads.iter().map(|w| w.targets().len()).sum::<usize>();
     let bar = ProgressBar::new(total as u64);
@@ -245,7 +295,7 @@ fn main() -> Result<()> {
                 }
             } else {
                 for &kind in workload.targets() {
-                    let m = run(workload, kind, duration, args.pin)
+                    let m = run(workload, kind, duration, args.pin, huge.as_ref(), args.bursts)
                         .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
                     records.push(Record { workload, target: kind, rep: Some(rep), m });
                 }

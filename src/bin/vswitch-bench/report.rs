@@ -19,6 +19,9 @@ pub struct Measurement {
     pub p50_us: f64,
     pub p99_us: f64,
     pub rss_kib: f64,
+    /// The switch's CPU time per second of wall time while its ports are
+    /// attached and silent, in percent of one CPU.
+    pub idle_cpu_pct: f64,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -116,6 +119,29 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
                 }
                 let _ = writeln!(out, "  (CPU of both switches, and of the four vde_plug processes where used)");
             }
+            Workload::VhostLoopback => {
+                let _ = writeln!(
+                    out,
+                    "  {:<11} {:>30} {:>22} {:>11} {:>12}",
+                    "switch", "delivered frames/s (min-max)", "frames per CPU-second", "idle CPU %", "vs ovs-dpdk"
+                );
+                let ovs = get(Kind::OvsDpdk, |m| m.frames_per_s).median;
+                for &k in w.targets() {
+                    let fps = get(k, |m| m.frames_per_s);
+                    let per_cpu_s = 1e9 / get(k, |m| m.cpu_ns_per_frame).median;
+                    let _ = writeln!(
+                        out,
+                        "  {:<11} {:>10.0} ({:>8.0}-{:>8.0}) {:>22.0} {:>11.1} {:>12}",
+                        k.name(),
+                        fps.median,
+                        fps.min,
+                        fps.max,
+                        per_cpu_s,
+                        get(k, |m| m.idle_cpu_pct).median,
+                        ratio(fps.median, ovs)
+                    );
+                }
+            }
             Workload::Rss1000 => {
                 for &k in &[Kind::Vswitch, Kind::VdeSwitch] {
                     let _ = writeln!(out, "  {:<11} {:>8.0} KiB", k.name(), get(k, |m| m.rss_kib).median);
@@ -171,12 +197,16 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
                     }
                 }
                 let cpu = |k| get(k, |m| m.cpu_ns_per_frame).median;
-                let _ = writeln!(
+                let _ = write!(
                     out,
                     "  CPU per frame, vswitch vs vde_switch {} vs floor {}",
                     ratio(cpu(Kind::Vswitch), cpu(Kind::VdeSwitch)),
                     ratio(cpu(Kind::Vswitch), cpu(Kind::Floor))
                 );
+                if w.targets().contains(&Kind::TokioFloor) {
+                    let _ = write!(out, "; tokio floor vs floor {}", ratio(cpu(Kind::TokioFloor), cpu(Kind::Floor)));
+                }
+                let _ = writeln!(out);
             }
         }
     }

@@ -19,6 +19,10 @@ pub enum Kind {
     /// Two vswitches joined as users do without VXLAN ports: `dpipe
     /// vde_plug DIR = vde_plug vxlan://…` on each side.
     VdePlugVxlan,
+    /// The floor on a tokio current-thread runtime.
+    TokioFloor,
+    /// Open vSwitch with DPDK, the vhost-user loopback's reference.
+    OvsDpdk,
 }
 
 impl Kind {
@@ -28,6 +32,8 @@ impl Kind {
             Kind::VdeSwitch => "vde_switch",
             Kind::Floor => "floor",
             Kind::VdePlugVxlan => "vde_plug vxlan",
+            Kind::TokioFloor => "tokio floor",
+            Kind::OvsDpdk => "ovs-dpdk",
         }
     }
 }
@@ -138,11 +144,12 @@ impl Switch {
         let ports = numports.to_string();
         let mut child = None;
         match kind {
-            Kind::Floor => {
+            Kind::Floor | Kind::TokioFloor => {
                 let mode = if fanout == Fanout::Pair { "pair" } else { "all" };
+                let runtime = if kind == Kind::Floor { "epoll" } else { "tokio" };
                 let c = Command::new(sibling("vswitch-floor")?)
                     .arg(&sw)
-                    .args(["--fanout", mode])
+                    .args(["--fanout", mode, "--runtime", runtime])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .spawn()
@@ -150,6 +157,7 @@ impl Switch {
                 fs::write(&pidfile, c.id().to_string())?;
                 child = Some(c);
             }
+            Kind::OvsDpdk => bail!("Open vSwitch is only started for the vhost-user loopback"),
             Kind::Vswitch | Kind::VdeSwitch | Kind::VdePlugVxlan => {
                 let program = if kind == Kind::VdeSwitch { PathBuf::from("vde_switch") } else { sibling("vswitch")? };
                 let mut command = match netns {

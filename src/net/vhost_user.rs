@@ -1,0 +1,779 @@
+//! vhost-user-net ports: vswitch is the backend, a frontend (QEMU, a DPDK
+//! `net_virtio_user` port, cloud-hypervisor) connects to the listening
+//! socket and hands over its memory and two virtqueues; frames then move
+//! through the queues in that shared memory, with no system call per frame.
+//!
+//! The protocol messages are parsed and checked by the `vhost` crate's
+//! backend request handler, the rings are walked by `virtio-queue` (which
+//! bounds descriptor indices, chain lengths, loops and indirect tables) and
+//! every guest address is resolved by `vm-memory`, which refuses ranges
+//! outside the regions handed over. What is left to this file is the
+//! device: the features, the memory table (checked against the size of the
+//! files that back it, since mapping past the end of a file would turn a
+//! lying frontend into a SIGBUS), and the two queues.
+//!
+//! Everything runs on the caller's thread, driven by readiness of three
+//! descriptors per port: the control socket (edge-triggered: a request is
+//! only handled once all of it has arrived, so a frontend that sends half a
+//! message stalls nobody), the kick eventfd of the guest's transmit queue
+//! (frames to read) and the kick eventfd of its receive queue (buffers
+//! added after the port ran out). `vhost-user-backend`'s daemon would run
+//! the request handler and every queue on threads of its own, and each
+//! batch would then cross threads to reach the single-threaded engine.
+
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt as _;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::socket::{MsgFlags, recv};
+use vhost::VhostUserMemoryRegionBase;
+use vhost::vhost_user::message::{
+    MAX_MSG_SIZE, VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
+    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+};
+use vhost::vhost_user::{BackendReqHandler, GpuBackend, VhostUserBackendReqHandlerMut};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes as _, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+/// Largest frame moved, as on the socket ports.
+pub const MAX_FRAME: usize = 1518;
+/// Frames handled per queue per wake-up before the others get their turn.
+pub const BATCH: usize = 64;
+
+/// Queue 0 is the guest's receive queue (the switch writes frames into
+/// it), queue 1 its transmit queue.
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUES: usize = 2;
+/// Largest ring the virtio spec allows for split queues.
+const MAX_QUEUE_SIZE: u16 = 32768;
+
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_NET_F_MRG_RXBUF
+    | VIRTIO_RING_F_INDIRECT_DESC
+    | VIRTIO_RING_F_EVENT_IDX
+    | VHOST_USER_F_PROTOCOL_FEATURES;
+
+/// The fixed part of a vhost-user message: request, flags, payload size.
+const HEADER: usize = 12;
+
+/// Why a port is closed. Every variant means the frontend is gone or not
+/// to be trusted; the other ports are not affected.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("frontend hung up")]
+    HungUp,
+    #[error("vhost-user request: {0}")]
+    Request(#[from] vhost::vhost_user::Error),
+    #[error("queue {queue}: {error}")]
+    Queue { queue: usize, error: virtio_queue::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn invalid(reason: &'static str) -> vhost::vhost_user::Error {
+    vhost::vhost_user::Error::InvalidOperation(reason)
+}
+
+/// One virtqueue and its eventfds.
+struct Vring {
+    queue: Queue,
+    kick: Option<Arc<File>>,
+    call: Option<File>,
+    /// With protocol features the frontend enables each ring explicitly;
+    /// without them a ring runs once its kick descriptor is set.
+    enabled: bool,
+}
+
+impl Vring {
+    fn new() -> Vring {
+        Vring {
+            queue: Queue::new(MAX_QUEUE_SIZE).expect("the largest ring size is a power of two"),
+            kick: None,
+            call: None,
+            enabled: false,
+        }
+    }
+}
+
+/// Frontend-virtual to guest-physical translation for ring addresses,
+/// which vhost-user gives in the frontend's address space.
+#[derive(Clone, Copy)]
+struct Mapping {
+    user_addr: u64,
+    guest_addr: u64,
+    size: u64,
+}
+
+/// The device state the request handler changes and the data path reads.
+struct Device {
+    acked: u64,
+    protocol_acked: bool,
+    memory: Option<GuestMemoryMmap>,
+    mappings: Vec<Mapping>,
+    vrings: [Vring; QUEUES],
+    /// Bumped whenever a kick descriptor changes, so the port knows to
+    /// refresh what its caller waits on.
+    kick_generation: u64,
+}
+
+impl Device {
+    fn translate(&self, user_addr: u64) -> Option<u64> {
+        self.mappings
+            .iter()
+            .find(|m| user_addr >= m.user_addr && user_addr - m.user_addr < m.size)
+            .map(|m| user_addr - m.user_addr + m.guest_addr)
+    }
+
+    fn vring(&mut self, index: u32) -> vhost::vhost_user::Result<&mut Vring> {
+        self.vrings.get_mut(index as usize).ok_or(invalid("no such queue"))
+    }
+
+    /// Header in front of every frame: `virtio_net_hdr_v1` (12 bytes) with
+    /// VERSION_1 or mergeable buffers, the legacy 10-byte one otherwise.
+    fn header_len(&self) -> usize {
+        if self.acked & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 { 12 } else { 10 }
+    }
+
+    fn running(&self, index: usize) -> bool {
+        let v = &self.vrings[index];
+        v.enabled && v.kick.is_some() && v.queue.ready() && self.memory.is_some()
+    }
+
+    /// Starts a ring once the frontend has told all about it, checking the
+    /// ring's layout against the memory table.
+    fn try_start(&mut self, index: usize) -> vhost::vhost_user::Result<()> {
+        let Some(memory) = &self.memory else { return Ok(()) };
+        let vring = &mut self.vrings[index];
+        if vring.kick.is_none() || !vring.enabled || vring.queue.ready() {
+            return Ok(());
+        }
+        vring.queue.set_ready(true);
+        if !vring.queue.is_valid(memory) {
+            vring.queue.set_ready(false);
+            return Err(invalid("ring outside guest memory or misaligned"));
+        }
+        Ok(())
+    }
+}
+
+/// A descriptor received from the frontend, made non-blocking: a frontend
+/// that never drains its call eventfd, or hands over a pipe, must not be
+/// able to block the switch.
+fn nonblocking(file: File) -> vhost::vhost_user::Result<File> {
+    let flags = fcntl(&file, FcntlArg::F_GETFL).map_err(|_| invalid("bad descriptor"))?;
+    fcntl(&file, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
+        .map_err(|_| invalid("bad descriptor"))?;
+    Ok(file)
+}
+
+fn memory_region(region: &VhostUserMemoryRegion, file: File) -> vhost::vhost_user::Result<GuestRegionMmap> {
+    let meta = file.metadata().map_err(|_| invalid("memory descriptor"))?;
+    let ft = meta.file_type();
+    if !meta.is_file() && !ft.is_block_device() && !ft.is_char_device() {
+        return Err(invalid("memory descriptor is not a file"));
+    }
+    let end = region.mmap_offset.checked_add(region.memory_size).ok_or(invalid("memory region overflows"))?;
+    // Mapping beyond the end of the file would fault on first touch.
+    if meta.is_file() && end > meta.len() {
+        return Err(invalid("memory region beyond the end of its file"));
+    }
+    let size = usize::try_from(region.memory_size).map_err(|_| invalid("memory region too large"))?;
+    GuestRegionMmap::from_range(
+        GuestAddress(region.guest_phys_addr),
+        size,
+        Some(FileOffset::new(file, region.mmap_offset)),
+    )
+    .map_err(|_| invalid("cannot map memory region"))
+}
+
+impl VhostUserBackendReqHandlerMut for Device {
+    fn set_owner(&mut self) -> vhost::vhost_user::Result<()> {
+        Ok(())
+    }
+
+    fn reset_owner(&mut self) -> vhost::vhost_user::Result<()> {
+        Ok(())
+    }
+
+    fn reset_device(&mut self) -> vhost::vhost_user::Result<()> {
+        Err(invalid("reset is not offered"))
+    }
+
+    fn get_features(&mut self) -> vhost::vhost_user::Result<u64> {
+        Ok(FEATURES)
+    }
+
+    fn set_features(&mut self, features: u64) -> vhost::vhost_user::Result<()> {
+        if features & !FEATURES != 0 {
+            return Err(vhost::vhost_user::Error::FeatureMismatch);
+        }
+        self.acked = features;
+        let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for v in &mut self.vrings {
+            v.queue.set_event_idx(event_idx);
+            if features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+                v.enabled = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_mem_table(
+        &mut self,
+        regions: &[VhostUserMemoryRegion],
+        files: Vec<File>,
+        _postcopy: Option<bool>,
+    ) -> vhost::vhost_user::Result<Option<Vec<VhostUserMemoryRegionBase>>> {
+        if regions.len() != files.len() {
+            return Err(vhost::vhost_user::Error::IncorrectFds);
+        }
+        let mut mapped = Vec::with_capacity(regions.len());
+        let mut mappings = Vec::with_capacity(regions.len());
+        for (region, file) in regions.iter().zip(files) {
+            mapped.push(memory_region(region, file)?);
+            mappings.push(Mapping {
+                user_addr: region.user_addr,
+                guest_addr: region.guest_phys_addr,
+                size: region.memory_size,
+            });
+        }
+        // Overlapping guest ranges are refused here.
+        let memory = GuestMemoryMmap::from_regions(mapped).map_err(|_| invalid("overlapping memory regions"))?;
+        self.memory = Some(memory);
+        self.mappings = mappings;
+        Ok(None)
+    }
+
+    fn set_vring_num(&mut self, index: u32, num: u32) -> vhost::vhost_user::Result<()> {
+        let vring = self.vring(index)?;
+        match u16::try_from(num) {
+            Ok(n) if n.is_power_of_two() && n <= MAX_QUEUE_SIZE => vring.queue.set_size(n),
+            _ => return Err(invalid("ring size")),
+        }
+        Ok(())
+    }
+
+    fn set_vring_addr(
+        &mut self,
+        index: u32,
+        _flags: VhostUserVringAddrFlags,
+        descriptor: u64,
+        used: u64,
+        available: u64,
+        _log: u64,
+    ) -> vhost::vhost_user::Result<()> {
+        let resolve = |a| self.translate(a).ok_or(invalid("ring address outside the memory table"));
+        let (desc, avail, used) = (resolve(descriptor)?, resolve(available)?, resolve(used)?);
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let queue = &mut self.vring(index)?.queue;
+        let (lo, hi) = split(desc);
+        queue.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(avail);
+        queue.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(used);
+        queue.set_used_ring_address(lo, hi);
+        Ok(())
+    }
+
+    fn set_vring_base(&mut self, index: u32, base: u32) -> vhost::vhost_user::Result<()> {
+        let base = u16::try_from(base).map_err(|_| invalid("ring base"))?;
+        let queue = &mut self.vring(index)?.queue;
+        queue.set_next_avail(base);
+        queue.set_next_used(base);
+        Ok(())
+    }
+
+    fn get_vring_base(&mut self, index: u32) -> vhost::vhost_user::Result<VhostUserVringState> {
+        // The frontend stops the ring with this request.
+        let vring = self.vring(index)?;
+        let base = vring.queue.next_avail();
+        vring.queue.set_ready(false);
+        vring.kick = None;
+        vring.call = None;
+        self.kick_generation += 1;
+        Ok(VhostUserVringState::new(index, u32::from(base)))
+    }
+
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> vhost::vhost_user::Result<()> {
+        let fd = fd.map(nonblocking).transpose()?;
+        self.vring(u32::from(index))?.kick = fd.map(Arc::new);
+        self.kick_generation += 1;
+        self.try_start(usize::from(index))
+    }
+
+    fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> vhost::vhost_user::Result<()> {
+        self.vring(u32::from(index))?.call = fd.map(nonblocking).transpose()?;
+        Ok(())
+    }
+
+    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> vhost::vhost_user::Result<()> {
+        self.vring(u32::from(index)).map(|_| ())
+    }
+
+    fn get_protocol_features(&mut self) -> vhost::vhost_user::Result<VhostUserProtocolFeatures> {
+        Ok(VhostUserProtocolFeatures::REPLY_ACK)
+    }
+
+    fn set_protocol_features(&mut self, features: u64) -> vhost::vhost_user::Result<()> {
+        if features & !VhostUserProtocolFeatures::REPLY_ACK.bits() != 0 {
+            return Err(vhost::vhost_user::Error::FeatureMismatch);
+        }
+        self.protocol_acked = true;
+        Ok(())
+    }
+
+    fn get_queue_num(&mut self) -> vhost::vhost_user::Result<u64> {
+        Ok(QUEUES as u64)
+    }
+
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> vhost::vhost_user::Result<()> {
+        self.vring(index)?.enabled = enable;
+        if enable { self.try_start(index as usize) } else { Ok(()) }
+    }
+
+    fn get_config(&mut self, _: u32, _: u32, _: VhostUserConfigFlags) -> vhost::vhost_user::Result<Vec<u8>> {
+        Err(invalid("no device configuration"))
+    }
+
+    fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> vhost::vhost_user::Result<()> {
+        Err(invalid("no device configuration"))
+    }
+
+    fn set_gpu_socket(&mut self, _: GpuBackend) -> vhost::vhost_user::Result<()> {
+        Err(invalid("not a GPU"))
+    }
+
+    fn get_shared_object(&mut self, _: VhostUserSharedMsg) -> vhost::vhost_user::Result<File> {
+        Err(invalid("no shared objects"))
+    }
+
+    fn get_inflight_fd(&mut self, _: &VhostUserInflight) -> vhost::vhost_user::Result<(VhostUserInflight, File)> {
+        Err(invalid("no inflight tracking"))
+    }
+
+    fn set_inflight_fd(&mut self, _: &VhostUserInflight, _: File) -> vhost::vhost_user::Result<()> {
+        Err(invalid("no inflight tracking"))
+    }
+
+    fn get_max_mem_slots(&mut self) -> vhost::vhost_user::Result<u64> {
+        Err(invalid("memory slots are not offered"))
+    }
+
+    fn add_mem_region(
+        &mut self,
+        _: &VhostUserSingleMemoryRegion,
+        _: File,
+        _: Option<bool>,
+    ) -> vhost::vhost_user::Result<Option<VhostUserMemoryRegionBase>> {
+        Err(invalid("memory slots are not offered"))
+    }
+
+    fn remove_mem_region(&mut self, _: &VhostUserSingleMemoryRegion) -> vhost::vhost_user::Result<()> {
+        Err(invalid("memory slots are not offered"))
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        _: VhostTransferStateDirection,
+        _: VhostTransferStatePhase,
+        _: File,
+    ) -> vhost::vhost_user::Result<Option<File>> {
+        Err(invalid("no device state transfer"))
+    }
+
+    fn check_device_state(&mut self) -> vhost::vhost_user::Result<()> {
+        Err(invalid("no device state transfer"))
+    }
+
+    fn get_shmem_config(&mut self) -> vhost::vhost_user::Result<VhostUserShMemConfig> {
+        Err(invalid("no shared memory regions"))
+    }
+
+    fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> vhost::vhost_user::Result<()> {
+        Err(invalid("no dirty logging"))
+    }
+}
+
+/// The listening socket of `--vhost-user PATH`.
+pub struct VhostUserListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl VhostUserListener {
+    /// Listens on `path`, replacing a stale socket left there.
+    pub fn bind(path: &Path) -> io::Result<VhostUserListener> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        Ok(VhostUserListener { listener, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The frontend waiting to connect, if any.
+    pub fn accept(&self) -> io::Result<Option<VhostUserPort>> {
+        match self.listener.accept() {
+            Ok((stream, _)) => VhostUserPort::new(stream).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl AsFd for VhostUserListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
+impl Drop for VhostUserListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Counters of what a port dropped without closing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PortDrops {
+    /// Frames from the guest longer than [`MAX_FRAME`].
+    pub oversize: u64,
+}
+
+/// What sending a batch to the guest did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub frames: usize,
+    /// The guest's receive ring ran out of buffers: the rest would block
+    /// until the guest kicks the receive queue ([`VhostUserPort::rx_kick`]).
+    pub would_block: bool,
+}
+
+/// One connected frontend.
+pub struct VhostUserPort {
+    requests: BackendReqHandler<Mutex<Device>>,
+    device: Arc<Mutex<Device>>,
+    /// The control connection, for peeking at whether a whole request has
+    /// arrived before the handler reads it.
+    control: UnixStream,
+    kicks: [Option<Arc<File>>; QUEUES],
+    kick_generation: u64,
+    frame: Box<[u8; MAX_FRAME + 64]>,
+    /// The last receive left frames in the ring, with the kick off.
+    tx_pending: bool,
+    /// The last send ran out of buffers and asked for a receive kick.
+    rx_waiting: bool,
+    pub drops: PortDrops,
+}
+
+/// What receiving a batch from the guest did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub frames: usize,
+    /// Frames are left in the ring and no kick will say so.
+    pub more: bool,
+}
+
+/// What handling control requests changed for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Unchanged,
+    /// The kick descriptors were replaced: wait on the new ones.
+    KicksChanged,
+}
+
+impl VhostUserPort {
+    /// A port for the frontend at the other end of `stream`.
+    pub fn new(stream: UnixStream) -> io::Result<VhostUserPort> {
+        stream.set_nonblocking(true)?;
+        let control = stream.try_clone()?;
+        let device = Arc::new(Mutex::new(Device {
+            acked: 0,
+            protocol_acked: false,
+            memory: None,
+            mappings: Vec::new(),
+            vrings: [Vring::new(), Vring::new()],
+            kick_generation: 0,
+        }));
+        Ok(VhostUserPort {
+            requests: BackendReqHandler::from_stream(stream, device.clone()),
+            device,
+            control,
+            kicks: [None, None],
+            kick_generation: 0,
+            frame: Box::new([0; MAX_FRAME + 64]),
+            tx_pending: false,
+            rx_waiting: false,
+            drops: PortDrops::default(),
+        })
+    }
+
+    fn device(&self) -> std::sync::MutexGuard<'_, Device> {
+        // Nothing panics while holding the lock, so it is never poisoned;
+        // if it were, the state would still be consistent field by field.
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The control socket, to be waited on edge-triggered.
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        self.control.as_fd()
+    }
+
+    /// Kick of the guest's transmit queue: frames to [`receive`](Self::receive).
+    pub fn tx_kick(&self) -> Option<BorrowedFd<'_>> {
+        self.kicks[TX].as_deref().map(AsFd::as_fd)
+    }
+
+    /// Kick of the guest's receive queue: buffers for [`send`](Self::send)
+    /// after it reported `would_block`.
+    pub fn rx_kick(&self) -> Option<BorrowedFd<'_>> {
+        self.kicks[RX].as_deref().map(AsFd::as_fd)
+    }
+
+    /// Whether a whole request is waiting on the control socket.
+    fn request_waiting(&self) -> Result<bool, PortError> {
+        let mut buf = [0u8; HEADER + MAX_MSG_SIZE];
+        match recv(self.control.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => Err(PortError::HungUp),
+            Ok(n) if n < HEADER => Ok(false),
+            Ok(n) => {
+                let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+                // An oversized request is complete enough for the handler
+                // to refuse it.
+                Ok(size > MAX_MSG_SIZE || n >= HEADER + size)
+            }
+            Err(nix::errno::Errno::EAGAIN) => Ok(false),
+            Err(e) => Err(io::Error::from(e).into()),
+        }
+    }
+
+    /// Handles every complete request waiting on the control socket. An
+    /// error means the frontend is gone or misbehaved: close the port.
+    pub fn handle_control(&mut self) -> Result<Control, PortError> {
+        while self.request_waiting()? {
+            match self.requests.handle_request() {
+                // The one request the crate gates on an acknowledged
+                // feature is SET_VRING_ENABLE, which QEMU's virtio-net
+                // sends while the device is realized, before SET_FEATURES;
+                // the message was read whole, so the connection is still
+                // in step.
+                Err(vhost::vhost_user::Error::InactiveFeature(_)) => {}
+                result => result?,
+            }
+        }
+        let generation = self.device().kick_generation;
+        if generation == self.kick_generation {
+            return Ok(Control::Unchanged);
+        }
+        self.kick_generation = generation;
+        let device = self.device();
+        let kicks = [device.vrings[RX].kick.clone(), device.vrings[TX].kick.clone()];
+        drop(device);
+        self.kicks = kicks;
+        Ok(Control::KicksChanged)
+    }
+
+    /// Receives up to `max` (at most [`BATCH`]) frames the guest
+    /// transmitted, handing each to `each`. `more` says frames are left in
+    /// the ring: then the guest does not kick again, and the caller comes
+    /// back (after its other ports) without waiting for the transmit kick.
+    pub fn receive(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> Result<Received, PortError> {
+        if !self.tx_pending
+            && let Some(kick) = &self.kicks[TX]
+        {
+            let _ = (&**kick).read(&mut [0u8; 8]);
+        }
+        self.tx_pending = false;
+        let Self { device, frame, drops, .. } = self;
+        let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+        if !device.running(TX) {
+            return Ok(Received { frames: 0, more: false });
+        }
+        let header = device.header_len();
+        let Device { memory, vrings, .. } = &mut *device;
+        let memory = memory.as_ref().expect("a running ring has memory");
+        let vring = &mut vrings[TX];
+        let queue_error = |error| PortError::Queue { queue: TX, error };
+        let mut done = 0;
+        let mut more = false;
+        loop {
+            vring.queue.disable_notification(memory).map_err(queue_error)?;
+            let before = done;
+            while done < max.min(BATCH) {
+                let Some(chain) = vring.queue.pop_descriptor_chain(memory) else { break };
+                let head = chain.head_index();
+                // Descriptor by descriptor from guest memory (which
+                // bounds-checks each range); a chain cut short by a loop
+                // or a bad index has whatever came before.
+                let mut len = 0;
+                let mut oversize = false;
+                for desc in chain.readable() {
+                    let end = len + desc.len() as usize;
+                    if end > header + MAX_FRAME {
+                        oversize = true;
+                        break;
+                    }
+                    memory
+                        .read_slice(&mut frame[len..end], desc.addr())
+                        .map_err(|e| queue_error(virtio_queue::Error::GuestMemory(e)))?;
+                    len = end;
+                }
+                if oversize {
+                    drops.oversize += 1;
+                } else if len >= header {
+                    each(&frame[header..len]);
+                }
+                vring.queue.add_used(memory, head, 0).map_err(queue_error)?;
+                done += 1;
+            }
+            if done >= max.min(BATCH) {
+                more = true;
+                break;
+            }
+            // Frames added between the last pop and re-enabling the kick
+            // would otherwise wait for the next kick.
+            if !vring.queue.enable_notification(memory).map_err(queue_error)? {
+                break;
+            }
+            // The ring says there is more but nothing could be taken: an
+            // available index more than a ring ahead, which `virtio-queue`
+            // refuses to walk. Looking again would never end.
+            if done == before {
+                return Err(queue_error(virtio_queue::Error::InvalidAvailRingIndex));
+            }
+        }
+        if done > 0 && vring.queue.needs_notification(memory).map_err(queue_error)? {
+            signal(vring.call.as_ref());
+        }
+        drop(device);
+        self.tx_pending = more;
+        Ok(Received { frames: done, more })
+    }
+
+    /// Writes `frames` into the guest's receive ring, each behind a
+    /// virtio-net header, spreading a frame over several buffers when the
+    /// guest accepted mergeable buffers. Stops when the ring is out of
+    /// buffers; the guest's next receive kick says there are more.
+    pub fn send<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> Result<Sent, PortError> {
+        if self.rx_waiting
+            && let Some(kick) = &self.kicks[RX]
+        {
+            let _ = (&**kick).read(&mut [0u8; 8]);
+        }
+        let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sent = Sent { frames: 0, would_block: false };
+        if !device.running(RX) {
+            // Nobody is listening yet: what a down link does to a frame.
+            sent.frames = frames.into_iter().count();
+            return Ok(sent);
+        }
+        let header = device.header_len();
+        let mergeable = device.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
+        let Device { memory, vrings, .. } = &mut *device;
+        let memory = memory.as_ref().expect("a running ring has memory");
+        let vring = &mut vrings[RX];
+        let queue_error = |error| PortError::Queue { queue: RX, error };
+        for frame in frames {
+            match write_frame(&mut vring.queue, memory, header, mergeable, frame).map_err(queue_error)? {
+                true => sent.frames += 1,
+                false => {
+                    // Ask for a kick when buffers come, then look once more
+                    // in case they came before the request was seen.
+                    if vring.queue.enable_notification(memory).map_err(queue_error)?
+                        && write_frame(&mut vring.queue, memory, header, mergeable, frame).map_err(queue_error)?
+                    {
+                        sent.frames += 1;
+                        continue;
+                    }
+                    sent.would_block = true;
+                    break;
+                }
+            }
+        }
+        if !sent.would_block {
+            vring.queue.disable_notification(memory).map_err(queue_error)?;
+        }
+        if sent.frames > 0 && vring.queue.needs_notification(memory).map_err(queue_error)? {
+            signal(vring.call.as_ref());
+        }
+        drop(device);
+        self.rx_waiting = sent.would_block;
+        Ok(sent)
+    }
+}
+
+/// Interrupts the guest. A full or invalid call descriptor is the
+/// frontend's problem; the frames are in its ring either way.
+fn signal(call: Option<&File>) {
+    if let Some(mut call) = call {
+        let _ = call.write(&1u64.to_ne_bytes());
+    }
+}
+
+/// Writes one frame into the receive ring; `false` if the ring has too few
+/// buffers for it (then nothing was consumed).
+fn write_frame(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    header: usize,
+    mergeable: bool,
+    frame: &[u8],
+) -> Result<bool, virtio_queue::Error> {
+    let frame = &frame[..frame.len().min(MAX_FRAME)];
+    let total = header + frame.len();
+    let mut chains = Vec::new();
+    let mut room = 0;
+    while room < total {
+        let Some(chain) = queue.pop_descriptor_chain(memory) else {
+            for _ in &chains {
+                queue.go_to_previous_position();
+            }
+            return Ok(false);
+        };
+        room += chain.clone().writable().map(|d| d.len() as usize).sum::<usize>();
+        chains.push(chain);
+        // Without mergeable buffers a frame gets one chain, cut to fit if
+        // the guest posted a smaller one.
+        if !mergeable {
+            break;
+        }
+    }
+    // The header's last field counts the buffers a merged frame uses.
+    let mut bytes = [0u8; 12 + MAX_FRAME];
+    if header == 12 {
+        bytes[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+    }
+    bytes[header..total].copy_from_slice(frame);
+    let mut offset = 0;
+    for chain in chains {
+        let (head, start) = (chain.head_index(), offset);
+        // Descriptor by descriptor, straight into guest memory (which
+        // bounds-checks each range): no per-chain allocation.
+        for desc in chain.writable() {
+            if offset == total {
+                break;
+            }
+            let end = total.min(offset + desc.len() as usize);
+            memory.write_slice(&bytes[offset..end], desc.addr()).map_err(virtio_queue::Error::GuestMemory)?;
+            offset = end;
+        }
+        queue.add_used(memory, head, (offset - start) as u32)?;
+    }
+    Ok(true)
+}
