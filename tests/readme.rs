@@ -24,6 +24,14 @@ fn skipped(block: &str) -> Option<&'static str> {
         Some("runs the whole test suite, this test among it")
     } else if block.contains("linux.uml") || block.contains("vdeterm") {
         Some("needs UML guest images and an interactive console session")
+    } else if block.contains("qemu-system") {
+        Some("needs QEMU guests (tests/qemu.rs runs these command lines)")
+    } else if block.contains("the guests talk") || block.contains("tshark -l -i") {
+        Some("needs guests or a live capture reader (tests/capture.rs runs these commands)")
+    } else if block.contains("vde_plug2tap") {
+        Some("creates a tap interface in the host's network (tests/capture.rs checks mirror ports)")
+    } else if block.contains("hostA$") {
+        Some("a walkthrough across several hosts (tests/vxlan.rs runs it in namespaces)")
     } else if block.contains("vswitch-bench") && !block.contains("--only") {
         Some("the full benchmark takes about 5 minutes; the one-workload block below runs the same binary")
     } else {

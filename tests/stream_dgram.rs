@@ -193,7 +193,8 @@ fn bad_input_on_both_sockets_leaves_the_others_served() {
     for length in [0u32, 1523, 65536, u32::MAX] {
         let mut s = UnixStream::connect(sockets.stream()).unwrap();
         s.write_all(&length.to_be_bytes()).unwrap();
-        s.write_all(&[0xab; 64]).unwrap();
+        // The switch may already have closed on the length alone.
+        let _ = s.write_all(&[0xab; 64]);
         assert!(closed(&mut s), "a record length of {length} closes the connection");
     }
     // A good record, then garbage whose first four bytes are a huge length.
