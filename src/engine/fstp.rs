@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{ConfigError, Event, MacTable, Outgoing, Port, PortId, PortState, Switch, VLAN_NONE, Vlan, VlanId};
+use super::{
+    ConfigError, Event, MacTable, Outgoing, Port, PortId, PortState, PortTable, Switch, VLAN_NONE, Vlan, VlanId,
+};
 use crate::wire::{Bpdu, BpduFlags, BridgeId, HELLO_TIME, MAX_AGE, Mac, port_id};
 
 /// Path cost of every port (vde_switch's "1 Mbit line").
@@ -511,7 +513,7 @@ fn set_state(host: &mut impl Host, vlan: VlanId, port: PortId, state: PortState)
 /// The switch as the spanning tree sees it: its parts, borrowed apart from
 /// the protocol state.
 struct Plant<'a> {
-    ports: &'a mut [Option<Port>],
+    ports: &'a mut PortTable,
     vlans: &'a mut BTreeMap<VlanId, Vlan>,
     macs: &'a mut MacTable,
     events: &'a mut Vec<Event>,
@@ -532,7 +534,7 @@ impl Host for Plant<'_> {
         let ports = &*self.ports;
         if let Some(v) = self.vlans.get_mut(&vlan) {
             v.set_discarding(port, discarding);
-            v.refresh(|p| ports.get(p as usize).and_then(Option::as_ref).is_some_and(Port::is_active));
+            v.refresh(|p| ports.get(p).is_some_and(Port::is_active));
         }
     }
 
@@ -542,7 +544,7 @@ impl Host for Plant<'_> {
 
     /// Counted once for the port, like every frame the switch sends.
     fn send(&mut self, port: PortId, frame: Vec<u8>) {
-        let Some(p) = self.ports.get_mut(port as usize).and_then(Option::as_mut) else { return };
+        let Some(p) = self.ports.get_mut(port) else { return };
         p.counters.out_pkts += 1;
         p.counters.out_bytes += frame.len() as u64;
         for &endpoint in &p.endpoints {

@@ -7,10 +7,11 @@ mod mactable;
 mod port;
 mod vlan;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub use fstp::{DEFAULT_PRIORITY, Fstp, PORT_COST, Role, Tree};
 pub use mactable::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, MAX_BUCKETS, MacTable, Station, bucket_count};
+use port::PortTable;
 pub use port::{Acl, Counters, Credentials, DropReason, Port};
 pub use vlan::{PortState, Vlan};
 
@@ -24,8 +25,8 @@ pub const VLAN_NONE: VlanId = 4095;
 /// Highest VLAN id that can be created.
 pub const VLAN_MAX: VlanId = 4093;
 pub const DEFAULT_NUMPORTS: u32 = 32;
-/// Most ports a switch may have: the port table is allocated up front, so
-/// a console command must not be able to ask for billions.
+/// Most ports a switch may have (port numbers must fit the 16 bits of an
+/// FSTP port id and the console's listings).
 pub const MAX_PORTS: u32 = 1 << 16;
 
 /// Handle of an attached endpoint; stable while it stays attached.
@@ -149,9 +150,7 @@ pub enum ConfigError {
 }
 
 pub struct Switch {
-    ports: Vec<Option<Port>>,
-    /// The ports that exist, so hub mode walks them and not every slot.
-    existing: BTreeSet<PortId>,
+    ports: PortTable,
     endpoints: Vec<Option<Endpoint>>,
     free_keys: Vec<u32>,
     vlans: BTreeMap<VlanId, Vlan>,
@@ -165,21 +164,12 @@ pub struct Switch {
     now: u64,
 }
 
-fn grow<T>(v: &mut Vec<Option<T>>, len: usize) {
-    if v.len() < len {
-        v.resize_with(len, || None);
-    }
-}
-
 impl Switch {
     pub fn new(numports: u32, hub: bool, buckets: u32) -> Self {
         let mut vlans = BTreeMap::new();
         vlans.insert(0, Vlan::default());
-        let mut ports = Vec::new();
-        grow(&mut ports, numports as usize);
         Switch {
-            ports,
-            existing: BTreeSet::new(),
+            ports: PortTable::new(numports),
             endpoints: Vec::new(),
             free_keys: Vec::new(),
             vlans,
@@ -197,7 +187,7 @@ impl Switch {
     fn pick_port(&self, request: PortRequest) -> Result<PortId, AttachError> {
         match request {
             PortRequest::Zero => Ok(0),
-            PortRequest::Port(p) if (p as usize) < self.ports.len() => Ok(p),
+            PortRequest::Port(p) if self.ports.in_range(p) => Ok(p),
             PortRequest::Port(p) => Err(AttachError::OutOfRange(p)),
             PortRequest::Any => self.free_port().ok_or(AttachError::NoFreePort),
         }
@@ -205,11 +195,7 @@ impl Switch {
 
     /// The lowest port ≥ 1 that automatic allocation may hand out.
     fn free_port(&self) -> Option<PortId> {
-        (1..self.ports.len()).find_map(|i| match &self.ports[i] {
-            None => Some(i as PortId),
-            Some(p) if !p.is_active() && p.allocatable => Some(i as PortId),
-            Some(_) => None,
-        })
+        (1..self.ports.numports()).find(|&i| self.ports.get(i).is_none_or(|p| !p.is_active() && p.allocatable))
     }
 
     /// Creates port `p` as a fresh untagged member of VLAN 0.
@@ -222,14 +208,13 @@ impl Switch {
         }
         self.vlans.get_mut(&0).expect("ensured above").set_member(p, false);
         self.events.push(Event::PortAdd(p));
-        self.existing.insert(p);
-        self.ports[p as usize].insert(Port::new(allocatable))
+        self.ports.insert(p, Port::new(allocatable))
     }
 
     /// Attaches a new endpoint, creating its port if needed.
     pub fn attach(&mut self, a: Attach) -> Result<(EndpointKey, PortId), AttachError> {
         let p = self.pick_port(a.request)?;
-        if let Some(port) = &self.ports[p as usize] {
+        if let Some(port) = self.ports.get(p) {
             if !port.is_active() && !port.acl.admits(&a.credentials) {
                 return Err(AttachError::AccessDenied(p));
             }
@@ -248,10 +233,10 @@ impl Switch {
             }
         };
         let key = EndpointKey(key);
-        if self.ports[p as usize].is_none() {
+        if self.ports.get(p).is_none() {
             self.create_port(p, true);
         }
-        let port = self.ports[p as usize].as_mut().expect("created above");
+        let port = self.ports.get_mut(p).expect("created above");
         let activated = !port.is_active();
         port.current_user = a.user;
         port.peer_uid = a.credentials.uid;
@@ -273,7 +258,7 @@ impl Switch {
     pub fn detach(&mut self, key: EndpointKey) -> Option<Endpoint> {
         let ep = self.endpoints.get_mut(key.0 as usize)?.take()?;
         self.free_keys.push(key.0);
-        let port = self.ports[ep.port as usize].as_mut().expect("endpoint's port exists");
+        let port = self.ports.get_mut(ep.port).expect("endpoint's port exists");
         port.endpoints.retain(|&k| k != key);
         self.events.push(Event::EndpointDel { port: ep.port, id: ep.id });
         if !port.is_active() {
@@ -299,7 +284,7 @@ impl Switch {
     // ----- forwarding ------------------------------------------------------
 
     fn count_drops(&mut self, port: PortId, reason: DropReason, frames: u64) {
-        if let Some(p) = self.ports[port as usize].as_mut() {
+        if let Some(p) = self.ports.get_mut(port) {
             p.counters.drops[reason as usize] += frames;
         }
     }
@@ -341,7 +326,7 @@ impl Switch {
             }
         };
         let len = frame.len() as u64;
-        let port = self.ports[src as usize].as_mut().expect("endpoint's port exists");
+        let port = self.ports.get_mut(src).expect("endpoint's port exists");
         port.counters.in_pkts += 1;
         port.counters.in_bytes += len;
         if self.hub {
@@ -388,7 +373,7 @@ impl Switch {
                 Err(DropReason::Discarding)
             }
             Some(dst) => {
-                let untagged_there = self.ports[dst as usize].as_ref().is_some_and(|p| p.untagged_vlan == vlan);
+                let untagged_there = self.ports.get(dst).is_some_and(|p| p.untagged_vlan == vlan);
                 let edit = match (tci.is_some(), untagged_there) {
                     (true, true) => Edit::Untag,
                     (false, false) => Edit::Tag(vlan),
@@ -421,11 +406,11 @@ impl Switch {
     }
 
     fn flood_hub(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
-        for &p in self.existing.range(1..) {
+        self.ports.each_mut_from(1, |p, port| {
             if p != src {
-                Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
+                Self::deliver_to_port(port, Edit::AsIs, len, out);
             }
-        }
+        });
     }
 
     fn deliver(&mut self, port: PortId, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
@@ -433,8 +418,13 @@ impl Switch {
     }
 
     /// Sends to every endpoint of `port`, counted once for the port.
-    fn deliver_to(ports: &mut [Option<Port>], port: PortId, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
-        let Some(p) = ports[port as usize].as_mut() else { return };
+    fn deliver_to(ports: &mut PortTable, port: PortId, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
+        if let Some(p) = ports.get_mut(port) {
+            Self::deliver_to_port(p, edit, len, out);
+        }
+    }
+
+    fn deliver_to_port(p: &mut Port, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
         let sent = match edit {
             Edit::AsIs => len,
             Edit::Untag => len.saturating_sub(4),
@@ -461,7 +451,7 @@ impl Switch {
     // ----- VLAN bookkeeping ------------------------------------------------
 
     fn refresh_vlans_of(&mut self, p: PortId) {
-        let Some(port) = self.ports[p as usize].as_ref() else { return };
+        let Some(port) = self.ports.get(p) else { return };
         let mut ids: Vec<VlanId> = port.tagged_vlans.iter().copied().collect();
         ids.push(port.untagged_vlan);
         for id in ids {
@@ -472,14 +462,14 @@ impl Switch {
     fn refresh_vlan(&mut self, id: VlanId) {
         let ports = &self.ports;
         if let Some(v) = self.vlans.get_mut(&id) {
-            v.refresh(|p| ports[p as usize].as_ref().is_some_and(Port::is_active));
+            v.refresh(|p| ports.get(p).is_some_and(Port::is_active));
         }
     }
 
     // ----- queries and configuration (the console's view) ---------------------
 
     pub fn numports(&self) -> u32 {
-        self.ports.len() as u32
+        self.ports.numports()
     }
 
     pub fn is_hub(&self) -> bool {
@@ -487,12 +477,12 @@ impl Switch {
     }
 
     pub fn port(&self, p: PortId) -> Option<&Port> {
-        self.ports.get(p as usize)?.as_ref()
+        self.ports.get(p)
     }
 
     /// Existing ports in ascending order.
     pub fn ports(&self) -> impl Iterator<Item = (PortId, &Port)> {
-        self.ports.iter().enumerate().filter_map(|(i, p)| Some((i as PortId, p.as_ref()?)))
+        self.ports.iter()
     }
 
     pub fn vlan(&self, id: VlanId) -> Option<&Vlan> {
@@ -517,22 +507,17 @@ impl Switch {
     }
 
     fn existing_port_mut(&mut self, p: PortId) -> Result<&mut Port, ConfigError> {
-        if p as usize >= self.ports.len() {
+        if !self.ports.in_range(p) {
             return Err(ConfigError::Invalid);
         }
-        self.ports[p as usize].as_mut().ok_or(ConfigError::Missing)
+        self.ports.get_mut(p).ok_or(ConfigError::Missing)
     }
 
     pub fn set_numports(&mut self, n: u32) -> Result<(), ConfigError> {
         if n == 0 || n > MAX_PORTS {
             return Err(ConfigError::Invalid);
         }
-        if self.ports.iter().skip(n as usize).any(Option::is_some) {
-            return Err(ConfigError::InUse);
-        }
-        self.ports.truncate(n as usize);
-        grow(&mut self.ports, n as usize);
-        Ok(())
+        if self.ports.set_numports(n) { Ok(()) } else { Err(ConfigError::InUse) }
     }
 
     /// Hub mode; entering it stops the spanning tree.
@@ -544,10 +529,12 @@ impl Switch {
     }
 
     pub fn create_explicit_port(&mut self, p: PortId) -> Result<(), ConfigError> {
-        match self.ports.get(p as usize) {
-            None => Err(ConfigError::Invalid),
-            Some(Some(_)) => Err(ConfigError::Exists),
-            Some(None) => {
+        if !self.ports.in_range(p) {
+            return Err(ConfigError::Invalid);
+        }
+        match self.ports.get(p) {
+            Some(_) => Err(ConfigError::Exists),
+            None => {
                 self.create_port(p, false);
                 Ok(())
             }
@@ -558,7 +545,7 @@ impl Switch {
     /// marks it not allocatable.
     pub fn create_auto_port(&mut self) -> Result<PortId, ConfigError> {
         let p = self.free_port().ok_or(ConfigError::Full)?;
-        match self.ports[p as usize].as_mut() {
+        match self.ports.get_mut(p) {
             Some(port) => port.allocatable = false,
             None => {
                 self.create_port(p, false);
@@ -572,8 +559,7 @@ impl Switch {
         if port.is_active() {
             return Err(ConfigError::InUse);
         }
-        let port = self.ports[p as usize].take().expect("exists");
-        self.existing.remove(&p);
+        let port = self.ports.remove(p).expect("exists");
         for id in port.tagged_vlans.iter().chain([&port.untagged_vlan]) {
             if let Some(v) = self.vlans.get_mut(id) {
                 v.remove_member(p);
@@ -600,15 +586,15 @@ impl Switch {
     /// Zeroes the counters of `p`, or of every port.
     pub fn reset_counters(&mut self, p: Option<PortId>) -> Result<(), ConfigError> {
         match p {
-            Some(p) if p as usize >= self.ports.len() => Err(ConfigError::Invalid),
+            Some(p) if !self.ports.in_range(p) => Err(ConfigError::Invalid),
             Some(p) => {
-                if let Some(port) = self.ports[p as usize].as_mut() {
+                if let Some(port) = self.ports.get_mut(p) {
                     port.counters = Counters::default();
                 }
                 Ok(())
             }
             None => {
-                self.ports.iter_mut().flatten().for_each(|port| port.counters = Counters::default());
+                self.ports.iter_mut().for_each(|port| port.counters = Counters::default());
                 Ok(())
             }
         }
@@ -616,7 +602,7 @@ impl Switch {
 
     /// Makes `vlan` the untagged VLAN of `p` (`VLAN_NONE` for none).
     pub fn set_port_vlan(&mut self, p: PortId, vlan: VlanId) -> Result<(), ConfigError> {
-        if p as usize >= self.ports.len() || vlan > VLAN_NONE {
+        if !self.ports.in_range(p) || vlan > VLAN_NONE {
             return Err(ConfigError::Invalid);
         }
         if vlan != VLAN_NONE && !self.vlans.contains_key(&vlan) {
@@ -669,10 +655,10 @@ impl Switch {
     }
 
     fn check_vlan_port(&self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
-        if id > VLAN_MAX || p as usize >= self.ports.len() {
+        if id > VLAN_MAX || !self.ports.in_range(p) {
             return Err(ConfigError::Invalid);
         }
-        if !self.vlans.contains_key(&id) || self.ports[p as usize].is_none() {
+        if !self.vlans.contains_key(&id) || self.ports.get(p).is_none() {
             return Err(ConfigError::Missing);
         }
         Ok(())
@@ -681,7 +667,7 @@ impl Switch {
     /// Adds `p` to VLAN `id` as a tagged member.
     pub fn add_tagged(&mut self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
         self.check_vlan_port(id, p)?;
-        let port = self.ports[p as usize].as_mut().expect("checked");
+        let port = self.ports.get_mut(p).expect("checked");
         if port.untagged_vlan != id {
             port.tagged_vlans.insert(id);
             self.vlans.get_mut(&id).expect("checked").set_member(p, true);
@@ -693,7 +679,7 @@ impl Switch {
 
     pub fn remove_tagged(&mut self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
         self.check_vlan_port(id, p)?;
-        let port = self.ports[p as usize].as_mut().expect("checked");
+        let port = self.ports.get_mut(p).expect("checked");
         if port.untagged_vlan == id {
             return Err(ConfigError::InUse);
         }
