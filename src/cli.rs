@@ -32,6 +32,8 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("mgmtgroup", true),
     ("debugclients", true),
     ("tap", true),
+    ("trunk", false),
+    ("mtu", true),
 ];
 const SHORT_OPTIONS: &str = "hvnxFsmgdpfMDt";
 
@@ -63,6 +65,9 @@ Runs a VDE switch.
   -D, --debugclients #       number of debug clients allowed
 (opts from tuntap module)
   -t, --tap TAP              Enable routing through TAP tap interface
+(vswitch extensions)
+      --trunk                Every port is a transparent trunk for unconfigured VLANs
+      --mtu N                Largest frame payload in bytes (default 1500, up to 65500)
 
 Report bugs to info@v2.cs.unibo.it
 ";
@@ -122,6 +127,10 @@ pub struct Options {
     pub debugclients: Option<String>,
     #[arg(short = 't', long)]
     pub tap: Vec<String>,
+    #[arg(long)]
+    pub trunk: bool,
+    #[arg(long, value_parser = c_int, allow_negative_numbers = true)]
+    pub mtu: Option<i64>,
 }
 
 /// A number as C's `%i` reads it: `0x` hex, leading `0` octal, else
@@ -266,6 +275,14 @@ mod tests {
         assert_eq!(c_int("-3"), Ok(-3));
         assert_eq!(c_int("12abc"), Ok(12));
         assert_eq!(c_int("junk"), Ok(0));
+    }
+
+    #[test]
+    fn extensions() {
+        let o = p(&["-trunk", "--mtu=9000"]).unwrap();
+        assert!(o.trunk);
+        assert_eq!(o.mtu, Some(9000));
+        assert!(!p(&[]).unwrap().trunk);
     }
 
     #[test]

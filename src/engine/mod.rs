@@ -15,7 +15,7 @@ use port::PortTable;
 pub use port::{Acl, Counters, Credentials, DropReason, Port};
 pub use vlan::{PortState, Vlan};
 
-use crate::wire::{BPDU_DST, BridgeId, Frame, FrameError, Mac};
+use crate::wire::{BPDU_DST, BridgeId, Frame, FrameError, MAX_FRAME, Mac};
 
 pub type PortId = u32;
 pub type VlanId = u16;
@@ -25,6 +25,11 @@ pub const VLAN_NONE: VlanId = 4095;
 /// Highest VLAN id that can be created.
 pub const VLAN_MAX: VlanId = 4093;
 pub const DEFAULT_NUMPORTS: u32 = 32;
+/// Payload bytes of a frame by default, and the most `--mtu` allows.
+pub const DEFAULT_MTU: u32 = 1500;
+pub const MAX_MTU: u32 = 65500;
+/// Frame bytes beyond the payload: addresses, an 802.1Q tag, the EtherType.
+pub const FRAME_OVERHEAD: u32 = 18;
 /// Most ports a switch may have (port numbers must fit the 16 bits of an
 /// FSTP port id and the console's listings).
 pub const MAX_PORTS: u32 = 1 << 16;
@@ -162,6 +167,13 @@ pub struct Switch {
     outbox: Vec<Outgoing>,
     /// The time last passed in, for what happens between ticks.
     now: u64,
+    /// Longest frame carried; longer ones are dropped as oversize.
+    max_frame: usize,
+    /// Whether new ports start as transparent trunks (`--trunk`).
+    trunk_default: bool,
+    /// Active trunk ports, ascending: where frames of unconfigured VLANs
+    /// are flooded.
+    active_trunks: Vec<PortId>,
 }
 
 impl Switch {
@@ -179,7 +191,52 @@ impl Switch {
             fstp: Fstp::new(Mac::default(), DEFAULT_PRIORITY),
             outbox: Vec::new(),
             now: 0,
+            max_frame: MAX_FRAME,
+            trunk_default: false,
+            active_trunks: Vec::new(),
         }
+    }
+
+    /// Makes every port, existing and future, a transparent trunk or not.
+    pub fn set_trunk_default(&mut self, trunk: bool) {
+        self.trunk_default = trunk;
+        let numbers: Vec<PortId> = self.ports.iter().map(|(p, _)| p).collect();
+        for p in numbers {
+            let _ = self.set_trunk(p, trunk);
+        }
+    }
+
+    /// Makes `p` a transparent trunk or not. A port leaving trunk mode
+    /// forgets the stations it carried in unconfigured VLANs.
+    pub fn set_trunk(&mut self, p: PortId, trunk: bool) -> Result<(), ConfigError> {
+        let port = self.existing_port_mut(p)?;
+        if std::mem::replace(&mut port.trunk, trunk) && !trunk {
+            let vlans = &self.vlans;
+            self.macs.retain(|s| !(s.port == p && !vlans.contains_key(&s.vlan)), &mut self.events);
+        }
+        self.refresh_trunk(p);
+        Ok(())
+    }
+
+    /// Puts `p` in the active trunk list or takes it out, as it now is.
+    fn refresh_trunk(&mut self, p: PortId) {
+        let carries = self.ports.get(p).is_some_and(|port| port.trunk && port.is_active());
+        match (self.active_trunks.binary_search(&p), carries) {
+            (Err(at), true) => self.active_trunks.insert(at, p),
+            (Ok(at), false) => {
+                self.active_trunks.remove(at);
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries frames with up to `mtu` payload bytes, tagged (`--mtu`).
+    pub fn set_mtu(&mut self, mtu: u32) {
+        self.max_frame = (mtu + FRAME_OVERHEAD) as usize;
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     // ----- endpoints -------------------------------------------------------
@@ -208,7 +265,7 @@ impl Switch {
         }
         self.vlans.get_mut(&0).expect("ensured above").set_member(p, false);
         self.events.push(Event::PortAdd(p));
-        self.ports.insert(p, Port::new(allocatable))
+        self.ports.insert(p, Port::new(allocatable, self.trunk_default))
     }
 
     /// Attaches a new endpoint, creating its port if needed.
@@ -314,7 +371,7 @@ impl Switch {
             return Ok(());
         };
         self.now = now;
-        let frame = match Frame::new_checked(bytes) {
+        let frame = match Frame::new_checked_up_to(bytes, self.max_frame) {
             Ok(f) => f,
             Err(e) => {
                 let reason = match e {
@@ -334,6 +391,12 @@ impl Switch {
             return Ok(());
         }
         let tci = frame.tci();
+        if let Some(tci) = tci {
+            let vid = tci & 0x0fff;
+            if port.trunk && vid < VLAN_NONE && !self.vlans.contains_key(&vid) {
+                return self.switch_transparent(src, &frame, vid, len, now, out);
+            }
+        }
         let vlan = match tci {
             Some(tci) => tci & 0x0fff,
             None => port.untagged_vlan,
@@ -405,6 +468,42 @@ impl Switch {
         }
     }
 
+    /// A tagged frame of a VLAN the switch has not configured, from a
+    /// trunk port: learned and looked up per (MAC, VID) like any other, but
+    /// carried among the trunk ports only, tag untouched.
+    fn switch_transparent(
+        &mut self,
+        src: PortId,
+        frame: &Frame,
+        vid: VlanId,
+        len: u64,
+        now: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), DropReason> {
+        let src_mac = frame.src();
+        if !src_mac.is_multicast() {
+            self.macs.learn(src_mac, vid, src, now, &mut self.events);
+        }
+        let dst_mac = frame.dst();
+        let known = if dst_mac.is_multicast() { None } else { self.macs.lookup(dst_mac, vid, now, &mut self.events) };
+        match known {
+            Some(dst) if dst == src => {
+                self.count_drop(src, DropReason::SamePort);
+                Err(DropReason::SamePort)
+            }
+            Some(dst) if self.active_trunks.binary_search(&dst).is_ok() => {
+                self.deliver(dst, Edit::AsIs, len, out);
+                Ok(())
+            }
+            _ => {
+                for &p in self.active_trunks.iter().filter(|&&p| p != src) {
+                    Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn flood_hub(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
         self.ports.each_mut_from(1, |p, port| {
             if p != src {
@@ -450,7 +549,10 @@ impl Switch {
 
     // ----- VLAN bookkeeping ------------------------------------------------
 
+    /// Brings the forwarding lists of `p`'s VLANs (and the trunks) up to
+    /// date after `p` became active or inactive.
     fn refresh_vlans_of(&mut self, p: PortId) {
+        self.refresh_trunk(p);
         let Some(port) = self.ports.get(p) else { return };
         let mut ids: Vec<VlanId> = port.tagged_vlans.iter().copied().collect();
         ids.push(port.untagged_vlan);
@@ -637,6 +739,9 @@ impl Switch {
             return Err(ConfigError::Exists);
         }
         self.vlans.insert(id, Vlan::default());
+        // Stations trunks carried in the VLAN while it was unconfigured
+        // may sit on ports that are not members now.
+        self.macs.retain(|s| s.vlan != id, &mut self.events);
         self.fstp_vlan_created(id);
         Ok(())
     }

@@ -104,10 +104,13 @@ pub struct Port {
     /// The kernel's uid of the processes attached while active.
     pub(super) peer_uid: u32,
     pub(super) counters: Counters,
+    /// A transparent trunk: tagged frames of VLANs the switch has not
+    /// configured cross it with their tag (`--trunk`, `port/settrunk`).
+    pub(super) trunk: bool,
 }
 
 impl Port {
-    pub(super) fn new(allocatable: bool) -> Self {
+    pub(super) fn new(allocatable: bool, trunk: bool) -> Self {
         Port {
             endpoints: Vec::new(),
             untagged_vlan: 0,
@@ -117,6 +120,7 @@ impl Port {
             current_user: None,
             peer_uid: 0,
             counters: Counters::default(),
+            trunk,
         }
     }
 
@@ -155,6 +159,10 @@ impl Port {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub fn is_trunk(&self) -> bool {
+        self.trunk
     }
 }
 
@@ -277,8 +285,8 @@ mod tests {
     fn port_table_allocates_pages_only_for_existing_ports() {
         let mut t = PortTable::new(65535);
         assert!(t.pages.is_empty(), "no page before the first port");
-        t.insert(60000, Port::new(true));
-        t.insert(1, Port::new(true));
+        t.insert(60000, Port::new(true, false));
+        t.insert(1, Port::new(true, false));
         assert_eq!(t.pages.iter().flatten().count(), 2);
         assert!(t.get(60000).is_some() && t.get(60001).is_none() && t.get(65535).is_none());
         assert_eq!(t.iter().map(|(p, _)| p).collect::<Vec<_>>(), [1, 60000]);

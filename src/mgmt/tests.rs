@@ -332,6 +332,28 @@ fn drop_counters_are_an_unlisted_extension() {
 }
 
 #[test]
+fn settrunk_is_an_unlisted_extension() {
+    let mut c = Console::new(SessionKind::Socket);
+    c.run("port/create 3");
+    assert_eq!(c.run("port/settrunk 3 1"), OK);
+    assert!(c.switch.port(3).unwrap().is_trunk());
+    assert_eq!(c.run("port/settrunk 3 0"), OK);
+    assert!(!c.switch.port(3).unwrap().is_trunk());
+    assert_eq!(c.run("port/settrunk 4 1"), "1006 No such device or address\n");
+    assert_eq!(c.run("port/settrunk 99 1"), "1022 Invalid argument\n");
+    assert_eq!(c.run("port/settrunk 3"), "1022 Invalid argument\n");
+    assert!(!c.run("help").contains("settrunk"), "help must stay vde_switch's");
+}
+
+#[test]
+fn create_0_is_refused_while_port_0_exists() {
+    let mut c = Console::new(SessionKind::Socket);
+    c.attach(0, 7);
+    assert_eq!(c.run("port/create 0"), "1017 File exists\n");
+    assert_eq!(c.run("port/create"), "1017 File exists\n");
+}
+
+#[test]
 fn scripts_loading_themselves_stop_at_a_line_budget() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fork.rc");

@@ -27,8 +27,9 @@ use super::{Token, interest, log};
 use crate::engine::{Delivery, DropReason, Edit, EndpointKey, Outgoing, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
 
-/// Receive buffer size: larger than any frame the switch carries, so an
-/// oversized datagram shows as too long instead of being cut to size.
+/// Least receive buffer size: larger than any frame the switch carries
+/// (with `--mtu` the buffers grow past the longest frame), so an oversized
+/// datagram shows as too long instead of being cut to size.
 const BUF: usize = 2048;
 /// Batches read from one endpoint before others get their turn.
 const ROUNDS_PER_WAKEUP: usize = 8;
@@ -78,7 +79,7 @@ impl Link {
         }
     }
 
-    fn recv_batch(&self, rx: &mut RecvBatch<BUF>, max: usize) -> io::Result<usize> {
+    fn recv_batch(&self, rx: &mut RecvBatch, max: usize) -> io::Result<usize> {
         match self.kind {
             LinkKind::Socket { .. } => rx.recv(self.fd.as_fd(), max),
             LinkKind::Tap => rx.read(self.fd.as_fd(), max),
@@ -118,9 +119,11 @@ struct Queued {
 
 pub struct DataPlane {
     links: Vec<Option<Link>>,
-    rx: RecvBatch<BUF>,
-    /// The retagged copy of each frame, when some destination needs one.
-    edited: Box<[[u8; MAX_FRAME + VLAN_TAG_LEN]; BATCH]>,
+    rx: RecvBatch,
+    /// The retagged copy of each frame, when some destination needs one:
+    /// `BATCH` slots of `edited_size` bytes.
+    edited: Vec<u8>,
+    edited_size: usize,
     edited_len: [usize; BATCH],
     decisions: Vec<Delivery>,
     /// The batch's deliveries in arrival order, then grouped by destination.
@@ -144,10 +147,19 @@ pub struct DataPlane {
 
 impl Default for DataPlane {
     fn default() -> Self {
+        DataPlane::new(MAX_FRAME)
+    }
+}
+
+impl DataPlane {
+    /// A data plane for frames of up to `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        let edited_size = max_frame + VLAN_TAG_LEN;
         DataPlane {
             links: Vec::new(),
-            rx: RecvBatch::default(),
-            edited: Box::new([[0; MAX_FRAME + VLAN_TAG_LEN]; BATCH]),
+            rx: RecvBatch::new(BUF.max(max_frame + 1)),
+            edited: vec![0; BATCH * edited_size],
+            edited_size,
             edited_len: [0; BATCH],
             decisions: Vec::with_capacity(BATCH * 4),
             arrivals: Vec::with_capacity(BATCH * 4),
@@ -160,9 +172,7 @@ impl Default for DataPlane {
             wakeup: 0,
         }
     }
-}
 
-impl DataPlane {
     fn link(&self, key: EndpointKey) -> Option<&Link> {
         self.links.get(key.0 as usize)?.as_ref()
     }
@@ -327,9 +337,10 @@ impl DataPlane {
             // The engine asks for at most one kind of rewrite per frame:
             // make that copy once, whatever the number of destinations.
             if let Some(edit) = self.decisions.iter().map(|d| d.edit).find(|e| *e != Edit::AsIs) {
+                let slot = &mut self.edited[i * self.edited_size..(i + 1) * self.edited_size];
                 self.edited_len[i] = match edit {
-                    Edit::Tag(tci) => push_tag(frame, tci, &mut self.edited[i]),
-                    _ => pop_tag(frame, &mut self.edited[i]),
+                    Edit::Tag(tci) => push_tag(frame, tci, slot),
+                    _ => pop_tag(frame, slot),
                 };
             }
             let queued = self.decisions.iter().map(|d| Queued { endpoint: d.endpoint, frame: i as u8, edit: d.edit });
@@ -381,7 +392,7 @@ impl DataPlane {
         let i = q.frame as usize;
         match q.edit {
             Edit::AsIs => self.rx.frame(i),
-            Edit::Tag(_) | Edit::Untag => &self.edited[i][..self.edited_len[i]],
+            Edit::Tag(_) | Edit::Untag => &self.edited[i * self.edited_size..][..self.edited_len[i]],
         }
     }
 

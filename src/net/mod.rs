@@ -64,6 +64,10 @@ pub struct Config {
     pub mgmt: Option<PathBuf>,
     /// Tap interfaces to attach at start-up (`-t`), in order.
     pub taps: Vec<String>,
+    /// Every port a transparent trunk (`--trunk`).
+    pub trunk: bool,
+    /// Largest frame payload (`--mtu`).
+    pub mtu: u32,
 }
 
 /// Why the switch stopped.
@@ -282,6 +286,9 @@ impl Server {
         let LoopHandles { epoll, signals, ticks } = handles;
         let mut switch = Switch::new(config.numports, config.hub, config.hash_size);
         switch.set_bridge_id(info.mac, info.priority);
+        switch.set_mtu(config.mtu);
+        switch.set_trunk_default(config.trunk);
+        let max_frame = switch.max_frame();
         if config.fstp {
             switch.set_fstp(true);
         }
@@ -295,7 +302,7 @@ impl Server {
             paused: Vec::new(),
             conns: Slab::new(),
             handshakes: VecDeque::new(),
-            data: DataPlane::default(),
+            data: DataPlane::new(max_frame),
             mgmt: None,
             sessions: Slab::new(),
             stdin: None,

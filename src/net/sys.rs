@@ -18,25 +18,32 @@ use crate::wire::ClientAddr;
 /// Most datagrams one batched call moves.
 pub const BATCH: usize = 64;
 
-/// Buffers for a batch of up to [`BATCH`] received frames of at most `N`
-/// bytes, with the `recvmmsg` headers that point at them built once: a
-/// frame at a time, setting up 64 headers per call cost more than the
-/// system call's own work for one frame.
-pub struct RecvBatch<const N: usize> {
+/// Buffers for a batch of up to [`BATCH`] received frames of at most a
+/// given size, with the `recvmmsg` headers that point at them built once:
+/// a frame at a time, setting up 64 headers per call cost more than the
+/// system call's own work for one frame. The size is chosen at run time so
+/// that jumbo frames cost memory only where they are asked for.
+pub struct RecvBatch {
     // Vecs rather than boxes: the headers hold pointers into the other two,
     // and a Vec's heap block may be aliased like that while the Vec moves.
-    bufs: Vec<[u8; N]>,
+    /// `BATCH` buffers of `size` bytes, back to back.
+    bufs: Vec<u8>,
+    size: usize,
     /// Only read by the kernel, through `hdrs`; kept for their lifetime.
     _iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     lens: [usize; BATCH],
 }
 
-impl<const N: usize> Default for RecvBatch<N> {
-    fn default() -> Self {
-        let mut bufs = vec![[0u8; N]; BATCH];
-        let mut iovs: Vec<libc::iovec> =
-            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: N }).collect();
+impl RecvBatch {
+    /// Buffers for frames of up to `size` bytes (longer ones are cut).
+    pub fn new(size: usize) -> Self {
+        let size = size.max(1);
+        let mut bufs = vec![0u8; BATCH * size];
+        let mut iovs: Vec<libc::iovec> = bufs
+            .chunks_exact_mut(size)
+            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: size })
+            .collect();
         let hdrs = iovs
             .iter_mut()
             .map(|iov| {
@@ -47,14 +54,16 @@ impl<const N: usize> Default for RecvBatch<N> {
                 hdr
             })
             .collect();
-        RecvBatch { bufs, _iovs: iovs, hdrs, lens: [0; BATCH] }
+        RecvBatch { bufs, size, _iovs: iovs, hdrs, lens: [0; BATCH] }
     }
-}
 
-impl<const N: usize> RecvBatch<N> {
-    /// Frame `i` of the last call, cut to `N` bytes if it was longer.
+    fn buf_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.bufs[i * self.size..(i + 1) * self.size]
+    }
+
+    /// Frame `i` of the last call, cut to the buffer size if it was longer.
     pub fn frame(&self, i: usize) -> &[u8] {
-        &self.bufs[i][..self.lens[i]]
+        &self.bufs[i * self.size..][..self.lens[i]]
     }
 
     /// Receives up to `max` (at most [`BATCH`]) datagrams from `fd` without
@@ -64,7 +73,7 @@ impl<const N: usize> RecvBatch<N> {
     pub fn recv(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
         if max == 1 {
             // As in send_one: no headers to copy in and out.
-            return match nix::sys::socket::recv(fd.as_raw_fd(), &mut self.bufs[0], MsgFlags::MSG_DONTWAIT) {
+            return match nix::sys::socket::recv(fd.as_raw_fd(), self.buf_mut(0), MsgFlags::MSG_DONTWAIT) {
                 Ok(len) => {
                     self.lens[0] = len;
                     Ok(1)
@@ -73,8 +82,8 @@ impl<const N: usize> RecvBatch<N> {
                 Err(e) => Err(e.into()),
             };
         }
-        // SAFETY: every header points at its own iovec over an N-byte
-        // buffer, all owned by `self` and alive for the call; the kernel
+        // SAFETY: every header points at its own iovec over its own
+        // `size`-byte buffer, all owned by `self` and alive for the call; the kernel
         // writes only the buffers, msg_len and the header's flag and length
         // fields.
         let n = unsafe {
@@ -92,7 +101,7 @@ impl<const N: usize> RecvBatch<N> {
         }
         let n = n as usize;
         for (len, hdr) in self.lens.iter_mut().zip(self.hdrs.iter()).take(n) {
-            *len = (hdr.msg_len as usize).min(N);
+            *len = (hdr.msg_len as usize).min(self.size);
         }
         Ok(n)
     }
@@ -103,7 +112,7 @@ impl<const N: usize> RecvBatch<N> {
     pub fn read(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
         let mut n = 0;
         while n < max.min(BATCH) {
-            match nix::unistd::read(fd, &mut self.bufs[n]) {
+            match nix::unistd::read(fd, self.buf_mut(n)) {
                 Ok(len) => {
                     self.lens[n] = len;
                     n += 1;
@@ -324,7 +333,7 @@ mod tests {
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         assert_eq!(send_batch(a.as_fd(), refs[..1].iter().copied()).0, 1);
         assert_eq!(send_batch(a.as_fd(), refs[1..].iter().copied()).0, 4);
-        let mut rx = RecvBatch::<128>::default();
+        let mut rx = RecvBatch::new(128);
         assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 1);
         assert_eq!(rx.frame(0), &frames[0][..]);
         assert_eq!(rx.recv(b.as_fd(), BATCH).unwrap(), 4);
@@ -341,7 +350,7 @@ mod tests {
         a.send(&[7; 200]).unwrap();
         a.send(&[8; 200]).unwrap();
         a.send(&[9; 200]).unwrap();
-        let mut rx = RecvBatch::<128>::default();
+        let mut rx = RecvBatch::new(128);
         assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 1);
         assert_eq!(rx.frame(0), &[7; 128][..]);
         assert_eq!(rx.recv(b.as_fd(), BATCH).unwrap(), 2);
@@ -351,7 +360,7 @@ mod tests {
     #[test]
     fn a_batch_survives_being_moved() {
         let (a, b) = UnixDatagram::pair().unwrap();
-        let rx = RecvBatch::<64>::default();
+        let rx = RecvBatch::new(64);
         let mut moved = Box::new(rx);
         a.send(&[1, 2, 3]).unwrap();
         a.send(&[4, 5]).unwrap();

@@ -132,7 +132,10 @@ pub static COMMANDS: &[Command] = &[
 
 /// vswitch's additions, looked up after the reference's commands and kept
 /// out of `help`, whose output clients compare byte for byte.
-pub static EXTENSIONS: &[Command] = &[data("port/drops", "[N]", "frames not delivered, by reason", port::drops)];
+pub static EXTENSIONS: &[Command] = &[
+    data("port/drops", "[N]", "frames not delivered, by reason", port::drops),
+    cmd("port/settrunk", "N 0/1", "transparent trunk for unconfigured VLANs 1=Y 0=N", port::settrunk),
+];
 
 /// Maps engine configuration errors to the errno the reference reports.
 fn errno(e: crate::engine::ConfigError) -> Errno {

@@ -37,9 +37,11 @@ pub fn createauto(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Er
 
 /// `port/create 0` (also `0x14`, which `atoi` reads as 0) does not create
 /// port 0: vde_switch's allocator takes 0 to mean "any", so it reserves the
-/// lowest allocatable port like `port/createauto`, silently.
+/// lowest allocatable port like `port/createauto`, silently. Like any
+/// other number, though, it is refused while port 0 exists.
 pub fn create(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
     match atoi(args)? {
+        0 if ctx.switch.port(0).is_some() => Err(Errno::EEXIST),
         0 => ctx.switch.create_auto_port().map(drop).map_err(errno),
         n => ctx.switch.create_explicit_port(n).map_err(errno),
     }
@@ -52,6 +54,13 @@ pub fn remove(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno
 pub fn allocatable(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
     let [port, flag] = ints::<2>(args)?;
     ctx.switch.set_allocatable(port, flag != 0).map_err(errno)
+}
+
+/// vswitch's own `port/settrunk N 0/1` (also from rc files): tagged frames
+/// of VLANs the switch has not configured cross the port's trunk siblings.
+pub fn settrunk(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+    let [port, flag] = ints::<2>(args)?;
+    ctx.switch.set_trunk(port, flag != 0).map_err(errno)
 }
 
 /// A user or group, resolved in vde_switch's order: a name; else, when it
