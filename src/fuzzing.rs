@@ -63,7 +63,7 @@ pub fn engine(data: &[u8]) {
                     request,
                     id: u32::from(arg),
                     module: Module::UnixProg,
-                    description: String::new(),
+                    description: Vec::new(),
                     user: Some(0),
                     credentials: Credentials { uid: 0, gids: vec![0] },
                 };
@@ -146,7 +146,7 @@ fn session_fixture() -> (Switch, SwitchInfo) {
             request: PortRequest::Port(port),
             id: port,
             module: Module::UnixProg,
-            description: format!("fuzz{port}"),
+            description: format!("fuzz{port}").into_bytes(),
             user: Some(0),
             credentials: Credentials::default(),
         };
@@ -176,7 +176,8 @@ pub fn console(data: &[u8]) {
         }
         let mut ctx = Context::new(&mut sw, &info, 0, &mut session);
         let reply = mgmt::execute(&mut ctx, line);
-        assert!(reply.is_empty() || reply.ends_with('\n') || reply.ends_with("END OF SESSION"), "{reply:?}");
+        let reply = reply.as_bytes();
+        assert!(reply.is_empty() || reply.ends_with(b"\n") || reply.ends_with(b"END OF SESSION"), "{reply:?}");
     }
 }
 
@@ -186,6 +187,6 @@ pub fn rc_file(data: &[u8]) {
     let mut session = Session::new(SessionKind::RcFile);
     let text = String::from_utf8_lossy(data);
     let mut ctx = Context::new(&mut sw, &info, 0, &mut session);
-    let mut out = String::new();
+    let mut out = mgmt::Out::default();
     let _ = mgmt::run_script(&mut ctx, "fuzz.rc", &text, &mut out);
 }

@@ -287,14 +287,18 @@ impl Fstp {
 
     /// An active port left `vlan` (deactivation, `vlan/delport`,
     /// `port/setvlan`). Losing the root port makes this switch the root.
+    /// `port` leaves the tree of `vlan`. Quirk kept: like vde_switch, an
+    /// active port that was no member (`vlan/delport` of a stranger) still
+    /// makes the VLAN announce a topology change.
     pub(super) fn remove_port(&mut self, host: &mut impl Host, vlan: VlanId, port: PortId) {
         let Some(tree) = self.trees.get_mut(&vlan) else { return };
-        let Some(member) = tree.members.remove(&port) else { return };
-        if member.speaks_fstp() {
-            host.event(Event::FstpPortInactive { port, vlan });
-        }
-        if port == tree.root_port {
-            self.reset(host, vlan);
+        if let Some(member) = tree.members.remove(&port) {
+            if member.speaks_fstp() {
+                host.event(Event::FstpPortInactive { port, vlan });
+            }
+            if port == tree.root_port {
+                self.reset(host, vlan);
+            }
         }
         if self.enabled {
             self.topology_change(host, vlan, port);

@@ -60,7 +60,8 @@ pub struct Endpoint {
     /// The number shown as `endpoint ID` and used by `port/epclose`.
     pub id: u32,
     pub module: Module,
-    pub description: String,
+    /// As the client sent it (not necessarily UTF-8).
+    pub description: Vec<u8>,
 }
 
 /// Which port a client asks for.
@@ -77,7 +78,7 @@ pub struct Attach {
     pub request: PortRequest,
     pub id: u32,
     pub module: Module,
-    pub description: String,
+    pub description: Vec<u8>,
     /// The identity that owns a port while attached (the owner of the
     /// client's socket file, `None` for abstract addresses).
     pub user: Option<u32>,
@@ -104,7 +105,7 @@ pub enum Event {
     HashDel { mac: Mac, vlan: VlanId, port: PortId },
     PortAdd(PortId),
     PortDel(PortId),
-    PortDescr { port: PortId, id: u32, description: String },
+    PortDescr { port: PortId, id: u32, description: Vec<u8> },
     EndpointAdd { port: PortId, id: u32 },
     EndpointDel { port: PortId, id: u32 },
     MacMoved { mac: Mac, from: PortId, to: PortId },
@@ -212,7 +213,7 @@ impl Switch {
         let port = self.existing_port_mut(p)?;
         if std::mem::replace(&mut port.trunk, trunk) && !trunk {
             let vlans = &self.vlans;
-            self.macs.retain(|s| !(s.port == p && !vlans.contains_key(&s.vlan)), &mut self.events);
+            self.macs.retain(|s| s.port != p || vlans.contains_key(&s.vlan), &mut self.events);
         }
         self.refresh_trunk(p);
         Ok(())
@@ -792,8 +793,8 @@ impl Switch {
             self.vlans.get_mut(&id).expect("checked").remove_member(p);
             self.macs.retain(|s| !(s.port == p && s.vlan == id), &mut self.events);
             self.refresh_vlan(id);
-            self.fstp_left(id, p);
         }
+        self.fstp_left(id, p);
         Ok(())
     }
 }

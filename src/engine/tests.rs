@@ -42,7 +42,7 @@ impl Lab {
             request,
             id: self.next_id,
             module: Module::UnixProg,
-            description: format!("ep{}", self.next_id),
+            description: format!("ep{}", self.next_id).into_bytes(),
             user: Some(0),
             credentials: Credentials::default(),
         };
@@ -98,7 +98,7 @@ fn port_range_and_exhaustion() {
         request,
         id: 1,
         module: Module::UnixProg,
-        description: String::new(),
+        description: Vec::new(),
         user: None,
         credentials: Credentials::default(),
     };
@@ -116,7 +116,7 @@ fn another_user_cannot_join_an_active_port() {
         request: PortRequest::Port(5),
         id: 99,
         module: Module::UnixProg,
-        description: String::new(),
+        description: Vec::new(),
         user: Some(1000),
         credentials: Credentials { uid: 1000, gids: vec![1000] },
     };
@@ -130,7 +130,7 @@ fn abstract_clients_of_different_users_cannot_share_a_port() {
         request: PortRequest::Port(5),
         id: uid,
         module: Module::UnixProg,
-        description: String::new(),
+        description: Vec::new(),
         user: None,
         credentials: Credentials { uid, gids: vec![uid] },
     };
@@ -148,7 +148,7 @@ fn acl_is_checked_with_kernel_credentials() {
         request: PortRequest::Port(5),
         id: 9,
         module: Module::UnixProg,
-        description: String::new(),
+        description: Vec::new(),
         user: None,
         credentials: Credentials { uid: 1000, gids: vec![1000] },
     };

@@ -48,16 +48,16 @@ impl Console {
         self.effects.extend(ctx.effects);
         self.events.extend(ctx.events);
         self.log.extend(ctx.log);
-        reply
+        String::from_utf8(reply.into_bytes()).expect("a reply of text")
     }
 
     fn script(&mut self, name: &str, text: &str) -> (String, Result<(), Errno>) {
         let mut ctx = Context::new(&mut self.switch, &self.info, 5, &mut self.session);
-        let mut out = String::new();
+        let mut out = Out::default();
         let result = run_script(&mut ctx, name, text, &mut out);
         self.effects.extend(ctx.effects);
         self.log.extend(ctx.log);
-        (out, result)
+        (String::from_utf8(out.into_bytes()).expect("a reply of text"), result)
     }
 
     fn attach(&mut self, port: PortId, id: u32) {
@@ -65,7 +65,7 @@ impl Console {
             request: PortRequest::Port(port),
             id,
             module: Module::UnixProg,
-            description: format!("client {id}"),
+            description: format!("client {id}").into_bytes(),
             user: Some(0),
             credentials: Credentials::default(),
         };

@@ -226,14 +226,14 @@ enum Origin {
 /// A command's reply, and whether it ended the console's session (no
 /// prompt follows then).
 struct Reply {
-    text: String,
+    text: Vec<u8>,
     ends_session: bool,
 }
 
 impl Reply {
     /// The answer to a line that is too long to be a command.
     fn refused() -> Reply {
-        Reply { text: mgmt::status(Err(Errno::EINVAL)), ends_session: false }
+        Reply { text: mgmt::status(Err(Errno::EINVAL)).into_bytes(), ends_session: false }
     }
 }
 
@@ -259,7 +259,7 @@ impl Server {
         };
         let mut session = Session::new(SessionKind::RcFile);
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
-        let mut discarded = String::new();
+        let mut discarded = mgmt::Out::default();
         if let Err(e) = mgmt::run_script(&mut ctx, &name, &text, &mut discarded) {
             ctx.log.push(format!("{name}: {}", mgmt::strerror(e)));
         }
@@ -353,7 +353,7 @@ impl Server {
                 Line::TooLong => Reply::refused(),
             };
             let Some(session) = self.sessions.get_mut(slot) else { return };
-            let mut bytes = reply.text.into_bytes();
+            let mut bytes = reply.text;
             if !reply.ends_session {
                 bytes.extend_from_slice(PROMPT.as_bytes());
             }
@@ -408,7 +408,7 @@ impl Server {
                 Line::TooLong => Reply::refused(),
             };
             let mut out = io::stdout().lock();
-            let _ = out.write_all(reply.text.as_bytes());
+            let _ = out.write_all(&reply.text);
             let _ = out.flush();
             // The reference writes its prompt to descriptor 0, which on a
             // terminal is the terminal itself; after `logout` (which keeps
@@ -435,9 +435,9 @@ impl Server {
         };
         // The session was dropped while earlier events went out (it fell
         // too far behind): the command is not run, and nobody reads a reply.
-        let Some(state) = state else { return Reply { text: String::new(), ends_session: true } };
+        let Some(state) = state else { return Reply { text: Vec::new(), ends_session: true } };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
-        let text = mgmt::execute(&mut ctx, line);
+        let text = mgmt::execute(&mut ctx, line).into_bytes();
         let Context { effects, events, log: lines, .. } = ctx;
         for line in &lines {
             log::log(line);
@@ -506,13 +506,13 @@ impl Server {
                 if shown_to != Some(Origin::Session(slot))
                     && session.state.wants(category)
                     && !dead.contains(&slot)
-                    && !session.send_event(line.as_bytes())
+                    && !session.send_event(&line)
                 {
                     dead.push(slot);
                 }
             }
             if shown_to != Some(Origin::Stdin) && self.stdin.as_ref().is_some_and(|c| c.state.wants(category)) {
-                let _ = io::stdout().write_all(line.as_bytes());
+                let _ = io::stdout().write_all(&line);
             }
         }
         for slot in dead {

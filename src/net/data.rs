@@ -286,7 +286,7 @@ impl DataPlane {
     /// Detaches a tap endpoint that can no longer move frames and closes it.
     fn close_tap(&mut self, epoll: &Epoll, key: EndpointKey, switch: &mut Switch, reason: &str) {
         if let Some(ep) = switch.detach(key) {
-            log::log(&format!("Closing tap interface {}: {reason}", ep.description));
+            log::log(&format!("Closing tap interface {}: {reason}", String::from_utf8_lossy(&ep.description)));
         }
         // Dropping the link closes the descriptor.
         drop(self.remove(epoll, key));

@@ -12,10 +12,10 @@ use nix::errno::Errno;
 
 pub use global::read_script;
 
-use super::{Context, Effect};
+use super::{Context, Effect, Out};
 
 /// Runs a command with its argument text, writing output to the buffer.
-pub type Handler = fn(&mut Context, &str, &mut String) -> Result<(), Errno>;
+pub type Handler = fn(&mut Context, &str, &mut Out) -> Result<(), Errno>;
 
 /// What running a command does.
 #[derive(Clone, Copy)]
