@@ -51,12 +51,16 @@ pub enum Workload {
     Pair64,
     Pairs8,
     Pair1500,
+    /// With `--mtu 9000`, which vde_switch does not have.
+    Pair9000,
     Broadcast8,
     Idle(usize),
     /// A pair with broadcasts, beside a client that never reads, or not.
     Stalled(bool),
     Latency,
     Rss1000,
+    /// Started with `-n N`, no client attached.
+    RssPorts(u32),
 }
 
 impl Workload {
@@ -65,18 +69,23 @@ impl Workload {
             Workload::Pair64 => "unicast pair, 64 B".into(),
             Workload::Pairs8 => "8 unicast pairs, 64 B".into(),
             Workload::Pair1500 => "unicast pair, 1500 B".into(),
+            Workload::Pair9000 => "unicast pair, 9000 B (--mtu 9000)".into(),
             Workload::Broadcast8 => "broadcast to 8, 64 B".into(),
             Workload::Idle(n) => format!("unicast pair + {n} idle ports"),
             Workload::Stalled(false) => "pair with broadcasts, all clients reading".into(),
             Workload::Stalled(true) => "pair with broadcasts, beside a client that never reads".into(),
             Workload::Latency => "round trip at low rate".into(),
             Workload::Rss1000 => "RSS with 1000 endpoints".into(),
+            Workload::RssPorts(n) => format!("RSS with -n {n}, no clients"),
         }
     }
 
     pub fn targets(self) -> &'static [Kind] {
         match self {
-            Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 => &[Kind::Vswitch, Kind::VdeSwitch],
+            Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 | Workload::RssPorts(_) => {
+                &[Kind::Vswitch, Kind::VdeSwitch]
+            }
+            Workload::Pair9000 => &[Kind::Vswitch, Kind::Floor],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor],
         }
     }
@@ -103,7 +112,12 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Rss1000 => 1000,
         _ => 0,
     };
-    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU))?;
+    let numports = match workload {
+        Workload::RssPorts(n) => n,
+        _ => (idle + 32) as u32,
+    };
+    let mtu = (workload == Workload::Pair9000).then_some(9000);
+    let sw = Switch::start(kind, numports, mtu, fanout, pin.then_some(target::SWITCH_CPU))?;
     let dir = sw.ctl_dir();
     let _idle_clients = load::attach(&dir, idle, "idle")?;
     let base_cpu = sw.cpu_time();
@@ -111,15 +125,21 @@ fn run(workload: Workload, kind: Kind, duration: Duration, pin: bool) -> Result<
         Workload::Pair64 | Workload::Idle(_) => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 64, duration)?),
         Workload::Pairs8 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 8, 64, duration)?),
         Workload::Pair1500 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 1500, duration)?),
+        Workload::Pair9000 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 9000, duration)?),
         Workload::Broadcast8 => traffic(&sw, base_cpu, load::broadcast(&dir, 8, duration)?),
         Workload::Stalled(stalled) => {
             traffic(&sw, base_cpu, load::pair_beside_stalled_client(&dir, stalled, duration)?)
         }
         Workload::Latency => bail!("round trips are measured on all targets at once"),
-        Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
+        Workload::Rss1000 | Workload::RssPorts(_) => {
+            Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() }
+        }
     };
     Ok(measured)
 }
+
+/// The `-n` values of the memory rows: the default, a large lab, the most.
+const RSS_PORTS: [u32; 3] = [32, 1024, 65535];
 
 /// Where the round-trip workload runs, switches and clients alike.
 const ROUND_TRIP_CPU: usize = target::LOAD_CPU;
@@ -135,7 +155,7 @@ const ROUND_TRIP_CPU: usize = target::LOAD_CPU;
 fn latency(samples: usize) -> Result<Vec<(Kind, Vec<Duration>, Duration)>> {
     let kinds = Workload::Latency.targets();
     let switches: Vec<Switch> =
-        kinds.iter().map(|&k| Switch::start(k, 32, Fanout::Pair, Some(ROUND_TRIP_CPU))).collect::<Result<_>>()?;
+        kinds.iter().map(|&k| Switch::start(k, 32, None, Fanout::Pair, Some(ROUND_TRIP_CPU))).collect::<Result<_>>()?;
     let dirs: Vec<PathBuf> = switches.iter().map(Switch::ctl_dir).collect();
     let base_cpu: Vec<Duration> = switches.iter().map(Switch::cpu_time).collect();
     // The clients' threads inherit the pinning from this one.
@@ -176,9 +196,11 @@ fn main() -> Result<()> {
         target::pin(nix::unistd::Pid::from_raw(0), target::LOAD_CPU);
     }
     let duration = Duration::from_secs_f64(args.seconds);
-    let mut workloads = vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Broadcast8];
+    let mut workloads =
+        vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Pair9000, Workload::Broadcast8];
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
+    workloads.extend(RSS_PORTS.map(Workload::RssPorts));
     if let Some(only) = &args.only {
         workloads.retain(|w| w.label().contains(only.as_str()));
     }

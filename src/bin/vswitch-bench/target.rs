@@ -61,12 +61,13 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 impl Switch {
-    /// Starts a fresh `kind`, bound to `cpu` if given.
-    pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>) -> Result<Switch> {
+    /// Starts a fresh `kind` (with `--mtu` if given), bound to `cpu` if given.
+    pub fn start(kind: Kind, numports: u32, mtu: Option<u32>, fanout: Fanout, cpu: Option<usize>) -> Result<Switch> {
         let dir = tempfile::tempdir()?;
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
         let ports = numports.to_string();
+        let mtu: Vec<String> = mtu.map(|m| vec!["--mtu".into(), m.to_string()]).unwrap_or_default();
         let mut child = None;
         match kind {
             Kind::Floor => {
@@ -74,6 +75,7 @@ impl Switch {
                 let c = Command::new(sibling("vswitch-floor")?)
                     .arg(&sw)
                     .args(["--fanout", mode])
+                    .args(&mtu)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .spawn()
@@ -89,6 +91,7 @@ impl Switch {
                     .arg("-p")
                     .arg(&pidfile)
                     .args(["-n", &ports, "-d"])
+                    .args(&mtu)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
