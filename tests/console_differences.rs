@@ -176,3 +176,37 @@ fn delport_of_a_stranger_announces_a_change(target: Target) {
 }
 
 test_both_targets!(delport_of_a_stranger_announces_a_change);
+
+/// `vlan/delport` of an active port that is not in the VLAN, FSTP off:
+/// vde_switch forgets that port's stations and every station of the VLAN;
+/// vswitch forgets nothing (kept on purpose, as for `port/setvlan`).
+fn delport_of_a_stranger_forgets(target: Target) {
+    let sw = Switch::start(target, &[]);
+    let mut console = Console::open(&sw.mgmt_path());
+    for command in ["vlan/create 10", "port/create 1", "vlan/addport 10 1", "port/create 2", "vlan/addport 10 2"] {
+        assert_eq!(console.cmd(command), "1000 Success\n", "{command}");
+    }
+    let (a, b) = (Client::connect(&sw.ctl_dir(), Some(1), "a"), Client::connect(&sw.ctl_dir(), Some(2), "b"));
+    let stranger = Client::connect(&sw.ctl_dir(), Some(3), "stranger");
+    for (from, to, n) in [(&a, &b, 0x0a), (&b, &a, 0x0b)] {
+        let hello = frame(BROADCAST, station_mac(n), TEST_ETHERTYPE, 46);
+        let mut tagged = hello[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+        tagged.extend_from_slice(&hello[12..]);
+        from.send(&tagged);
+        to.expect_frame(&tagged);
+    }
+    speak(&stranger, &a, 0x0c, 1);
+    assert_eq!(console.cmd("debug/add hash/-"), "1000 Success\n");
+    let mut deleted = console.cmd("vlan/delport 10 3");
+    deleted.push_str(&console.drain_for(Duration::from_millis(150)));
+    let mut forgotten: Vec<&str> = deleted.lines().filter(|l| l.starts_with("3012 ")).filter_map(mac_in).collect();
+    forgotten.sort_unstable();
+    let expected = match target {
+        Target::VdeSwitch => vec!["02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"],
+        Target::Vswitch => vec![],
+    };
+    assert_eq!(forgotten, expected, "{target:?}: {deleted}");
+}
+
+test_both_targets!(delport_of_a_stranger_forgets);
