@@ -6,8 +6,9 @@
 //! nothing and paces its senders. What it achieves is what any switch on
 //! this machine can hope for.
 //!
-//! Usage: `vswitch-floor DIR [--fanout pair|all]` (runs in the foreground
-//! until SIGTERM; creates DIR and DIR/ctl).
+//! Usage: `vswitch-floor DIR [--fanout pair|all] [--mtu N]` (runs in the
+//! foreground until SIGTERM; creates DIR and DIR/ctl). `--mtu` sizes the
+//! buffers for frames of N payload bytes, as vswitch's option does.
 
 use std::fs;
 use std::io::Read;
@@ -20,6 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 
+use vswitch::engine::{DEFAULT_MTU, FRAME_OVERHEAD};
 use vswitch::net::sys::{BATCH, RecvBatch, connect_raw, send_batch};
 use vswitch::wire::{Request, reply_for_path};
 
@@ -61,13 +63,18 @@ fn send_all(fd: BorrowedFd, mut frames: &[&[u8]]) {
 }
 
 fn main() -> Result<()> {
+    const USAGE: &str = "usage: vswitch-floor DIR [--fanout pair|all] [--mtu N]";
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().context("usage: vswitch-floor DIR [--fanout pair|all]")?);
-    let pairwise = match (args.next().as_deref(), args.next().as_deref()) {
-        (None, _) | (Some("--fanout"), Some("pair")) => true,
-        (Some("--fanout"), Some("all")) => false,
-        _ => bail!("usage: vswitch-floor DIR [--fanout pair|all]"),
-    };
+    let dir = PathBuf::from(args.next().context(USAGE)?);
+    let (mut pairwise, mut mtu) = (true, DEFAULT_MTU as usize);
+    while let Some(option) = args.next() {
+        match (option.as_str(), args.next().as_deref()) {
+            ("--fanout", Some("pair")) => pairwise = true,
+            ("--fanout", Some("all")) => pairwise = false,
+            ("--mtu", Some(n)) => mtu = n.parse().context(USAGE)?,
+            _ => bail!(USAGE),
+        }
+    }
     // A session of its own, as the daemonised switches have: with
     // autogrouping the scheduler treats each session as a group, and the
     // floor must be scheduled like the switches it is compared with.
@@ -79,7 +86,7 @@ fn main() -> Result<()> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
     let mut endpoints: Vec<Endpoint> = Vec::new();
-    let mut rx = RecvBatch::<2048>::default();
+    let mut rx = RecvBatch::new(2048.max(mtu + FRAME_OVERHEAD as usize + 1));
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
         let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
