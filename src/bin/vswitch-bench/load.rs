@@ -293,7 +293,7 @@ pub fn dgram_pair(path: &Path, duration: Duration) -> Result<Traffic> {
     sender.connect(path)?;
     sender.set_nonblocking(true)?;
     receiver.set_nonblocking(true)?;
-    let mut rx = RecvBatch::new(2048);
+    let mut rx = RecvBatch::new(RX_SIZE);
     while rx.recv(receiver.as_fd(), BATCH).unwrap_or(0) > 0 {}
     let one = frame(mac(0, 2), mac(0, 1), 64);
     let batch: Vec<&[u8]> = vec![&one[..]; BATCH];
