@@ -32,7 +32,7 @@ fn switch_with_ports(n: u32) -> (Switch, Vec<EndpointKey>) {
                 request: PortRequest::Port(p),
                 id: p,
                 module: "unix prog",
-                description: String::new(),
+                description: Vec::new(),
                 user: Some(0),
                 credentials: Credentials::default(),
             };

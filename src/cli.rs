@@ -34,6 +34,8 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
     ("debugclients", true),
     ("tap", true),
     ("vxlan", true),
+    ("trunk", false),
+    ("mtu", true),
 ];
 /// vswitch's own long options (taking an argument). They are matched by
 /// their full name only, so that every abbreviation vde_switch accepts
@@ -73,6 +75,9 @@ Runs a VDE switch.
   -t, --tap TAP              Enable routing through TAP tap interface
 (opts from vxlan module)
       --vxlan SPEC           Join a VXLAN: id=VNI,remote=ADDR|group=MCAST,dev=IFACE[,local=ADDR,dstport=N,ttl=N]
+(vswitch extensions)
+      --trunk                Every port is a transparent trunk for unconfigured VLANs
+      --mtu N                Largest frame payload in bytes (default 1500, up to 65500)
 
 Report bugs to info@v2.cs.unibo.it
 ";
@@ -144,6 +149,10 @@ pub struct Options {
     pub dgram: Vec<PathBuf>,
     #[arg(long)]
     pub vxlan: Vec<String>,
+    #[arg(long)]
+    pub trunk: bool,
+    #[arg(long, value_parser = c_int, allow_negative_numbers = true)]
+    pub mtu: Option<i64>,
 }
 
 /// A number as C's `%i` reads it: `0x` hex, leading `0` octal, else
@@ -307,6 +316,14 @@ mod tests {
         assert_eq!(c_int("-3"), Ok(-3));
         assert_eq!(c_int("12abc"), Ok(12));
         assert_eq!(c_int("junk"), Ok(0));
+    }
+
+    #[test]
+    fn extensions() {
+        let o = p(&["-trunk", "--mtu=9000"]).unwrap();
+        assert!(o.trunk);
+        assert_eq!(o.mtu, Some(9000));
+        assert!(!p(&[]).unwrap().trunk);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the regression test that replays every saved crasher. Each takes raw
 //! bytes and panics only if an invariant breaks.
 
-use crate::engine::{Attach, Credentials, Delivery, EndpointKey, PortRequest, Switch, VLAN_NONE};
+use crate::engine::{Attach, Credentials, Delivery, Edit, EndpointKey, PortRequest, Switch, VLAN_NONE};
 use crate::mgmt::{self, Context, Session, SessionKind, SwitchInfo};
 use crate::wire::{Frame, Mac, Request};
 
@@ -59,9 +59,10 @@ fn small_mac(n: u8) -> Mac {
     Mac([(n >> 3) & 1 | 2, 0, 0, 0, 0, n & 7])
 }
 
-/// Drives the engine with attach/detach, frames, VLAN and time changes,
+/// Drives the engine with attach/detach, frames, VLAN, trunk and time changes,
 /// checking after each frame that nothing goes back to its source port and
-/// nothing leaves the frame's VLAN.
+/// nothing leaves the frame's VLAN (or, for a VLAN carried transparently,
+/// the trunk ports).
 pub fn engine(data: &[u8]) {
     let mut input = Bytes(data);
     let mut sw = Switch::new(8, false, 16);
@@ -81,7 +82,7 @@ pub fn engine(data: &[u8]) {
                     request,
                     id: u32::from(arg),
                     module: "unix prog",
-                    description: String::new(),
+                    description: Vec::new(),
                     user: Some(0),
                     credentials: Credentials { uid: 0, gids: vec![0] },
                 };
@@ -109,10 +110,13 @@ pub fn engine(data: &[u8]) {
                 now += u64::from(arg % 8);
                 sw.tick(now);
             }
-            8 => match arg % 4 {
-                0 | 1 => sw.set_hub(arg % 4 == 1),
+            8 => match arg % 6 {
+                0 | 1 => sw.set_hub(arg % 6 == 1),
+                2 | 3 => {
+                    sw.set_fstp(arg % 6 == 3);
+                }
                 _ => {
-                    sw.set_fstp(arg % 4 == 3);
+                    let _ = sw.set_trunk(u32::from(arg >> 3) % 8, arg % 6 == 5);
                 }
             },
             _ if !live.is_empty() => {
@@ -148,11 +152,18 @@ fn check_deliveries(sw: &Switch, source_port: u32, frame: &[u8], out: &[Delivery
     let parsed = Frame::new_checked(frame).expect("accepted frames are well-formed");
     let source = sw.port(source_port).expect("source port exists");
     let vlan = parsed.tci().map_or(source.untagged_vlan().unwrap_or(VLAN_NONE), |t| t & 0x0fff);
+    let transparent = parsed.tci().is_some() && source.is_trunk() && vlan < VLAN_NONE && sw.vlan(vlan).is_none();
     for d in out {
         let dest_port = sw.endpoint(d.endpoint).expect("delivered to a live endpoint").port;
         assert_ne!(dest_port, source_port, "a frame went back to its own port");
-        if !sw.is_hub() {
-            assert!(sw.port(dest_port).expect("port").is_member(vlan), "a frame left its VLAN");
+        let dest = sw.port(dest_port).expect("port");
+        if sw.is_hub() {
+            continue;
+        }
+        if transparent {
+            assert!(dest.is_trunk() && d.edit == Edit::AsIs, "a frame of an unconfigured VLAN left the trunks");
+        } else {
+            assert!(dest.is_member(vlan), "a frame left its VLAN");
         }
     }
 }
@@ -164,7 +175,7 @@ fn session_fixture() -> (Switch, SwitchInfo) {
             request: PortRequest::Port(port),
             id: port,
             module: "unix prog",
-            description: format!("fuzz{port}"),
+            description: format!("fuzz{port}").into_bytes(),
             user: Some(0),
             credentials: Credentials::default(),
         };
@@ -194,7 +205,8 @@ pub fn console(data: &[u8]) {
         }
         let mut ctx = Context::new(&mut sw, &info, 0, &mut session);
         let reply = mgmt::execute(&mut ctx, line);
-        assert!(reply.is_empty() || reply.ends_with('\n') || reply.ends_with("END OF SESSION"), "{reply:?}");
+        let reply = reply.as_bytes();
+        assert!(reply.is_empty() || reply.ends_with(b"\n") || reply.ends_with(b"END OF SESSION"), "{reply:?}");
     }
 }
 
@@ -204,7 +216,7 @@ pub fn rc_file(data: &[u8]) {
     let mut session = Session::new(SessionKind::RcFile);
     let text = String::from_utf8_lossy(data);
     let mut ctx = Context::new(&mut sw, &info, 0, &mut session);
-    let mut out = String::new();
+    let mut out = mgmt::Out::default();
     let _ = mgmt::run_script(&mut ctx, "fuzz.rc", &text, &mut out);
 }
 

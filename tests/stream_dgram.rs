@@ -98,7 +98,7 @@ impl Station for DgramPeer {
 
     fn recv_timeout(&self, timeout: Duration) -> Option<Vec<u8>> {
         self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; 1 << 16];
         match self.socket.recv(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
@@ -177,6 +177,28 @@ fn closed(stream: &mut UnixStream) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+#[test]
+fn with_mtu_9000_jumbo_frames_cross_stream_and_dgram_and_longer_records_close() {
+    let sockets = Sockets::new();
+    let (s, d) = (sockets.stream(), sockets.dgram());
+    let args = ["--mtu", "9000", "--stream", s.to_str().unwrap(), "--dgram", d.to_str().unwrap()];
+    let _sw = Switch::start(Target::Vswitch, &args);
+    let mut stream = StreamPeer(UnixStream::connect(&s).unwrap());
+    let dgram = DgramPeer::new(&d);
+    exchange(&dgram, MAC_DGRAM, &stream, MAC_STREAM);
+    // Without --mtu a 9018-byte record closes the connection.
+    let jumbo = frame(MAC_DGRAM, MAC_STREAM, TEST_ETHERTYPE, 9000 + 4);
+    assert_eq!(jumbo.len(), 9018);
+    stream.send(&jumbo);
+    dgram.expect_frame(&jumbo);
+    let back = frame(MAC_STREAM, MAC_DGRAM, TEST_ETHERTYPE, 9000 + 4);
+    dgram.send(&back);
+    stream.expect_frame(&back);
+    // Longer than a tagged frame of that MTU is a bad length.
+    (&stream.0).write_all(&9023u32.to_be_bytes()).unwrap();
+    assert!(closed(&mut stream.0), "a 9023-byte record ends the connection");
 }
 
 #[test]

@@ -416,6 +416,34 @@ fn ipv6_underlay_and_too_large_frames() {
     assert_eq!(sw_a.counter(" -- remote fd00:7a::2", "too-large="), 1);
 }
 
+/// Jumbo frames (`--mtu 9000`) over an underlay with room for them: the
+/// receive buffers hold the longest frame behind its VXLAN header, so a
+/// 9018-byte frame arrives whole both ways.
+#[test]
+fn jumbo_frames_cross_with_mtu_on_both_switches() {
+    if !can_run() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
+    // 9018 + 8 VXLAN + 8 UDP + 20 IPv4 (+ 14 outer Ethernet, not counted).
+    lab.ip(&a, &["link", "set", &va, "mtu", "9100"]);
+    lab.ip(&b, &["link", "set", &vb, "mtu", "9100"]);
+    let sw_a = lab.vswitch(&a, None, &["--mtu", "9000", "--vxlan", "id=12,remote=169.254.1.2"]);
+    let sw_b = lab.vswitch(&b, None, &["--mtu", "9000", "--vxlan", "id=12,remote=169.254.1.1"]);
+    let ca = Client::connect(&sw_a.ctl, None, "a");
+    let cb = Client::connect(&sw_b.ctl, None, "b");
+    common::station::exchange(&ca, station_mac(1), &cb, station_mac(2));
+    let jumbo = frame(station_mac(2), station_mac(1), common::TEST_ETHERTYPE, 9000 + 4);
+    assert_eq!(jumbo.len(), 9018);
+    ca.send(&jumbo);
+    cb.expect_frame(&jumbo);
+    let back = frame(station_mac(1), station_mac(2), common::TEST_ETHERTYPE, 9000 + 4);
+    cb.send(&back);
+    ca.expect_frame(&back);
+    assert_eq!(sw_a.counter(" -- remote 169.254.1.2", "too-large="), 0);
+}
+
 /// A multicast VXLAN over an IPv6 underlay between two vswitches.
 #[test]
 fn ipv6_multicast_underlay() {

@@ -19,9 +19,11 @@
 //! 2k+1 wired to each other: the floor of the vhost-user path, with the
 //! same transport code vswitch uses.
 //!
-//! Usage: `vswitch-floor DIR [--fanout pair|all] [--runtime epoll|tokio]`
+//! Usage: `vswitch-floor DIR [--fanout pair|all] [--runtime epoll|tokio] [--mtu N]`
 //! or `vswitch-floor --vhost-user PATH --vhost-user PATH` (runs in the
 //! foreground until SIGTERM; creates DIR and DIR/ctl).
+//! `--mtu` sizes the buffers for frames of N payload bytes, as vswitch's
+//! option does.
 
 use std::cell::RefCell;
 use std::fs;
@@ -39,6 +41,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
+use vswitch::engine::{DEFAULT_MTU, FRAME_OVERHEAD};
 use vswitch::net::sys::{BATCH, RecvBatch, connect_raw, send_batch};
 use vswitch::net::vhost_user::{self, Control, VhostUserListener, VhostUserPort};
 use vswitch::wire::{Request, reply_for_path};
@@ -79,6 +82,9 @@ struct Args {
     fanout: Fanout,
     #[arg(long, value_enum, default_value_t = Runtime::Epoll)]
     runtime: Runtime,
+    /// Largest payload of a frame, as vswitch's `--mtu`.
+    #[arg(long, default_value_t = DEFAULT_MTU as usize)]
+    mtu: usize,
 }
 
 impl Fanout {
@@ -131,9 +137,10 @@ fn main() -> Result<()> {
     let ctl = dir.join("ctl");
     let _ = fs::remove_file(&ctl);
     let listener = UnixListener::bind(&ctl)?;
+    let buffer = 2048.max(args.mtu + FRAME_OVERHEAD as usize + 1);
     match args.runtime {
-        Runtime::Epoll => run_epoll(&dir, listener, args.fanout),
-        Runtime::Tokio => run_tokio(&dir, listener, args.fanout),
+        Runtime::Epoll => run_epoll(&dir, listener, args.fanout, buffer),
+        Runtime::Tokio => run_tokio(&dir, listener, args.fanout, buffer),
     }
 }
 
@@ -230,11 +237,11 @@ fn send_all_vhost_user(peer: &mut VhostUserPort, frames: &[Vec<u8>]) -> Result<(
     Ok(())
 }
 
-fn run_epoll(dir: &Path, listener: UnixListener, fanout: Fanout) -> Result<()> {
+fn run_epoll(dir: &Path, listener: UnixListener, fanout: Fanout, buffer: usize) -> Result<()> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
     let mut endpoints: Vec<Endpoint> = Vec::new();
-    let mut rx = RecvBatch::<2048>::default();
+    let mut rx = RecvBatch::new(buffer);
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
         let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
@@ -268,7 +275,7 @@ fn run_epoll(dir: &Path, listener: UnixListener, fanout: Fanout) -> Result<()> {
 /// The data sockets of the tokio floor, by endpoint index.
 type Peers = Rc<RefCell<Vec<Rc<UnixDatagram>>>>;
 
-fn run_tokio(dir: &Path, listener: UnixListener, fanout: Fanout) -> Result<()> {
+fn run_tokio(dir: &Path, listener: UnixListener, fanout: Fanout, buffer: usize) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
     let tasks = tokio::task::LocalSet::new();
     tasks.block_on(&runtime, async move {
@@ -285,15 +292,15 @@ fn run_tokio(dir: &Path, listener: UnixListener, fanout: Fanout) -> Result<()> {
             let data = Rc::new(UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(data))?);
             peers.borrow_mut().push(data.clone());
             controls.push(_control);
-            tokio::task::spawn_local(forward(index, data, peers.clone(), fanout));
+            tokio::task::spawn_local(forward(index, data, peers.clone(), fanout, buffer));
         }
     })
 }
 
 /// One endpoint's task: a batch from its socket, sent whole to every
 /// destination, waiting for each while it is full.
-async fn forward(from: usize, socket: Rc<UnixDatagram>, peers: Peers, fanout: Fanout) -> io::Result<()> {
-    let mut rx = RecvBatch::<2048>::default();
+async fn forward(from: usize, socket: Rc<UnixDatagram>, peers: Peers, fanout: Fanout, buffer: usize) -> io::Result<()> {
+    let mut rx = RecvBatch::new(buffer);
     loop {
         socket.readable().await?;
         let got = match socket.try_io(Interest::READABLE, || match rx.recv(socket.as_fd(), BATCH)? {

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{AccessFlags, Gid, Group, Uid, access};
 
 use vswitch::cli::{self, Options, USAGE, VERSION};
-use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_NUMPORTS, MAX_BUCKETS, MAX_PORTS, bucket_count};
+use vswitch::engine::{DEFAULT_BUCKETS, DEFAULT_MTU, DEFAULT_NUMPORTS, MAX_BUCKETS, MAX_MTU, MAX_PORTS, bucket_count};
 use vswitch::mgmt::SwitchInfo;
 use vswitch::net::{self, Access, Config, Exit, VxlanSpec, log, modes};
 use vswitch::wire::Mac;
@@ -75,6 +75,11 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         }
     };
     let vxlans = o.vxlan.iter().map(|s| s.parse()).collect::<Result<Vec<VxlanSpec>, String>>().map_err(fail)?;
+    let mtu = o.mtu.unwrap_or(i64::from(DEFAULT_MTU));
+    let mtu = u32::try_from(mtu)
+        .ok()
+        .filter(|m| (1..=MAX_MTU).contains(m))
+        .ok_or_else(|| fail(format!("Invalid MTU {mtu} (1 to {MAX_MTU})")))?;
     let group = o.group.as_deref().map(group_id).transpose().map_err(fail)?;
     let mgmt_group = o.mgmtgroup.as_deref().map(group_id).transpose().map_err(fail)?;
     let (ctl_mode, dir_mode) = modes(o.mode, o.dirmode);
@@ -110,6 +115,8 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         streams: o.stream.iter().map(|p| absolute(&cwd, p)).collect(),
         dgrams: o.dgram.iter().map(|p| absolute(&cwd, p)).collect(),
         vxlans,
+        trunk: o.trunk,
+        mtu,
     })
 }
 

@@ -18,7 +18,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{ConfigError, Event, MacTable, Outgoing, Port, PortId, PortState, Switch, VLAN_NONE, Vlan, VlanId};
+use super::{
+    ConfigError, Event, MacTable, Outgoing, Port, PortId, PortState, PortTable, Switch, VLAN_NONE, Vlan, VlanId,
+};
 use crate::wire::{Bpdu, BpduFlags, BridgeId, HELLO_TIME, MAX_AGE, Mac, port_id};
 
 /// Path cost of every port (vde_switch's "1 Mbit line").
@@ -293,14 +295,18 @@ impl Fstp {
 
     /// An active port left `vlan` (deactivation, `vlan/delport`,
     /// `port/setvlan`). Losing the root port makes this switch the root.
+    /// `port` leaves the tree of `vlan`. Quirk kept: like vde_switch, an
+    /// active port that was no member (`vlan/delport` of a stranger) still
+    /// makes the VLAN announce a topology change.
     pub(super) fn remove_port(&mut self, host: &mut impl Host, vlan: VlanId, port: PortId) {
         let Some(tree) = self.trees.get_mut(&vlan) else { return };
-        let Some(member) = tree.members.remove(&port) else { return };
-        if member.speaks_fstp() {
-            host.event(Event::FstpPortInactive { port, vlan });
-        }
-        if port == tree.root_port {
-            self.reset(host, vlan);
+        if let Some(member) = tree.members.remove(&port) {
+            if member.speaks_fstp() {
+                host.event(Event::FstpPortInactive { port, vlan });
+            }
+            if port == tree.root_port {
+                self.reset(host, vlan);
+            }
         }
         if self.enabled {
             self.topology_change(host, vlan, port);
@@ -556,7 +562,7 @@ fn set_state(host: &mut impl Host, vlan: VlanId, port: PortId, state: PortState)
 /// The switch as the spanning tree sees it: its parts, borrowed apart from
 /// the protocol state.
 struct Plant<'a> {
-    ports: &'a mut [Option<Port>],
+    ports: &'a mut PortTable,
     vlans: &'a mut BTreeMap<VlanId, Vlan>,
     macs: &'a mut MacTable,
     events: &'a mut Vec<Event>,
@@ -577,7 +583,7 @@ impl Host for Plant<'_> {
         let ports = &*self.ports;
         if let Some(v) = self.vlans.get_mut(&vlan) {
             v.set_discarding(port, discarding);
-            v.refresh(|p| ports.get(p as usize).and_then(Option::as_ref).is_some_and(Port::forwards));
+            v.refresh(|p| ports.get(p).is_some_and(Port::forwards));
         }
     }
 
@@ -587,7 +593,7 @@ impl Host for Plant<'_> {
 
     /// Counted once for the port, like every frame the switch sends.
     fn send(&mut self, port: PortId, frame: Vec<u8>) {
-        let Some(p) = self.ports.get_mut(port as usize).and_then(Option::as_mut) else { return };
+        let Some(p) = self.ports.get_mut(port) else { return };
         p.counters.out_pkts += 1;
         p.counters.out_bytes += frame.len() as u64;
         for &endpoint in &p.endpoints {

@@ -106,9 +106,11 @@ impl MacTable {
     }
 
     /// Changes the bucket count (a power of two) and forgets every station.
+    /// The stations go first, so their events come in the old table's
+    /// bucket order, as vde_switch flushes before it resizes.
     pub fn resize(&mut self, buckets: u32, events: &mut Vec<Event>) {
-        self.buckets = bucket_count(buckets.into()).unwrap_or(DEFAULT_BUCKETS);
         self.retain(|_| false, events);
+        self.buckets = bucket_count(buckets.into()).unwrap_or(DEFAULT_BUCKETS);
     }
 
     /// Called once per second. Like the Debian build of vde_switch, the GC
@@ -125,14 +127,23 @@ impl MacTable {
             return;
         }
         self.gc_due = false;
-        while let Some((&k, e)) = self.entries.peek_lru() {
+        let mut doomed = Vec::new();
+        while let Some((_, e)) = self.entries.peek_lru() {
             if e.last_seen + self.expire >= now {
                 break;
             }
-            let port = e.port;
-            self.entries.pop_lru();
+            doomed.extend(self.entries.pop_lru());
+        }
+        self.announce_deleted(doomed, events);
+    }
+
+    /// Reports forgotten stations in `hash/print` order (bucket ascending,
+    /// newest first), the order vde_switch's sweeps walk its buckets in.
+    fn announce_deleted(&self, mut doomed: Vec<(u64, Entry)>, events: &mut Vec<Event>) {
+        doomed.sort_unstable_by_key(|(k, e)| (bucket_of(*k, self.buckets), std::cmp::Reverse(e.seq)));
+        for (k, e) in doomed {
             let (mac, vlan) = unkey(k);
-            events.push(Event::HashDel { mac, vlan, port });
+            events.push(Event::HashDel { mac, vlan, port: e.port });
         }
     }
 
@@ -178,13 +189,12 @@ impl MacTable {
 
     /// Forgets every station for which `keep` is false.
     pub fn retain(&mut self, mut keep: impl FnMut(&Station) -> bool, events: &mut Vec<Event>) {
-        let doomed: Vec<(u64, PortId)> =
-            self.entries.iter().filter(|(k, e)| !keep(&self.station(**k, e, 0))).map(|(k, e)| (*k, e.port)).collect();
-        for (k, port) in doomed {
-            self.entries.pop(&k);
-            let (mac, vlan) = unkey(k);
-            events.push(Event::HashDel { mac, vlan, port });
+        let doomed: Vec<(u64, Entry)> =
+            self.entries.iter().filter(|(k, e)| !keep(&self.station(**k, e, 0))).map(|(k, e)| (*k, *e)).collect();
+        for (k, _) in &doomed {
+            self.entries.pop(k);
         }
+        self.announce_deleted(doomed, events);
     }
 
     fn station(&self, k: u64, e: &Entry, now: u64) -> Station {
@@ -281,6 +291,31 @@ mod tests {
         assert_eq!(t.lookup(mac(2), 0, 3, &mut ev), None);
         assert_eq!(t.lookup(mac(1), 0, 3, &mut ev), Some(1));
         assert!(ev.contains(&Event::HashDel { mac: mac(2), vlan: 0, port: 1 }));
+    }
+
+    fn deleted(ev: &[Event]) -> Vec<Mac> {
+        ev.iter().filter_map(|e| if let Event::HashDel { mac, .. } = e { Some(*mac) } else { None }).collect()
+    }
+
+    #[test]
+    fn flushes_and_sweeps_report_in_listing_order() {
+        let mut t = MacTable::new(128, 64);
+        let mut ev = Vec::new();
+        for (i, n) in [0x0b, 0x0a, 0x0c, 0x0d, 0x01, 0x02].into_iter().enumerate() {
+            t.learn(mac(n), 0, 1, i as u64, &mut ev);
+        }
+        let listed: Vec<Mac> = t.stations(9).iter().map(|s| s.mac).collect();
+        ev.clear();
+        t.tick(200);
+        t.lookup(mac(0x30), 0, 200, &mut ev);
+        assert_eq!(deleted(&ev), listed, "a sweep");
+        for (i, n) in [0x0b, 0x0a, 0x0c, 0x0d, 0x01, 0x02].into_iter().enumerate() {
+            t.learn(mac(n), 0, 1, 300 + i as u64, &mut ev);
+        }
+        let listed: Vec<Mac> = t.stations(309).iter().map(|s| s.mac).collect();
+        ev.clear();
+        t.resize(4, &mut ev);
+        assert_eq!(deleted(&ev), listed, "a resize reports in the old table's order");
     }
 
     #[test]

@@ -7,14 +7,15 @@ mod mactable;
 mod port;
 mod vlan;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub use fstp::{DEFAULT_PRIORITY, Fstp, PORT_COST, Role, Tree};
 pub use mactable::{DEFAULT_BUCKETS, DEFAULT_CAPACITY, MAX_BUCKETS, MacTable, Station, bucket_count};
+use port::PortTable;
 pub use port::{Acl, Counters, Credentials, DropReason, Port};
 pub use vlan::{PortState, Vlan};
 
-use crate::wire::{BPDU_DST, BridgeId, Frame, FrameError, Mac};
+use crate::wire::{BPDU_DST, BridgeId, Frame, FrameError, MAX_FRAME, Mac};
 
 pub type PortId = u32;
 pub type VlanId = u16;
@@ -24,8 +25,13 @@ pub const VLAN_NONE: VlanId = 4095;
 /// Highest VLAN id that can be created.
 pub const VLAN_MAX: VlanId = 4093;
 pub const DEFAULT_NUMPORTS: u32 = 32;
-/// Most ports a switch may have: the port table is allocated up front, so
-/// a console command must not be able to ask for billions.
+/// Payload bytes of a frame by default, and the most `--mtu` allows.
+pub const DEFAULT_MTU: u32 = 1500;
+pub const MAX_MTU: u32 = 65500;
+/// Frame bytes beyond the payload: addresses, an 802.1Q tag, the EtherType.
+pub const FRAME_OVERHEAD: u32 = 18;
+/// Most ports a switch may have (port numbers must fit the 16 bits of an
+/// FSTP port id and the console's listings).
 pub const MAX_PORTS: u32 = 1 << 16;
 
 /// Handle of an attached endpoint; stable while it stays attached.
@@ -40,7 +46,8 @@ pub struct Endpoint {
     /// How the endpoint moves bytes, as named in port listings; the
     /// engine knows nothing else about it.
     pub module: &'static str,
-    pub description: String,
+    /// As the client sent it (not necessarily UTF-8).
+    pub description: Vec<u8>,
 }
 
 /// Which port a client asks for.
@@ -59,7 +66,7 @@ pub struct Attach {
     /// How the endpoint moves bytes, as named in port listings; the
     /// engine knows nothing else about it.
     pub module: &'static str,
-    pub description: String,
+    pub description: Vec<u8>,
     /// The identity that owns a port while attached (the owner of the
     /// client's socket file, `None` for abstract addresses).
     pub user: Option<u32>,
@@ -86,7 +93,7 @@ pub enum Event {
     HashDel { mac: Mac, vlan: VlanId, port: PortId },
     PortAdd(PortId),
     PortDel(PortId),
-    PortDescr { port: PortId, id: u32, description: String },
+    PortDescr { port: PortId, id: u32, description: Vec<u8> },
     EndpointAdd { port: PortId, id: u32 },
     EndpointDel { port: PortId, id: u32 },
     MacMoved { mac: Mac, from: PortId, to: PortId },
@@ -137,9 +144,7 @@ pub enum ConfigError {
 }
 
 pub struct Switch {
-    ports: Vec<Option<Port>>,
-    /// The ports that exist, so hub mode walks them and not every slot.
-    existing: BTreeSet<PortId>,
+    ports: PortTable,
     endpoints: Vec<Option<Endpoint>>,
     free_keys: Vec<u32>,
     vlans: BTreeMap<VlanId, Vlan>,
@@ -153,23 +158,21 @@ pub struct Switch {
     now: u64,
     /// Mirror ports, each sent a copy of every forwarded frame.
     mirrors: Vec<PortId>,
-}
-
-fn grow<T>(v: &mut Vec<Option<T>>, len: usize) {
-    if v.len() < len {
-        v.resize_with(len, || None);
-    }
+    /// Longest frame carried; longer ones are dropped as oversize.
+    max_frame: usize,
+    /// Whether new ports start as transparent trunks (`--trunk`).
+    trunk_default: bool,
+    /// Active trunk ports, ascending: where frames of unconfigured VLANs
+    /// are flooded.
+    active_trunks: Vec<PortId>,
 }
 
 impl Switch {
     pub fn new(numports: u32, hub: bool, buckets: u32) -> Self {
         let mut vlans = BTreeMap::new();
         vlans.insert(0, Vlan::default());
-        let mut ports = Vec::new();
-        grow(&mut ports, numports as usize);
         Switch {
-            ports,
-            existing: BTreeSet::new(),
+            ports: PortTable::new(numports),
             endpoints: Vec::new(),
             free_keys: Vec::new(),
             vlans,
@@ -180,7 +183,52 @@ impl Switch {
             outbox: Vec::new(),
             now: 0,
             mirrors: Vec::new(),
+            max_frame: MAX_FRAME,
+            trunk_default: false,
+            active_trunks: Vec::new(),
         }
+    }
+
+    /// Makes every port, existing and future, a transparent trunk or not.
+    pub fn set_trunk_default(&mut self, trunk: bool) {
+        self.trunk_default = trunk;
+        let numbers: Vec<PortId> = self.ports.iter().map(|(p, _)| p).collect();
+        for p in numbers {
+            let _ = self.set_trunk(p, trunk);
+        }
+    }
+
+    /// Makes `p` a transparent trunk or not. A port leaving trunk mode
+    /// forgets the stations it carried in unconfigured VLANs.
+    pub fn set_trunk(&mut self, p: PortId, trunk: bool) -> Result<(), ConfigError> {
+        let port = self.existing_port_mut(p)?;
+        if std::mem::replace(&mut port.trunk, trunk) && !trunk {
+            let vlans = &self.vlans;
+            self.macs.retain(|s| s.port != p || vlans.contains_key(&s.vlan), &mut self.events);
+        }
+        self.refresh_trunk(p);
+        Ok(())
+    }
+
+    /// Puts `p` in the active trunk list or takes it out, as it now is.
+    fn refresh_trunk(&mut self, p: PortId) {
+        let carries = self.ports.get(p).is_some_and(|port| port.trunk && port.forwards());
+        match (self.active_trunks.binary_search(&p), carries) {
+            (Err(at), true) => self.active_trunks.insert(at, p),
+            (Ok(at), false) => {
+                self.active_trunks.remove(at);
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries frames with up to `mtu` payload bytes, tagged (`--mtu`).
+    pub fn set_mtu(&mut self, mtu: u32) {
+        self.max_frame = (mtu + FRAME_OVERHEAD) as usize;
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     // ----- endpoints -------------------------------------------------------
@@ -188,7 +236,7 @@ impl Switch {
     fn pick_port(&self, request: PortRequest) -> Result<PortId, AttachError> {
         match request {
             PortRequest::Zero => Ok(0),
-            PortRequest::Port(p) if (p as usize) < self.ports.len() => Ok(p),
+            PortRequest::Port(p) if self.ports.in_range(p) => Ok(p),
             PortRequest::Port(p) => Err(AttachError::OutOfRange(p)),
             PortRequest::Any => self.free_port().ok_or(AttachError::NoFreePort),
         }
@@ -196,11 +244,7 @@ impl Switch {
 
     /// The lowest port ≥ 1 that automatic allocation may hand out.
     fn free_port(&self) -> Option<PortId> {
-        (1..self.ports.len()).find_map(|i| match &self.ports[i] {
-            None => Some(i as PortId),
-            Some(p) if !p.is_active() && p.allocatable => Some(i as PortId),
-            Some(_) => None,
-        })
+        (1..self.ports.numports()).find(|&i| self.ports.get(i).is_none_or(|p| !p.is_active() && p.allocatable))
     }
 
     /// Creates port `p` as a fresh untagged member of VLAN 0.
@@ -213,14 +257,13 @@ impl Switch {
         }
         self.vlans.get_mut(&0).expect("ensured above").set_member(p, false);
         self.events.push(Event::PortAdd(p));
-        self.existing.insert(p);
-        self.ports[p as usize].insert(Port::new(allocatable))
+        self.ports.insert(p, Port::new(allocatable, self.trunk_default))
     }
 
     /// Attaches a new endpoint, creating its port if needed.
     pub fn attach(&mut self, a: Attach) -> Result<(EndpointKey, PortId), AttachError> {
         let p = self.pick_port(a.request)?;
-        if let Some(port) = &self.ports[p as usize] {
+        if let Some(port) = self.ports.get(p) {
             if !port.is_active() && !port.acl.admits(&a.credentials) {
                 return Err(AttachError::AccessDenied(p));
             }
@@ -239,10 +282,10 @@ impl Switch {
             }
         };
         let key = EndpointKey(key);
-        if self.ports[p as usize].is_none() {
+        if self.ports.get(p).is_none() {
             self.create_port(p, true);
         }
-        let port = self.ports[p as usize].as_mut().expect("created above");
+        let port = self.ports.get_mut(p).expect("created above");
         let activated = !port.is_active();
         port.current_user = a.user;
         port.peer_uid = a.credentials.uid;
@@ -264,7 +307,7 @@ impl Switch {
     pub fn detach(&mut self, key: EndpointKey) -> Option<Endpoint> {
         let ep = self.endpoints.get_mut(key.0 as usize)?.take()?;
         self.free_keys.push(key.0);
-        let port = self.ports[ep.port as usize].as_mut().expect("endpoint's port exists");
+        let port = self.ports.get_mut(ep.port).expect("endpoint's port exists");
         port.endpoints.retain(|&k| k != key);
         self.events.push(Event::EndpointDel { port: ep.port, id: ep.id });
         if !port.is_active() {
@@ -290,7 +333,7 @@ impl Switch {
     // ----- forwarding ------------------------------------------------------
 
     fn count_drops(&mut self, port: PortId, reason: DropReason, frames: u64) {
-        if let Some(p) = self.ports[port as usize].as_mut() {
+        if let Some(p) = self.ports.get_mut(port) {
             p.counters.drops[reason as usize] += frames;
         }
     }
@@ -350,7 +393,7 @@ impl Switch {
             return Ok(());
         };
         self.now = now;
-        let frame = match Frame::new_checked(bytes) {
+        let frame = match Frame::new_checked_up_to(bytes, self.max_frame) {
             Ok(f) => f,
             Err(e) => {
                 let reason = match e {
@@ -362,7 +405,7 @@ impl Switch {
             }
         };
         let len = frame.len() as u64;
-        let port = self.ports[src as usize].as_mut().expect("endpoint's port exists");
+        let port = self.ports.get_mut(src).expect("endpoint's port exists");
         port.counters.in_pkts += 1;
         port.counters.in_bytes += len;
         if MIRRORS && port.mirror {
@@ -377,6 +420,16 @@ impl Switch {
             return Ok(());
         }
         let tci = frame.tci();
+        if let Some(tci) = tci {
+            let vid = tci & 0x0fff;
+            if port.trunk && vid < VLAN_NONE && !self.vlans.contains_key(&vid) {
+                let switched = self.switch_transparent(src, &frame, vid, len, now, out);
+                if MIRRORS && switched.is_ok() {
+                    self.mirror(src, len, out);
+                }
+                return switched;
+            }
+        }
         let vlan = match tci {
             Some(tci) => tci & 0x0fff,
             None => port.untagged_vlan,
@@ -416,7 +469,7 @@ impl Switch {
                 Err(DropReason::Discarding)
             }
             Some(dst) => {
-                let untagged_there = self.ports[dst as usize].as_ref().is_some_and(|p| p.untagged_vlan == vlan);
+                let untagged_there = self.ports.get(dst).is_some_and(|p| p.untagged_vlan == vlan);
                 let edit = match (tci.is_some(), untagged_there) {
                     (true, true) => Edit::Untag,
                     (false, false) => Edit::Tag(vlan),
@@ -454,19 +507,55 @@ impl Switch {
         }
     }
 
-    fn flood_hub<const MIRRORS: bool>(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
-        for &p in self.existing.range(1..) {
-            if p != src && !(MIRRORS && self.mirrors.contains(&p)) {
-                Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
+    /// A tagged frame of a VLAN the switch has not configured, from a
+    /// trunk port: learned and looked up per (MAC, VID) like any other, but
+    /// carried among the trunk ports only, tag untouched.
+    fn switch_transparent(
+        &mut self,
+        src: PortId,
+        frame: &Frame,
+        vid: VlanId,
+        len: u64,
+        now: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), DropReason> {
+        let src_mac = frame.src();
+        if !src_mac.is_multicast() {
+            self.macs.learn(src_mac, vid, src, now, &mut self.events);
+        }
+        let dst_mac = frame.dst();
+        let known = if dst_mac.is_multicast() { None } else { self.macs.lookup(dst_mac, vid, now, &mut self.events) };
+        match known {
+            Some(dst) if dst == src => {
+                self.count_drop(src, DropReason::SamePort);
+                Err(DropReason::SamePort)
+            }
+            Some(dst) if self.active_trunks.binary_search(&dst).is_ok() => {
+                self.deliver(dst, Edit::AsIs, len, out);
+                Ok(())
+            }
+            _ => {
+                for &p in self.active_trunks.iter().filter(|&&p| p != src) {
+                    Self::deliver_to(&mut self.ports, p, Edit::AsIs, len, out);
+                }
+                Ok(())
             }
         }
+    }
+
+    fn flood_hub<const MIRRORS: bool>(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
+        self.ports.each_mut_from(1, |p, port| {
+            if p != src && !(MIRRORS && port.mirror) {
+                Self::deliver_to_port(port, Edit::AsIs, len, out);
+            }
+        });
     }
 
     /// Copies a forwarded frame, as it came in, to every mirror port but
     /// the one it came from.
     fn mirror(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {
         for &m in &self.mirrors {
-            if m != src && self.ports[m as usize].as_ref().is_some_and(Port::is_active) {
+            if m != src && self.ports.get(m).is_some_and(Port::is_active) {
                 Self::deliver_to(&mut self.ports, m, Edit::AsIs, len, out);
             }
         }
@@ -477,8 +566,13 @@ impl Switch {
     }
 
     /// Sends to every endpoint of `port`, counted once for the port.
-    fn deliver_to(ports: &mut [Option<Port>], port: PortId, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
-        let Some(p) = ports[port as usize].as_mut() else { return };
+    fn deliver_to(ports: &mut PortTable, port: PortId, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
+        if let Some(p) = ports.get_mut(port) {
+            Self::deliver_to_port(p, edit, len, out);
+        }
+    }
+
+    fn deliver_to_port(p: &mut Port, edit: Edit, len: u64, out: &mut Vec<Delivery>) {
         let sent = match edit {
             Edit::AsIs => len,
             Edit::Untag => len.saturating_sub(4),
@@ -504,8 +598,11 @@ impl Switch {
 
     // ----- VLAN bookkeeping ------------------------------------------------
 
+    /// Brings the forwarding lists of `p`'s VLANs (and the trunks) up to
+    /// date after `p` became active or inactive.
     fn refresh_vlans_of(&mut self, p: PortId) {
-        let Some(port) = self.ports[p as usize].as_ref() else { return };
+        self.refresh_trunk(p);
+        let Some(port) = self.ports.get(p) else { return };
         let mut ids: Vec<VlanId> = port.tagged_vlans.iter().copied().collect();
         ids.push(port.untagged_vlan);
         for id in ids {
@@ -516,14 +613,14 @@ impl Switch {
     fn refresh_vlan(&mut self, id: VlanId) {
         let ports = &self.ports;
         if let Some(v) = self.vlans.get_mut(&id) {
-            v.refresh(|p| ports[p as usize].as_ref().is_some_and(Port::forwards));
+            v.refresh(|p| ports.get(p).is_some_and(Port::forwards));
         }
     }
 
     // ----- queries and configuration (the console's view) ---------------------
 
     pub fn numports(&self) -> u32 {
-        self.ports.len() as u32
+        self.ports.numports()
     }
 
     pub fn is_hub(&self) -> bool {
@@ -531,12 +628,12 @@ impl Switch {
     }
 
     pub fn port(&self, p: PortId) -> Option<&Port> {
-        self.ports.get(p as usize)?.as_ref()
+        self.ports.get(p)
     }
 
     /// Existing ports in ascending order.
     pub fn ports(&self) -> impl Iterator<Item = (PortId, &Port)> {
-        self.ports.iter().enumerate().filter_map(|(i, p)| Some((i as PortId, p.as_ref()?)))
+        self.ports.iter()
     }
 
     pub fn vlan(&self, id: VlanId) -> Option<&Vlan> {
@@ -561,22 +658,17 @@ impl Switch {
     }
 
     fn existing_port_mut(&mut self, p: PortId) -> Result<&mut Port, ConfigError> {
-        if p as usize >= self.ports.len() {
+        if !self.ports.in_range(p) {
             return Err(ConfigError::Invalid);
         }
-        self.ports[p as usize].as_mut().ok_or(ConfigError::Missing)
+        self.ports.get_mut(p).ok_or(ConfigError::Missing)
     }
 
     pub fn set_numports(&mut self, n: u32) -> Result<(), ConfigError> {
         if n == 0 || n > MAX_PORTS {
             return Err(ConfigError::Invalid);
         }
-        if self.ports.iter().skip(n as usize).any(Option::is_some) {
-            return Err(ConfigError::InUse);
-        }
-        self.ports.truncate(n as usize);
-        grow(&mut self.ports, n as usize);
-        Ok(())
+        if self.ports.set_numports(n) { Ok(()) } else { Err(ConfigError::InUse) }
     }
 
     /// Hub mode; entering it stops the spanning tree.
@@ -588,10 +680,12 @@ impl Switch {
     }
 
     pub fn create_explicit_port(&mut self, p: PortId) -> Result<(), ConfigError> {
-        match self.ports.get(p as usize) {
-            None => Err(ConfigError::Invalid),
-            Some(Some(_)) => Err(ConfigError::Exists),
-            Some(None) => {
+        if !self.ports.in_range(p) {
+            return Err(ConfigError::Invalid);
+        }
+        match self.ports.get(p) {
+            Some(_) => Err(ConfigError::Exists),
+            None => {
                 self.create_port(p, false);
                 Ok(())
             }
@@ -602,7 +696,7 @@ impl Switch {
     /// marks it not allocatable.
     pub fn create_auto_port(&mut self) -> Result<PortId, ConfigError> {
         let p = self.free_port().ok_or(ConfigError::Full)?;
-        match self.ports[p as usize].as_mut() {
+        match self.ports.get_mut(p) {
             Some(port) => port.allocatable = false,
             None => {
                 self.create_port(p, false);
@@ -616,8 +710,7 @@ impl Switch {
         if port.is_active() {
             return Err(ConfigError::InUse);
         }
-        let port = self.ports[p as usize].take().expect("exists");
-        self.existing.remove(&p);
+        let port = self.ports.remove(p).expect("exists");
         self.mirrors.retain(|&m| m != p);
         for id in port.tagged_vlans.iter().chain([&port.untagged_vlan]) {
             if let Some(v) = self.vlans.get_mut(id) {
@@ -664,15 +757,15 @@ impl Switch {
     /// Zeroes the counters of `p`, or of every port.
     pub fn reset_counters(&mut self, p: Option<PortId>) -> Result<(), ConfigError> {
         match p {
-            Some(p) if p as usize >= self.ports.len() => Err(ConfigError::Invalid),
+            Some(p) if !self.ports.in_range(p) => Err(ConfigError::Invalid),
             Some(p) => {
-                if let Some(port) = self.ports[p as usize].as_mut() {
+                if let Some(port) = self.ports.get_mut(p) {
                     port.counters = Counters::default();
                 }
                 Ok(())
             }
             None => {
-                self.ports.iter_mut().flatten().for_each(|port| port.counters = Counters::default());
+                self.ports.iter_mut().for_each(|port| port.counters = Counters::default());
                 Ok(())
             }
         }
@@ -680,7 +773,7 @@ impl Switch {
 
     /// Makes `vlan` the untagged VLAN of `p` (`VLAN_NONE` for none).
     pub fn set_port_vlan(&mut self, p: PortId, vlan: VlanId) -> Result<(), ConfigError> {
-        if p as usize >= self.ports.len() || vlan > VLAN_NONE {
+        if !self.ports.in_range(p) || vlan > VLAN_NONE {
             return Err(ConfigError::Invalid);
         }
         if vlan != VLAN_NONE && !self.vlans.contains_key(&vlan) {
@@ -715,6 +808,9 @@ impl Switch {
             return Err(ConfigError::Exists);
         }
         self.vlans.insert(id, Vlan::default());
+        // Stations trunks carried in the VLAN while it was unconfigured
+        // may sit on ports that are not members now.
+        self.macs.retain(|s| s.vlan != id, &mut self.events);
         self.fstp_vlan_created(id);
         Ok(())
     }
@@ -733,10 +829,10 @@ impl Switch {
     }
 
     fn check_vlan_port(&self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
-        if id > VLAN_MAX || p as usize >= self.ports.len() {
+        if id > VLAN_MAX || !self.ports.in_range(p) {
             return Err(ConfigError::Invalid);
         }
-        if !self.vlans.contains_key(&id) || self.ports[p as usize].is_none() {
+        if !self.vlans.contains_key(&id) || self.ports.get(p).is_none() {
             return Err(ConfigError::Missing);
         }
         Ok(())
@@ -745,7 +841,7 @@ impl Switch {
     /// Adds `p` to VLAN `id` as a tagged member.
     pub fn add_tagged(&mut self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
         self.check_vlan_port(id, p)?;
-        let port = self.ports[p as usize].as_mut().expect("checked");
+        let port = self.ports.get_mut(p).expect("checked");
         if port.untagged_vlan != id {
             port.tagged_vlans.insert(id);
             self.vlans.get_mut(&id).expect("checked").set_member(p, true);
@@ -757,7 +853,7 @@ impl Switch {
 
     pub fn remove_tagged(&mut self, id: VlanId, p: PortId) -> Result<(), ConfigError> {
         self.check_vlan_port(id, p)?;
-        let port = self.ports[p as usize].as_mut().expect("checked");
+        let port = self.ports.get_mut(p).expect("checked");
         if port.untagged_vlan == id {
             return Err(ConfigError::InUse);
         }
@@ -765,8 +861,8 @@ impl Switch {
             self.vlans.get_mut(&id).expect("checked").remove_member(p);
             self.macs.retain(|s| !(s.port == p && s.vlan == id), &mut self.events);
             self.refresh_vlan(id);
-            self.fstp_left(id, p);
         }
+        self.fstp_left(id, p);
         Ok(())
     }
 }

@@ -42,7 +42,7 @@ impl Lab {
             request,
             id: self.next_id,
             module: "unix prog",
-            description: format!("ep{}", self.next_id),
+            description: format!("ep{}", self.next_id).into_bytes(),
             user: Some(0),
             credentials: Credentials::default(),
         };
@@ -98,7 +98,7 @@ fn port_range_and_exhaustion() {
         request,
         id: 1,
         module: "unix prog",
-        description: String::new(),
+        description: Vec::new(),
         user: None,
         credentials: Credentials::default(),
     };
@@ -116,7 +116,7 @@ fn another_user_cannot_join_an_active_port() {
         request: PortRequest::Port(5),
         id: 99,
         module: "unix prog",
-        description: String::new(),
+        description: Vec::new(),
         user: Some(1000),
         credentials: Credentials { uid: 1000, gids: vec![1000] },
     };
@@ -130,7 +130,7 @@ fn abstract_clients_of_different_users_cannot_share_a_port() {
         request: PortRequest::Port(5),
         id: uid,
         module: "unix prog",
-        description: String::new(),
+        description: Vec::new(),
         user: None,
         credentials: Credentials { uid, gids: vec![uid] },
     };
@@ -148,7 +148,7 @@ fn acl_is_checked_with_kernel_credentials() {
         request: PortRequest::Port(5),
         id: 9,
         module: "unix prog",
-        description: String::new(),
+        description: Vec::new(),
         user: None,
         credentials: Credentials { uid: 1000, gids: vec![1000] },
     };
@@ -573,4 +573,88 @@ fn a_hub_floods_the_mirror_port_only_once() {
     let m = lab.plug(PortRequest::Port(3));
     lab.sw.set_mirror(3, true).unwrap();
     assert_eq!(lab.targets(a, &frame(mac(2), mac(1), 60)), [b, m]);
+}
+
+#[test]
+fn jumbo_frames_pass_up_to_the_mtu_plus_a_tagged_header() {
+    let mut lab = Lab::new();
+    lab.sw.set_mtu(9000);
+    let a = lab.plug(PortRequest::Any);
+    lab.plug(PortRequest::Any);
+    assert_eq!(lab.send(a, &frame(Mac::BROADCAST, mac(1), 9018)).len(), 1);
+    assert!(lab.send(a, &frame(Mac::BROADCAST, mac(1), 9019)).is_empty());
+    assert_eq!(lab.sw.port(1).unwrap().counters().drops(DropReason::Oversize), 1);
+}
+
+/// Three trunk ports and one plain port: VLAN 100 is not configured.
+fn trunk_lab() -> (Lab, [EndpointKey; 4]) {
+    let mut lab = Lab::new();
+    let plain = lab.plug(PortRequest::Port(4));
+    lab.sw.set_trunk_default(true);
+    lab.sw.set_trunk(4, false).unwrap();
+    let t: Vec<EndpointKey> = (1..=3).map(|p| lab.plug(PortRequest::Port(p))).collect();
+    (lab, [t[0], t[1], t[2], plain])
+}
+
+#[test]
+fn trunks_carry_unconfigured_vlans_tag_untouched_and_learn_per_vid() {
+    let (mut lab, [a, b, c, plain]) = trunk_lab();
+    let hello = tagged(Mac::BROADCAST, mac(1), 100, 64);
+    assert_eq!(lab.targets(a, &hello), vec![b, c], "flooded to the other trunks only");
+    assert!(lab.send(a, &hello).iter().all(|d| d.edit == Edit::AsIs));
+    let answer = tagged(mac(1), mac(2), 0x2000 | 100, 64);
+    assert_eq!(lab.send(b, &answer), vec![Delivery { endpoint: a, edit: Edit::AsIs }], "learned in VID 100");
+    assert_eq!(lab.targets(c, &tagged(mac(1), mac(3), 200, 64)), vec![a, b], "VID 200 has its own stations");
+    assert!(lab.targets(plain, &tagged(Mac::BROADCAST, mac(4), 100, 64)).is_empty(), "not from a plain port");
+    assert_eq!(lab.sw.port(4).unwrap().counters().drops(DropReason::NotMember), 1);
+    assert_eq!(lab.targets(a, &frame(Mac::BROADCAST, mac(1), 60)), vec![plain, b, c], "untagged as before");
+}
+
+#[test]
+fn configured_vlans_keep_their_rules_on_trunks() {
+    let (mut lab, [a, b, _, _]) = trunk_lab();
+    let learn = tagged(Mac::BROADCAST, mac(2), 100, 64);
+    lab.send(b, &learn);
+    lab.sw.create_vlan(100).unwrap();
+    assert!(lab.sw.mac_table().stations(lab.now).iter().all(|s| s.vlan != 100), "creating the VLAN forgets");
+    assert!(lab.targets(a, &tagged(mac(2), mac(1), 100, 64)).is_empty(), "port 1 is no member of VLAN 100");
+    lab.sw.add_tagged(100, 1).unwrap();
+    lab.sw.add_tagged(100, 2).unwrap();
+    assert_eq!(lab.targets(a, &tagged(Mac::BROADCAST, mac(1), 100, 64)), vec![b]);
+}
+
+#[test]
+fn a_port_leaving_trunk_mode_or_going_away_stops_carrying() {
+    let (mut lab, [a, b, c, _]) = trunk_lab();
+    lab.send(b, &tagged(Mac::BROADCAST, mac(2), 100, 64));
+    lab.sw.set_trunk(2, false).unwrap();
+    assert!(lab.sw.mac_table().is_empty(), "its stations in unconfigured VLANs are forgotten");
+    assert_eq!(lab.targets(a, &tagged(mac(2), mac(1), 100, 64)), vec![c]);
+    lab.sw.detach(c);
+    assert!(lab.targets(a, &tagged(Mac::BROADCAST, mac(1), 100, 64)).is_empty());
+    assert_eq!(lab.sw.set_trunk(9, true), Err(ConfigError::Missing));
+    assert_eq!(lab.sw.set_trunk(40, true), Err(ConfigError::Invalid));
+}
+
+#[test]
+fn without_trunks_unconfigured_vlans_are_dropped_as_before() {
+    let mut lab = Lab::new();
+    let a = lab.plug(PortRequest::Any);
+    lab.plug(PortRequest::Any);
+    assert!(lab.send(a, &tagged(Mac::BROADCAST, mac(1), 100, 64)).is_empty());
+    assert_eq!(lab.sw.port(1).unwrap().counters().drops(DropReason::NotMember), 1);
+}
+
+#[test]
+fn a_mirror_port_gets_frames_of_unconfigured_vlans_and_is_no_trunk_for_them() {
+    let (mut lab, [a, b, c, plain]) = trunk_lab();
+    lab.sw.set_mirror(3, true).unwrap();
+    let hello = tagged(Mac::BROADCAST, mac(1), 100, 64);
+    assert_eq!(
+        lab.send(a, &hello),
+        [Delivery { endpoint: b, edit: Edit::AsIs }, Delivery { endpoint: c, edit: Edit::AsIs }]
+    );
+    assert!(lab.targets(plain, &hello).is_empty());
+    lab.sw.set_mirror(3, false).unwrap();
+    assert_eq!(lab.targets(a, &hello), [b, c], "a trunk again");
 }

@@ -78,14 +78,19 @@ fn hash_line(mac: &Mac, vlan: u16, port: u32) -> String {
 
 /// The category and notification line (with trailing newline) for an
 /// event, or `None` for events that are logged rather than notified.
-pub fn format_event(event: &Event) -> Option<(Category, String)> {
+pub fn format_event(event: &Event) -> Option<(Category, Vec<u8>)> {
     let (category, message) = match event {
         Event::HashAdd { mac, vlan, port } => (Category::HashAdd, hash_line(mac, *vlan, *port)),
         Event::HashDel { mac, vlan, port } => (Category::HashDel, hash_line(mac, *vlan, *port)),
         Event::PortAdd(p) => (Category::PortAdd, format!("{p:02}")),
         Event::PortDel(p) => (Category::PortDel, format!("{p:02}")),
         Event::PortDescr { port, id, description } => {
-            (Category::PortDescr, format!("Port {port:02} FD {id:2} -> \"{description}\""))
+            // The description's bytes go out as the client sent them.
+            let i = info(Category::PortDescr);
+            let mut line = format!("3{:03o} {} Port {port:02} FD {id:2} -> \"", i.tag, i.path).into_bytes();
+            line.extend_from_slice(description);
+            line.extend_from_slice(b"\"\n");
+            return Some((Category::PortDescr, line));
         }
         Event::EndpointAdd { port, id } => (Category::EndpointAdd, format!("Port {port:02} FD {id:2}")),
         Event::EndpointDel { port, id } => (Category::EndpointDel, format!("Port {port:02} FD {id:2}")),
@@ -98,7 +103,7 @@ pub fn format_event(event: &Event) -> Option<(Category, String)> {
         Event::MacMoved { .. } => return None,
     };
     let i = info(category);
-    Some((category, format!("3{:03o} {} {}\n", i.tag, i.path, message)))
+    Some((category, format!("3{:03o} {} {}\n", i.tag, i.path, message).into_bytes()))
 }
 
 #[cfg(test)]
@@ -109,13 +114,13 @@ mod tests {
     fn formats_match_reference() {
         let mac = Mac([2, 0, 0, 0, 1, 0x2c]);
         let (_, line) = format_event(&Event::HashAdd { mac, vlan: 300, port: 25 }).unwrap();
-        assert_eq!(line, "3011 hash/+ 02:00:00:00:01:2c VLAN 2c:01 Port 25\n");
+        assert_eq!(line, b"3011 hash/+ 02:00:00:00:01:2c VLAN 2c:01 Port 25\n");
         let (_, line) = format_event(&Event::PortAdd(7)).unwrap();
-        assert_eq!(line, "3021 port/+ 07\n");
+        assert_eq!(line, b"3021 port/+ 07\n");
         let (_, line) = format_event(&Event::EndpointAdd { port: 1, id: 7 }).unwrap();
-        assert_eq!(line, "3031 port/ep/+ Port 01 FD  7\n");
-        let descr = Event::PortDescr { port: 1, id: 7, description: "clientA".into() };
-        assert_eq!(format_event(&descr).unwrap().1, "3023 port/descr Port 01 FD  7 -> \"clientA\"\n");
+        assert_eq!(line, b"3031 port/ep/+ Port 01 FD  7\n");
+        let descr = Event::PortDescr { port: 1, id: 7, description: b"caf\xe9".to_vec() };
+        assert_eq!(format_event(&descr).unwrap().1, b"3023 port/descr Port 01 FD  7 -> \"caf\xe9\"\n");
     }
 
     /// Lines captured from vde_switch 2.3.2 with `debug/add fstp`.
@@ -123,16 +128,16 @@ mod tests {
     fn fstp_formats_match_reference() {
         use crate::wire::BridgeId;
         let line = |e: Event| format_event(&e).unwrap().1;
-        assert_eq!(line(Event::FstpPortActive { port: 3, vlan: 0 }), "3041 fstp/+ Port 0003 VLAN 00:00\n");
-        assert_eq!(line(Event::FstpPortInactive { port: 2, vlan: 10 }), "3042 fstp/- Port 0002 VLAN 00:0a\n");
+        assert_eq!(line(Event::FstpPortActive { port: 3, vlan: 0 }), b"3041 fstp/+ Port 0003 VLAN 00:00\n");
+        assert_eq!(line(Event::FstpPortInactive { port: 2, vlan: 10 }), b"3042 fstp/- Port 0002 VLAN 00:0a\n");
         let root = BridgeId([0x00, 0x01, 0x02, 0, 0, 0, 0, 0x99]);
         assert_eq!(
             line(Event::FstpRoot { port: 3, vlan: 0, root }),
-            "3045 fstp/root Port 0003 VLAN 00:00 -> 00:01:02:00:00:00:00:99\n"
+            b"3045 fstp/root Port 0003 VLAN 00:00 -> 00:01:02:00:00:00:00:99\n"
         );
         let forwarding = Event::FstpStatus { port: 3, vlan: 0, state: PortState::Forwarding };
-        assert_eq!(line(forwarding), "3044 fstp/status Port 0003 VLAN 00:00 learning+forwarding\n");
+        assert_eq!(line(forwarding), b"3044 fstp/status Port 0003 VLAN 00:00 learning+forwarding\n");
         let blocked = Event::FstpStatus { port: 2, vlan: 0x10a, state: PortState::Discarding };
-        assert_eq!(line(blocked), "3044 fstp/status Port 0002 VLAN 01:0a discarding\n");
+        assert_eq!(line(blocked), b"3044 fstp/status Port 0002 VLAN 01:0a discarding\n");
     }
 }

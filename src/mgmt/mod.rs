@@ -14,7 +14,7 @@ mod commands;
 mod events;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use nix::errno::Errno;
 
@@ -112,7 +112,7 @@ pub trait CaptureDesk {
     /// Stops the capture of `port`; false if there is none.
     fn stop(&mut self, port: PortId) -> bool;
     /// One line per capture and per mirror port.
-    fn print(&self, out: &mut String);
+    fn print(&self, out: &mut Out);
 }
 
 /// Ports the console opens and closes itself (VXLAN), implemented by the
@@ -123,7 +123,53 @@ pub trait Uplinks {
     /// Closes the VXLAN port on switch port `port`.
     fn remove(&mut self, switch: &mut Switch, port: u32) -> Result<(), String>;
     /// Lists the VXLAN ports with the counters of each remote endpoint.
-    fn print(&mut self, switch: &Switch, out: &mut String);
+    fn print(&mut self, switch: &Switch, out: &mut Out);
+}
+
+/// A console reply. Bytes rather than text: client descriptions are
+/// printed as the clients sent them, UTF-8 or not, as vde_switch does.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Out(Vec<u8>);
+
+impl Out {
+    pub fn push_str(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn push(&mut self, c: char) {
+        self.push_str(c.encode_utf8(&mut [0; 4]));
+    }
+
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+impl fmt::Write for Out {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
 }
 
 /// Everything a command may look at or change, and what it leaves for the
@@ -186,7 +232,7 @@ pub fn status(result: Result<(), Errno>) -> String {
     }
 }
 
-fn status_line(out: &mut String, result: Result<(), Errno>) {
+fn status_line(out: &mut Out, result: Result<(), Errno>) {
     out.push_str(&status(result));
 }
 
@@ -201,7 +247,7 @@ fn lookup(line: &str) -> Option<(&'static Command, &str)> {
 
 /// Moves the events the engine produced so far into `ctx.events`, writing
 /// the lines this session subscribed to into `out`.
-fn collect_events(ctx: &mut Context, out: &mut String) {
+fn collect_events(ctx: &mut Context, out: &mut Out) {
     let events = ctx.switch.take_events();
     for event in events {
         notify(ctx, out, event);
@@ -211,11 +257,11 @@ fn collect_events(ctx: &mut Context, out: &mut String) {
 /// Reports one event: into `out` if this session subscribed to it, and to
 /// `ctx.events` for the others. Commands call it for events they produce
 /// themselves rather than through the engine.
-fn notify(ctx: &mut Context, out: &mut String, event: Event) {
+fn notify(ctx: &mut Context, out: &mut Out, event: Event) {
     if let Some((category, line)) = format_event(&event)
         && ctx.session.wants(category)
     {
-        out.push_str(&line);
+        out.push_bytes(&line);
     }
     ctx.events.push(event);
 }
@@ -275,15 +321,15 @@ pub fn prefetch(path: &str, read: impl Fn(&str) -> Result<String, Errno>) -> Scr
 }
 
 /// Runs one console line and returns the reply (without prompt).
-pub fn execute(ctx: &mut Context, line: &str) -> String {
-    let mut out = String::new();
+pub fn execute(ctx: &mut Context, line: &str) -> Out {
+    let mut out = Out::default();
     run_line(ctx, line, &mut out);
     out
 }
 
 /// Runs one line, appending its reply to `out`. Returns its status, or
 /// `None` for lines that print none (blanks, comments, ending the session).
-fn run_line(ctx: &mut Context, line: &str, out: &mut String) -> Option<Result<(), Errno>> {
+fn run_line(ctx: &mut Context, line: &str, out: &mut Out) -> Option<Result<(), Errno>> {
     let line = c_string(line);
     let line = line.strip_suffix('\n').unwrap_or(line);
     let line = line.trim_start_matches([' ', '\t']);
@@ -310,18 +356,18 @@ fn run_line(ctx: &mut Context, line: &str, out: &mut String) -> Option<Result<()
                 return None;
             }
             Action::Status(handler) => {
-                let mut body = String::new();
+                let mut body = Out::default();
                 let result = handler(ctx, args, &mut body);
                 collect_events(ctx, out);
-                out.push_str(&body);
+                out.push_bytes(body.as_bytes());
                 result
             }
             Action::Data(handler) => {
-                let mut body = String::new();
+                let mut body = Out::default();
                 let result = handler(ctx, args, &mut body);
                 collect_events(ctx, out);
                 out.push_str(DATA_HEADER);
-                out.push_str(&body);
+                out.push_bytes(body.as_bytes());
                 out.push_str(".\n");
                 result
             }
@@ -335,7 +381,7 @@ fn run_line(ctx: &mut Context, line: &str, out: &mut String) -> Option<Result<()
 /// reply; for an rc file nothing is echoed, the output is dropped and each
 /// failing command is logged as `FILE:LINE: command: error`. `name` is how
 /// the script is named in the echo and the log.
-pub fn run_script(ctx: &mut Context, name: &str, text: &str, out: &mut String) -> Result<(), Errno> {
+pub fn run_script(ctx: &mut Context, name: &str, text: &str, out: &mut Out) -> Result<(), Errno> {
     may_nest_script(ctx)?;
     if ctx.session.load_depth == 0 {
         ctx.session.script_lines_left = MAX_SCRIPT_LINES;
@@ -352,7 +398,7 @@ pub fn may_nest_script(ctx: &Context) -> Result<(), Errno> {
     if ctx.session.load_depth >= MAX_LOAD_DEPTH { Err(Errno::ELOOP) } else { Ok(()) }
 }
 
-fn run_script_lines(ctx: &mut Context, name: &str, text: &str, out: &mut String) -> Result<(), Errno> {
+fn run_script_lines(ctx: &mut Context, name: &str, text: &str, out: &mut Out) -> Result<(), Errno> {
     let rc_file = ctx.session.kind == SessionKind::RcFile;
     for (index, raw) in text.split_inclusive('\n').enumerate() {
         if ctx.session.script_lines_left == 0 {

@@ -48,7 +48,7 @@ impl Console {
         self.effects.extend(ctx.effects);
         self.events.extend(ctx.events);
         self.log.extend(ctx.log);
-        reply
+        String::from_utf8(reply.into_bytes()).expect("a reply of text")
     }
 
     /// Runs a line as the event loop does: the scripts a `load` needs are
@@ -60,16 +60,16 @@ impl Console {
         let reply = execute(&mut ctx, line);
         self.effects.extend(ctx.effects);
         self.log.extend(ctx.log);
-        reply
+        String::from_utf8(reply.into_bytes()).expect("a reply of text")
     }
 
     fn script(&mut self, name: &str, text: &str) -> (String, Result<(), Errno>) {
         let mut ctx = Context::new(&mut self.switch, &self.info, 5, &mut self.session);
-        let mut out = String::new();
+        let mut out = Out::default();
         let result = run_script(&mut ctx, name, text, &mut out);
         self.effects.extend(ctx.effects);
         self.log.extend(ctx.log);
-        (out, result)
+        (String::from_utf8(out.into_bytes()).expect("a reply of text"), result)
     }
 
     fn attach(&mut self, port: PortId, id: u32) {
@@ -77,7 +77,7 @@ impl Console {
             request: PortRequest::Port(port),
             id,
             module: "unix prog",
-            description: format!("client {id}"),
+            description: format!("client {id}").into_bytes(),
             user: Some(0),
             credentials: Credentials::default(),
         };
@@ -354,6 +354,28 @@ fn vxlan_commands_are_unlisted_and_need_a_running_switch() {
 }
 
 #[test]
+fn settrunk_is_an_unlisted_extension() {
+    let mut c = Console::new(SessionKind::Socket);
+    c.run("port/create 3");
+    assert_eq!(c.run("port/settrunk 3 1"), OK);
+    assert!(c.switch.port(3).unwrap().is_trunk());
+    assert_eq!(c.run("port/settrunk 3 0"), OK);
+    assert!(!c.switch.port(3).unwrap().is_trunk());
+    assert_eq!(c.run("port/settrunk 4 1"), "1006 No such device or address\n");
+    assert_eq!(c.run("port/settrunk 99 1"), "1022 Invalid argument\n");
+    assert_eq!(c.run("port/settrunk 3"), "1022 Invalid argument\n");
+    assert!(!c.run("help").contains("settrunk"), "help must stay vde_switch's");
+}
+
+#[test]
+fn create_0_is_refused_while_port_0_exists() {
+    let mut c = Console::new(SessionKind::Socket);
+    c.attach(0, 7);
+    assert_eq!(c.run("port/create 0"), "1017 File exists\n");
+    assert_eq!(c.run("port/create"), "1017 File exists\n");
+}
+
+#[test]
 fn scripts_loading_themselves_stop_at_a_line_budget() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fork.rc");
@@ -398,7 +420,14 @@ fn a_script_not_read_ahead_is_refused() {
     let mut c = Console::new(SessionKind::Socket);
     let mut ctx = Context::new(&mut c.switch, &c.info, 5, &mut c.session);
     ctx.scripts = Some(Scripts::from([("/a".to_string(), Ok("load /b\n".to_string()))]));
-    assert_eq!(execute(&mut ctx, "load /a"), "vde[/a]: load /b\n1105 No buffer space available\n1000 Success\n");
+    assert_eq!(
+        execute(&mut ctx, "load /a").as_bytes(),
+        b"vde[/a]: load /b\n1105 No buffer space available\n1000 Success\n"
+    );
     ctx.scripts = Some(Scripts::new());
-    assert_eq!(execute(&mut ctx, "load /etc/hostname"), "1105 No buffer space available\n", "no file is read in place");
+    assert_eq!(
+        execute(&mut ctx, "load /etc/hostname").as_bytes(),
+        b"1105 No buffer space available\n",
+        "no file is read in place"
+    );
 }

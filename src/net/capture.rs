@@ -21,7 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::ctl::Peer;
 use super::log;
 use crate::engine::PortId;
-use crate::mgmt::CaptureDesk;
+use crate::mgmt::{CaptureDesk, Out};
 
 /// Bytes of blocks a capture holds for a reader that is behind; frames
 /// that do not fit are dropped and counted.
@@ -389,7 +389,7 @@ impl CaptureDesk for Desk<'_> {
         self.captures.stop(port)
     }
 
-    fn print(&self, out: &mut String) {
+    fn print(&self, out: &mut Out) {
         use std::fmt::Write as _;
         for c in &self.captures.running {
             let kind = if c.fifo { "fifo" } else { "file" };

@@ -243,14 +243,14 @@ enum Origin {
 /// A command's reply, and whether it ended the console's session (no
 /// prompt follows then).
 struct Reply {
-    text: String,
+    text: Vec<u8>,
     ends_session: bool,
 }
 
 impl Reply {
     /// The answer to a line that is too long to be a command.
     fn refused() -> Reply {
-        Reply { text: mgmt::status(Err(Errno::EINVAL)), ends_session: false }
+        Reply { text: mgmt::status(Err(Errno::EINVAL)).into_bytes(), ends_session: false }
     }
 }
 
@@ -320,7 +320,7 @@ impl Server {
         ctx.scripts = Some(Scripts::new());
         ctx.capture = Some(&mut desk);
         ctx.uplinks = Some(&mut ports);
-        let mut discarded = String::new();
+        let mut discarded = mgmt::Out::default();
         if let Err(e) = mgmt::run_script(&mut ctx, &name, &text, &mut discarded) {
             ctx.log.push(format!("{name}: {}", mgmt::strerror(e)));
         }
@@ -460,7 +460,7 @@ impl Server {
     fn answer_session(&mut self, slot: usize, reply: Reply) -> bool {
         {
             let Some(session) = self.sessions.get_mut(slot) else { return false };
-            let mut bytes = reply.text.into_bytes();
+            let mut bytes = reply.text;
             if !reply.ends_session {
                 bytes.extend_from_slice(PROMPT.as_bytes());
             }
@@ -492,7 +492,7 @@ impl Server {
             Origin::Stdin => (Waiter::Stdin, None),
         };
         if !self.jobs.start(waiter, LOAD_TIME_LIMIT, move || Outcome::Scripts(prefetch_as(peer, path))) {
-            return Some(Reply { text: mgmt::status(Err(Errno::EAGAIN)), ends_session: false });
+            return Some(Reply { text: mgmt::status(Err(Errno::EAGAIN)).into_bytes(), ends_session: false });
         }
         match origin {
             Origin::Session(slot) => self.sessions.get_mut(slot)?.loading = Some(line.to_string()),
@@ -510,7 +510,7 @@ impl Server {
                 let path = mgmt::load_target(line).unwrap_or_default().to_string();
                 let secs = LOAD_TIME_LIMIT.as_secs();
                 self.console_lines.note(|| format!("load {path}: not read within {secs} s, abandoned"));
-                Reply { text: mgmt::status(Err(Errno::ETIMEDOUT)), ends_session: false }
+                Reply { text: mgmt::status(Err(Errno::ETIMEDOUT)).into_bytes(), ends_session: false }
             }
         }
     }
@@ -614,7 +614,7 @@ impl Server {
     }
 
     fn answer_stdin(&mut self, reply: Reply) {
-        log::console(ConsoleOut::Stdout, reply.text.as_bytes());
+        log::console(ConsoleOut::Stdout, &reply.text);
         // No prompt after `logout` (which keeps this console open) and
         // `shutdown`, as in the reference.
         if !reply.ends_session {
@@ -652,7 +652,7 @@ impl Server {
         };
         // The session was dropped while earlier events went out (it fell
         // too far behind): the command is not run, and nobody reads a reply.
-        let Some(state) = state else { return Reply { text: String::new(), ends_session: true } };
+        let Some(state) = state else { return Reply { text: Vec::new(), ends_session: true } };
         // As in run_rc_file: the captures are out of the data plane for
         // the command.
         let mut captures = std::mem::take(self.data.capture());
@@ -662,7 +662,7 @@ impl Server {
         ctx.scripts = Some(scripts);
         ctx.capture = Some(&mut desk);
         ctx.uplinks = Some(&mut ports);
-        let text = mgmt::execute(&mut ctx, line);
+        let text = mgmt::execute(&mut ctx, line).into_bytes();
         let Context { effects, events, log: lines, .. } = ctx;
         *self.data.capture() = captures;
         for line in lines {
@@ -732,7 +732,7 @@ impl Server {
                 if shown_to != Some(Origin::Session(slot))
                     && session.state.wants(category)
                     && !dead.contains(&slot)
-                    && !session.send_event(line.as_bytes())
+                    && !session.send_event(&line)
                 {
                     dead.push(slot);
                 }
@@ -743,7 +743,7 @@ impl Server {
                 && self.stdin.as_ref().is_some_and(|c| c.state.wants(category))
                 && log::backlog() <= log::CONSOLE_QUEUE_BYTES
             {
-                log::console(ConsoleOut::Stdout, line.as_bytes());
+                log::console(ConsoleOut::Stdout, &line);
             }
         }
         for slot in dead {

@@ -322,8 +322,18 @@ pub fn handshake(
 /// A client's description as it may appear on a console: control
 /// characters would let a client end a reply early or drive the terminal
 /// of whoever reads `port/print`, so they become `?`.
-fn printable(description: &[u8]) -> String {
-    String::from_utf8_lossy(description).chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+fn printable(description: &[u8]) -> Vec<u8> {
+    let mut shown = Vec::with_capacity(description.len());
+    for chunk in description.utf8_chunks() {
+        let mut buf = [0; 4];
+        for c in chunk.valid().chars() {
+            shown.extend_from_slice(if c.is_control() { b"?" } else { c.encode_utf8(&mut buf).as_bytes() });
+        }
+        // Bytes that are not UTF-8 are shown as sent, but those that are
+        // C1 controls in an 8-bit character set are not.
+        shown.extend(chunk.invalid().iter().map(|&b| if (0x80..0xa0).contains(&b) { b'?' } else { b }));
+    }
+    shown
 }
 
 /// Binds a socket at `path` with exactly `mode`: the mode is set on the
@@ -607,7 +617,14 @@ impl Server {
 
 #[cfg(test)]
 mod tests {
-    use super::modes;
+    use super::{modes, printable};
+
+    #[test]
+    fn descriptions_keep_their_bytes_but_not_control_characters() {
+        assert_eq!(printable(b"caf\xe9 \xc3\xa9t\xe9"), b"caf\xe9 \xc3\xa9t\xe9");
+        assert_eq!(printable(b"a\nb\x1b[2J\x7f"), b"a?b?[2J?");
+        assert_eq!(printable(b"c1 \xc2\x9b and \x9b"), b"c1 ? and ?");
+    }
 
     #[test]
     fn mode_derivation_matches_reference() {

@@ -61,7 +61,7 @@ use super::sys::BATCH;
 use super::transport::tap::Tap;
 use super::transport::vde::Vde;
 use super::transport::vxlan::Vxlan;
-use super::transport::{Arrival, Batch, DescId, PENDING, Registry, Sent, Transport, TransportId, Verdict};
+use super::transport::{Arrival, Batch, DescId, PENDING, Registry, Sent, Transport, TransportId, Verdict, buffer_size};
 use super::{Token, interest, log};
 use crate::engine::{Attach, Delivery, DropReason, Edit, EndpointKey, Outgoing, PortRequest, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
@@ -126,8 +126,10 @@ pub struct DataPlane {
     registry: Registry,
     links: Vec<Option<Link>>,
     rx: Batch,
-    /// The retagged copy of each frame, when some destination needs one.
-    edited: Box<[[u8; MAX_FRAME + VLAN_TAG_LEN]; BATCH]>,
+    /// The retagged copy of each frame, when some destination needs one:
+    /// `BATCH` slots of `edited_size` bytes.
+    edited: Vec<u8>,
+    edited_size: usize,
     edited_len: [usize; BATCH],
     decisions: Vec<Delivery>,
     /// The batch's deliveries in arrival order, then grouped by destination.
@@ -160,12 +162,21 @@ pub struct DataPlane {
 
 impl Default for DataPlane {
     fn default() -> Self {
+        DataPlane::new(MAX_FRAME)
+    }
+}
+
+impl DataPlane {
+    /// A data plane for frames of up to `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        let edited_size = max_frame + VLAN_TAG_LEN;
         DataPlane {
             transports: vec![Box::new(Vde::new(VDE)), Box::new(Tap::new(TAP)), Box::new(Vxlan::new(VXLAN))],
             registry: Registry::default(),
             links: Vec::new(),
-            rx: Batch::default(),
-            edited: Box::new([[0; MAX_FRAME + VLAN_TAG_LEN]; BATCH]),
+            rx: Batch::new(buffer_size(max_frame)),
+            edited: vec![0; BATCH * edited_size],
+            edited_size,
             edited_len: [0; BATCH],
             decisions: Vec::with_capacity(BATCH * 4),
             arrivals: Vec::with_capacity(BATCH * 4),
@@ -185,17 +196,13 @@ impl Default for DataPlane {
     }
 }
 
-/// The bytes of a queued delivery: the received frame, or its retagged copy.
-fn frame_of<'a>(
-    rx: &'a Batch,
-    edited: &'a [[u8; MAX_FRAME + VLAN_TAG_LEN]; BATCH],
-    edited_len: &[usize; BATCH],
-    q: &Queued,
-) -> &'a [u8] {
+/// The bytes of a queued delivery: the received frame, or its retagged
+/// copy (`edited` holds `BATCH` slots of `edited.len() / BATCH` bytes).
+fn frame_of<'a>(rx: &'a Batch, edited: &'a [u8], edited_len: &[usize; BATCH], q: &Queued) -> &'a [u8] {
     let i = q.frame as usize;
     match q.edit {
         Edit::AsIs => rx.frame(i),
-        Edit::Tag(_) | Edit::Untag => &edited[i][..edited_len[i]],
+        Edit::Tag(_) | Edit::Untag => &edited[i * (edited.len() / BATCH)..][..edited_len[i]],
     }
 }
 
@@ -331,7 +338,7 @@ impl DataPlane {
                     self.rx.retag(0..n, PENDING | local, key.0);
                 }
                 Err(e) => {
-                    log::log(&format!("{module} {description}: {e}"));
+                    log::log(&format!("{module} {}: {e}", String::from_utf8_lossy(&description)));
                     self.transports[transport].admit(local, None, &mut self.registry, epoll);
                 }
             }
@@ -523,7 +530,7 @@ impl DataPlane {
                 if let Some(ep) = switch.detach(endpoint)
                     && let Some(reason) = reason
                 {
-                    log::log(&format!("Closing {what} {}: {reason}", ep.description));
+                    log::log(&format!("Closing {what} {}: {reason}", String::from_utf8_lossy(&ep.description)));
                 }
                 self.remove(epoll, endpoint);
                 true
@@ -607,9 +614,10 @@ impl DataPlane {
             // The engine asks for at most one kind of rewrite per frame:
             // make that copy once, whatever the number of destinations.
             if let Some(edit) = self.decisions.iter().map(|d| d.edit).find(|e| *e != Edit::AsIs) {
+                let slot = &mut self.edited[i * self.edited_size..(i + 1) * self.edited_size];
                 self.edited_len[i] = match edit {
-                    Edit::Tag(tci) => push_tag(frame, tci, &mut self.edited[i]),
-                    _ => pop_tag(frame, &mut self.edited[i]),
+                    Edit::Tag(tci) => push_tag(frame, tci, slot),
+                    _ => pop_tag(frame, slot),
                 };
             }
             let queued = self.decisions.iter().map(|d| Queued { endpoint: d.endpoint, frame: i as u8, edit: d.edit });
@@ -1040,7 +1048,7 @@ mod tests {
                     request: PortRequest::Any,
                     id: u32::from(n),
                     module: "test",
-                    description: String::new(),
+                    description: Vec::new(),
                     user: None,
                     credentials: Credentials { uid: 0, gids: vec![0] },
                 })

@@ -77,6 +77,10 @@ pub struct Config {
     pub dgrams: Vec<PathBuf>,
     /// VXLAN ports to attach at start-up (`--vxlan SPEC`), in order.
     pub vxlans: Vec<VxlanSpec>,
+    /// Every port a transparent trunk (`--trunk`).
+    pub trunk: bool,
+    /// Largest frame payload (`--mtu`).
+    pub mtu: u32,
 }
 
 /// Why the switch stopped.
@@ -519,6 +523,9 @@ impl Server {
         let LoopHandles { epoll, signals, ticks, jobs } = handles;
         let mut switch = Switch::new(config.numports, config.hub, config.hash_size);
         switch.set_bridge_id(info.mac, info.priority);
+        switch.set_mtu(config.mtu);
+        switch.set_trunk_default(config.trunk);
+        let max_frame = switch.max_frame();
         if config.fstp {
             switch.set_fstp(true);
         }
@@ -536,7 +543,7 @@ impl Server {
             reserve: open_reserve(),
             jobs,
             lookups_waiting: VecDeque::new(),
-            data: DataPlane::default(),
+            data: DataPlane::new(max_frame),
             mgmt: None,
             sessions: Slab::new(),
             stdin: None,
@@ -591,11 +598,12 @@ impl Server {
     /// control socket's mode and group.
     fn open_qemu_sockets(&mut self, config: &Config) -> Result<(), Fatal> {
         let (mode, group) = (config.access.ctl_mode, config.access.group);
+        let max_frame = self.switch.max_frame();
         let epoll = &self.epoll;
         for path in &config.streams {
             self.data
                 .add_transport(|id, registry| {
-                    Ok(Box::new(transport::stream::Stream::open(id, path, mode, group, registry, epoll)?))
+                    Ok(Box::new(transport::stream::Stream::open(id, path, mode, group, max_frame, registry, epoll)?))
                 })
                 .map_err(|e| Fatal::new(1, format!("--stream {}: {}", path.display(), log::error_text(&e))))?;
         }

@@ -19,10 +19,9 @@ use crate::wire::ClientAddr;
 /// Most datagrams one batched call moves.
 pub const BATCH: usize = 64;
 
-/// The memory of a [`RecvBatch`]: the buffers and the `recvmmsg` headers
-/// that point into them, in one allocation.
-struct Slots<const N: usize> {
-    bufs: [[u8; N]; BATCH],
+/// The fixed-size memory of a [`RecvBatch`]: the `recvmmsg` headers and
+/// what they point at besides the buffers, in one allocation.
+struct Slots {
     iovs: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
     names: [libc::sockaddr_storage; BATCH],
@@ -34,21 +33,26 @@ struct Slots<const N: usize> {
 /// Room for one `SCM_CREDENTIALS` message and then some.
 const CONTROL_WORDS: usize = 8;
 
-/// Buffers for a batch of up to [`BATCH`] received frames of at most `N`
-/// bytes, with the `recvmmsg` headers that point at them built once: a
-/// frame at a time, setting up 64 headers per call cost more than the
-/// system call's own work for one frame. Each frame carries the endpoint
+/// Buffers for a batch of up to [`BATCH`] received frames of at most a
+/// given size, with the `recvmmsg` headers that point at them built once:
+/// a frame at a time, setting up 64 headers per call cost more than the
+/// system call's own work for one frame. The size is chosen at run time so
+/// that jumbo frames (`--mtu`) cost memory only where they are asked for.
+/// Each frame carries the endpoint
 /// it came from (set by the transport that received it) and where it
 /// starts in its buffer (a transport may leave its own header in front).
 ///
 /// The headers hold pointers into the buffers, and the kernel writes
 /// through them. So that no Rust reference ever invalidates those
-/// pointers, the memory is reached only through `base`, a raw pointer to
-/// an allocation no reference owns: every pointer the kernel or a method
-/// uses is derived from it, and references into it live at most as long
-/// as a borrow of the batch.
-pub struct RecvBatch<const N: usize> {
-    base: std::ptr::NonNull<Slots<N>>,
+/// pointers, the memory is reached only through `base` and `bufs`, raw
+/// pointers to allocations no reference owns: every pointer the kernel or
+/// a method uses is derived from them, and references into them live at
+/// most as long as a borrow of the batch.
+pub struct RecvBatch {
+    base: std::ptr::NonNull<Slots>,
+    /// `BATCH` buffers of `size` bytes, back to back.
+    bufs: std::ptr::NonNull<u8>,
+    size: usize,
     lens: [usize; BATCH],
     starts: [usize; BATCH],
     sources: [u32; BATCH],
@@ -56,22 +60,24 @@ pub struct RecvBatch<const N: usize> {
     control_lens: [usize; BATCH],
 }
 
-impl<const N: usize> Default for RecvBatch<N> {
-    fn default() -> Self {
+impl RecvBatch {
+    /// Buffers for frames of up to `size` bytes (longer ones are cut).
+    pub fn new(size: usize) -> Self {
+        let size = size.max(1);
         // SAFETY: every field of Slots is plain old data for which all-zero
-        // bytes are a valid value (empty buffers, null pointers, zero
-        // lengths).
-        let slots = unsafe { Box::<Slots<N>>::new_zeroed().assume_init() };
+        // bytes are a valid value (null pointers, zero lengths).
+        let slots = unsafe { Box::<Slots>::new_zeroed().assume_init() };
         let base = std::ptr::NonNull::from(Box::leak(slots));
+        let bufs = std::ptr::NonNull::from(Box::leak(vec![0u8; BATCH * size].into_boxed_slice())).cast::<u8>();
         let p = base.as_ptr();
         for i in 0..BATCH {
-            // SAFETY: `p` points at a live, exclusively owned Slots; the
-            // element pointers are projections of it, within its arrays,
-            // and no reference to any part of it exists.
+            // SAFETY: `p` and `bufs` point at live, exclusively owned
+            // allocations; the element pointers are projections of them,
+            // within their bounds, and no reference to any part exists.
             unsafe {
-                let buf = (&raw mut (*p).bufs).cast::<[u8; N]>().add(i);
+                let buf = bufs.as_ptr().add(i * size);
                 let iov = (&raw mut (*p).iovs).cast::<libc::iovec>().add(i);
-                iov.write(libc::iovec { iov_base: buf.cast(), iov_len: N });
+                iov.write(libc::iovec { iov_base: buf.cast(), iov_len: size });
                 let hdr = (&raw mut (*p).hdrs).cast::<libc::mmsghdr>().add(i);
                 (*hdr).msg_hdr.msg_iov = iov;
                 (*hdr).msg_hdr.msg_iovlen = 1;
@@ -79,6 +85,8 @@ impl<const N: usize> Default for RecvBatch<N> {
         }
         RecvBatch {
             base,
+            bufs,
+            size,
             lens: [0; BATCH],
             starts: [0; BATCH],
             sources: [0; BATCH],
@@ -86,21 +94,17 @@ impl<const N: usize> Default for RecvBatch<N> {
             control_lens: [0; BATCH],
         }
     }
-}
 
-impl<const N: usize> Drop for RecvBatch<N> {
-    fn drop(&mut self) {
-        // SAFETY: `base` came from Box::leak in `default` and is freed once.
-        drop(unsafe { Box::from_raw(self.base.as_ptr()) });
+    /// The size of each buffer: the longest frame a receive keeps whole.
+    pub fn size(&self) -> usize {
+        self.size
     }
-}
 
-impl<const N: usize> RecvBatch<N> {
-    fn buf_ptr(&self, i: usize) -> *mut [u8; N] {
+    fn buf_ptr(&self, i: usize) -> *mut u8 {
         assert!(i < BATCH);
-        // SAFETY: a projection within the allocation `base` points at; no
+        // SAFETY: a projection within the allocation `bufs` points at; no
         // reference is created.
-        unsafe { (&raw mut (*self.base.as_ptr()).bufs).cast::<[u8; N]>().add(i) }
+        unsafe { self.bufs.as_ptr().add(i * self.size) }
     }
 
     fn hdr_ptr(&self, i: usize) -> *mut libc::mmsghdr {
@@ -109,14 +113,14 @@ impl<const N: usize> RecvBatch<N> {
         unsafe { (&raw mut (*self.base.as_ptr()).hdrs).cast::<libc::mmsghdr>().add(i) }
     }
 
-    /// Frame `i` of the last call, cut to `N` bytes if it was longer.
+    /// Frame `i` of the last call, cut to the buffer size if it was longer.
     pub fn frame(&self, i: usize) -> &[u8] {
         let (start, len) = (self.starts[i], self.lens[i]);
-        // SAFETY: start + len <= N (kept by every setter); the bytes are
+        // SAFETY: start + len <= size (kept by every setter); the bytes are
         // initialised (zeroed at allocation) and nothing writes them while
         // `self` is borrowed shared, since the kernel writes only during
         // calls that take `&mut self`.
-        unsafe { std::slice::from_raw_parts(self.buf_ptr(i).cast::<u8>().add(start), len) }
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(i).add(start), len) }
     }
 
     /// The endpoint frame `i` came from, as the transport tagged it.
@@ -139,17 +143,17 @@ impl<const N: usize> RecvBatch<N> {
     }
 
     /// Buffer `i`, to receive a frame into by other means than `recv`.
-    pub fn buf_mut(&mut self, i: usize) -> &mut [u8; N] {
+    pub fn buf_mut(&mut self, i: usize) -> &mut [u8] {
         // SAFETY: the buffer is inside the allocation, initialised, and
         // borrowed from `&mut self`, so nothing else reaches it meanwhile.
-        unsafe { &mut *self.buf_ptr(i) }
+        unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(i), self.size) }
     }
 
     /// Sets frame `i` to `len` bytes of its buffer from `start`.
     pub fn set_frame(&mut self, i: usize, start: usize, len: usize) {
-        let start = start.min(N);
+        let start = start.min(self.size);
         self.starts[i] = start;
-        self.lens[i] = len.min(N - start);
+        self.lens[i] = len.min(self.size - start);
     }
 
     /// The sender address of frame `i` after [`RecvBatch::recv_from`]: the
@@ -244,9 +248,9 @@ impl<const N: usize> RecvBatch<N> {
     }
 
     fn recv_many(&mut self, fd: BorrowedFd, max: usize) -> io::Result<usize> {
-        // SAFETY: every header points at its own iovec over an N-byte
-        // buffer, all inside the allocation `base` owns and alive for the
-        // call, all derived from `base`; the kernel writes only the
+        // SAFETY: every header points at its own iovec over its own
+        // `size`-byte buffer, all inside the allocations `base` and `bufs`
+        // own and alive for the call, all derived from them; the kernel writes only the
         // buffers, the names, msg_len and the header's flag and length
         // fields.
         let n = unsafe {
@@ -290,6 +294,17 @@ impl<const N: usize> RecvBatch<N> {
             }
         }
         Ok(n)
+    }
+}
+
+impl Drop for RecvBatch {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `bufs` came from Box::leak in `new`, `bufs` as
+        // a slice of BATCH * size bytes, and are freed once.
+        unsafe {
+            drop(Box::from_raw(self.base.as_ptr()));
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.bufs.as_ptr(), BATCH * self.size)));
+        }
     }
 }
 
@@ -626,7 +641,7 @@ mod tests {
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
         assert_eq!(send_batch(a.as_fd(), refs[..1].iter().copied()).0, 1);
         assert_eq!(send_batch(a.as_fd(), refs[1..].iter().copied()).0, 4);
-        let mut rx = RecvBatch::<128>::default();
+        let mut rx = RecvBatch::new(128);
         assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 1);
         assert_eq!(rx.frame(0), &frames[0][..]);
         assert_eq!(rx.recv(b.as_fd(), BATCH).unwrap(), 4);
@@ -643,7 +658,7 @@ mod tests {
         a.send(&[7; 200]).unwrap();
         a.send(&[8; 200]).unwrap();
         a.send(&[9; 200]).unwrap();
-        let mut rx = RecvBatch::<128>::default();
+        let mut rx = RecvBatch::new(128);
         assert_eq!(rx.recv(b.as_fd(), 1).unwrap(), 1);
         assert_eq!(rx.frame(0), &[7; 128][..]);
         assert_eq!(rx.recv(b.as_fd(), BATCH).unwrap(), 2);
@@ -653,7 +668,7 @@ mod tests {
     #[test]
     fn a_batch_survives_being_moved() {
         let (a, b) = UnixDatagram::pair().unwrap();
-        let rx = RecvBatch::<64>::default();
+        let rx = RecvBatch::new(64);
         let mut moved = Box::new(rx);
         a.send(&[1, 2, 3]).unwrap();
         a.send(&[4, 5]).unwrap();

@@ -11,7 +11,7 @@ pub const VLAN_TAG_LEN: usize = 4;
 pub enum FrameError {
     #[error("frame shorter than {MIN_FRAME} bytes")]
     Runt,
-    #[error("frame longer than {MAX_FRAME} bytes")]
+    #[error("frame longer than the switch carries")]
     Oversize,
 }
 
@@ -23,9 +23,15 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     pub fn new_checked(bytes: &'a [u8]) -> Result<Self, FrameError> {
+        Frame::new_checked_up_to(bytes, MAX_FRAME)
+    }
+
+    /// Like [`Frame::new_checked`] with `max` bytes as the longest frame
+    /// (a switch configured for jumbo frames).
+    pub fn new_checked_up_to(bytes: &'a [u8], max: usize) -> Result<Self, FrameError> {
         if bytes.len() < MIN_FRAME {
             Err(FrameError::Runt)
-        } else if bytes.len() > MAX_FRAME {
+        } else if bytes.len() > max {
             Err(FrameError::Oversize)
         } else {
             Ok(Frame { bytes })

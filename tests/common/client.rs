@@ -90,10 +90,10 @@ pub fn unique_socket_path(dir: &Path) -> PathBuf {
 }
 
 /// A v3 request for the datagram socket bound at `socket_path`.
-pub fn v3_request(kind: RequestKind, port: u32, socket_path: &Path, descr: &str) -> Vec<u8> {
+pub fn v3_request(kind: RequestKind, port: u32, socket_path: &Path, descr: impl AsRef<[u8]>) -> Vec<u8> {
     let addr = reply_for_path(socket_path.as_os_str().as_bytes())
         .unwrap_or_else(|| panic!("{socket_path:?} does not fit in a sockaddr_un"));
-    Request::encode_v3(kind, port, &addr, descr.as_bytes())
+    Request::encode_v3(kind, port, &addr, descr.as_ref())
 }
 
 /// An attached endpoint. Dropping it closes both sockets (the switch then
@@ -112,13 +112,21 @@ impl Client {
     /// Attaches to port `port`, or to an automatically chosen port if
     /// `None`, with description `descr`. Panics if the switch refuses.
     pub fn connect(ctl_dir: &Path, port: Option<u32>, descr: &str) -> Client {
-        Client::try_connect(ctl_dir, RequestKind::NewControl, port.unwrap_or(0), descr)
-            .unwrap_or_else(|outcome| panic!("switch refused client {descr:?} (port {port:?}): {outcome:?}"))
+        Client::connect_as(ctl_dir, RequestKind::NewControl, port.unwrap_or(0), descr.as_bytes())
+    }
+
+    /// Attaches with a request of `kind` for `port` (`NewPort0` asks for
+    /// the management port 0) and a description of any bytes. Panics if
+    /// the switch refuses.
+    pub fn connect_as(ctl_dir: &Path, kind: RequestKind, port: u32, descr: &[u8]) -> Client {
+        Client::try_connect(ctl_dir, kind, port, descr).unwrap_or_else(|outcome| {
+            panic!("switch refused client {:?} ({kind:?}, port {port}): {outcome:?}", String::from_utf8_lossy(descr))
+        })
     }
 
     /// Sends a request of `kind` for `port` and returns the client, or how
     /// the switch reacted if it did not send a proper reply.
-    fn try_connect(ctl_dir: &Path, kind: RequestKind, port: u32, descr: &str) -> Result<Client, HandshakeOutcome> {
+    fn try_connect(ctl_dir: &Path, kind: RequestKind, port: u32, descr: &[u8]) -> Result<Client, HandshakeOutcome> {
         let socket_path = unique_socket_path(ctl_dir);
         let data =
             UnixDatagram::bind(&socket_path).unwrap_or_else(|e| panic!("bind client socket {socket_path:?}: {e}"));
@@ -136,7 +144,13 @@ impl Client {
         // A send blocks while the switch's receive queue is full; a switch
         // that stopped reading must fail the test, not hang it.
         data.set_write_timeout(Some(EVENT_TIMEOUT)).expect("set data write timeout");
-        Ok(Client { name: descr.to_owned(), data, socket_path, ctl: Some(ctl), switch_socket })
+        Ok(Client {
+            name: String::from_utf8_lossy(descr).into_owned(),
+            data,
+            socket_path,
+            ctl: Some(ctl),
+            switch_socket,
+        })
     }
 
     /// The switch's data socket this client talks to (`DIR/NNN.M`).

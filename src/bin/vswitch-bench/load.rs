@@ -14,6 +14,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vswitch::client::Client;
 use vswitch::net::sys::{BATCH, RecvBatch, send_batch};
 
+/// Receive buffer size: frames are only counted, so longer ones may be cut.
+const RX_SIZE: usize = 2048;
+
 /// What one measured run moved.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Traffic {
@@ -41,12 +44,12 @@ pub fn attach(dir: &Path, n: usize, description: &str) -> Result<Vec<Client>> {
 }
 
 /// One non-blocking pass over `clients`: a batch from each, counted.
-fn drain_once(clients: &[Client], rx: &mut RecvBatch<2048>) -> u64 {
+fn drain_once(clients: &[Client], rx: &mut RecvBatch) -> u64 {
     clients.iter().map(|c| rx.recv(c.data().as_fd(), BATCH).unwrap_or(0) as u64).sum()
 }
 
 fn drain(clients: &[Client]) {
-    let mut rx = RecvBatch::default();
+    let mut rx = RecvBatch::new(RX_SIZE);
     while drain_once(clients, &mut rx) > 0 {}
 }
 
@@ -78,7 +81,7 @@ fn repeated(frame: Vec<u8>) -> Vec<Vec<u8>> {
 /// per batch, and that cost more CPU than the switch being measured.
 fn exchange(senders: &[Client], batches: &[Vec<Vec<u8>>], receivers: &[Client], duration: Duration) -> Traffic {
     let batches: Vec<Vec<&[u8]>> = batches.iter().map(|b| b.iter().map(Vec::as_slice).collect()).collect();
-    let mut rx = RecvBatch::default();
+    let mut rx = RecvBatch::new(RX_SIZE);
     let (mut sent, mut received) = (0u64, 0u64);
     let started = Instant::now();
     let mut seconds = None;
@@ -290,7 +293,7 @@ pub fn dgram_pair(path: &Path, duration: Duration) -> Result<Traffic> {
     sender.connect(path)?;
     sender.set_nonblocking(true)?;
     receiver.set_nonblocking(true)?;
-    let mut rx = RecvBatch::<2048>::default();
+    let mut rx = RecvBatch::new(RX_SIZE);
     while rx.recv(receiver.as_fd(), BATCH).unwrap_or(0) > 0 {}
     let one = frame(mac(0, 2), mac(0, 1), 64);
     let batch: Vec<&[u8]> = vec![&one[..]; BATCH];

@@ -59,6 +59,8 @@ pub enum Workload {
     Pair1500,
     /// The 64-byte pair while vswitch captures every port to a file.
     Captured,
+    /// With `--mtu 9000`, which vde_switch does not have.
+    Pair9000,
     Broadcast8,
     Idle(usize),
     /// A pair with broadcasts, beside a client that never reads, or not.
@@ -73,6 +75,8 @@ pub enum Workload {
     /// testpmd's two virtio-user ports looping 64-byte frames through the
     /// switch's two vhost-user ports.
     VhostLoopback,
+    /// Started with `-n N`, no client attached.
+    RssPorts(u32),
 }
 
 impl Workload {
@@ -82,6 +86,7 @@ impl Workload {
             Workload::Pairs8 => "8 unicast pairs, 64 B".into(),
             Workload::Pair1500 => "unicast pair, 1500 B".into(),
             Workload::Captured => "unicast pair, 64 B, vswitch capturing every port to a file".into(),
+            Workload::Pair9000 => "unicast pair, 9000 B (--mtu 9000)".into(),
             Workload::Broadcast8 => "broadcast to 8, 64 B".into(),
             Workload::Idle(n) => format!("unicast pair + {n} idle ports"),
             Workload::Stalled(false) => "pair with broadcasts, all clients reading".into(),
@@ -92,17 +97,21 @@ impl Workload {
             Workload::DgramPair => "dgram pair, 64 B (--dgram)".into(),
             Workload::Vxlan64 => "VXLAN between two switches, one pair, 64 B".into(),
             Workload::VhostLoopback => "vhost-user loopback, 64 B".into(),
+            Workload::RssPorts(n) => format!("RSS with -n {n}, no clients"),
         }
     }
 
     pub fn targets(self) -> &'static [Kind] {
         match self {
-            Workload::Idle(_) | Workload::Stalled(_) | Workload::Rss1000 | Workload::Captured => {
-                &[Kind::Vswitch, Kind::VdeSwitch]
-            }
+            Workload::Idle(_)
+            | Workload::Stalled(_)
+            | Workload::Rss1000
+            | Workload::RssPorts(_)
+            | Workload::Captured => &[Kind::Vswitch, Kind::VdeSwitch],
             Workload::StreamPair | Workload::DgramPair => &[Kind::Vswitch],
             Workload::Vxlan64 => &[Kind::Vswitch, Kind::VdePlugVxlan],
             Workload::VhostLoopback => &[Kind::OvsDpdk, Kind::Floor],
+            Workload::Pair9000 => &[Kind::Vswitch, Kind::Floor],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor, Kind::TokioFloor],
         }
     }
@@ -163,8 +172,13 @@ fn run(
         // vde_switch has no capture: it runs as in the plain pair, the baseline.
         capture: workload == Workload::Captured && kind == Kind::Vswitch,
         qemu: matches!(workload, Workload::StreamPair | Workload::DgramPair),
+        mtu: (workload == Workload::Pair9000).then_some(9000),
     };
-    let sw = Switch::start(kind, (idle + 32) as u32, fanout, pin.then_some(target::SWITCH_CPU), extras)?;
+    let numports = match workload {
+        Workload::RssPorts(n) => n,
+        _ => (idle + 32) as u32,
+    };
+    let sw = Switch::start(kind, numports, fanout, pin.then_some(target::SWITCH_CPU), extras)?;
     let dir = sw.ctl_dir();
     let _idle_clients = load::attach(&dir, idle, "idle")?;
     let base_cpu = sw.cpu_time();
@@ -174,19 +188,25 @@ fn run(
         }
         Workload::Pairs8 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 8, 64, duration)?),
         Workload::Pair1500 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 1500, duration)?),
+        Workload::Pair9000 => traffic(&sw, base_cpu, load::unicast_pairs(&dir, 1, 9000, duration)?),
         Workload::Broadcast8 => traffic(&sw, base_cpu, load::broadcast(&dir, 8, duration)?),
         Workload::Stalled(stalled) => {
             traffic(&sw, base_cpu, load::pair_beside_stalled_client(&dir, stalled, duration)?)
         }
         Workload::Latency => bail!("round trips are measured on all targets at once"),
         Workload::VhostLoopback => bail!("the vhost-user loopback has no socket switch"),
-        Workload::Rss1000 => Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() },
+        Workload::Rss1000 | Workload::RssPorts(_) => {
+            Measurement { rss_kib: sw.rss_kib() as f64, ..Measurement::default() }
+        }
         Workload::StreamPair => traffic(&sw, base_cpu, load::stream_pair(&sw.stream_path(), duration)?),
         Workload::DgramPair => traffic(&sw, base_cpu, load::dgram_pair(&sw.dgram_path(), duration)?),
         Workload::Vxlan64 => bail!("the VXLAN workload runs its own switches"),
     };
     Ok(measured)
 }
+
+/// The `-n` values of the memory rows: the default, a large lab, the most.
+const RSS_PORTS: [u32; 3] = [32, 1024, 65535];
 
 /// Where the round-trip workload runs, switches and clients alike.
 const ROUND_TRIP_CPU: usize = target::LOAD_CPU;
@@ -260,9 +280,11 @@ fn main() -> Result<()> {
     }
     let duration = Duration::from_secs_f64(args.seconds);
     let mut workloads =
-        vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Captured, Workload::Broadcast8];
+        vec![Workload::Pair64, Workload::Pairs8, Workload::Pair1500, Workload::Pair9000, Workload::Captured];
+    workloads.push(Workload::Broadcast8);
     workloads.extend(args.idle.iter().map(|&n| Workload::Idle(n)));
     workloads.extend([Workload::Stalled(false), Workload::Stalled(true), Workload::Latency, Workload::Rss1000]);
+    workloads.extend(RSS_PORTS.map(Workload::RssPorts));
     workloads.extend([Workload::StreamPair, Workload::DgramPair]);
     if nix::unistd::Uid::effective().is_root() {
         workloads.push(Workload::Vxlan64);

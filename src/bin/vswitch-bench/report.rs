@@ -142,12 +142,18 @@ pub fn table(workloads: &[Workload], records: &[Record]) -> String {
                     );
                 }
             }
-            Workload::Rss1000 => {
+            Workload::Rss1000 | Workload::RssPorts(_) => {
                 for &k in &[Kind::Vswitch, Kind::VdeSwitch] {
                     let _ = writeln!(out, "  {:<11} {:>8.0} KiB", k.name(), get(k, |m| m.rss_kib).median);
                 }
                 let (a, b) = (get(Kind::Vswitch, |m| m.rss_kib), get(Kind::VdeSwitch, |m| m.rss_kib));
                 let _ = writeln!(out, "  vswitch / vde_switch: {}", ratio(a.median, b.median));
+                if let Workload::RssPorts(n) = w
+                    && n != 32
+                {
+                    let default = field(records, Workload::RssPorts(32), Kind::Vswitch, |m| m.rss_kib).median;
+                    let _ = writeln!(out, "  vswitch with -n {n} / with -n 32: {}", ratio(a.median, default));
+                }
             }
             _ => {
                 let _ = writeln!(

@@ -115,6 +115,8 @@ pub fn find_binaries() -> Result<()> {
 pub struct Extras {
     pub capture: bool,
     pub qemu: bool,
+    /// `--mtu`, for vswitch and the floor (vde_switch has no such option).
+    pub mtu: Option<u32>,
 }
 
 impl Switch {
@@ -122,7 +124,7 @@ impl Switch {
     /// `extras`: a capturing vswitch writes every port's frames to a file in
     /// its directory from the start (an rc file's `capture/start 0`); with
     /// `qemu` it also serves `--stream` and `--dgram` sockets (see
-    /// [`Switch::stream_path`]).
+    /// [`Switch::stream_path`]); `mtu` is passed on as `--mtu`.
     pub fn start(kind: Kind, numports: u32, fanout: Fanout, cpu: Option<usize>, extras: Extras) -> Result<Switch> {
         Switch::start_in(kind, numports, fanout, cpu, extras, None, &[])
     }
@@ -142,6 +144,7 @@ impl Switch {
         let sw = dir.path().join("sw");
         let pidfile = dir.path().join("sw.pid");
         let ports = numports.to_string();
+        let mtu: Vec<String> = extras.mtu.map(|m| vec!["--mtu".into(), m.to_string()]).unwrap_or_default();
         let mut child = None;
         match kind {
             Kind::Floor | Kind::TokioFloor => {
@@ -150,6 +153,7 @@ impl Switch {
                 let c = Command::new(sibling("vswitch-floor")?)
                     .arg(&sw)
                     .args(["--fanout", mode, "--runtime", runtime])
+                    .args(&mtu)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .spawn()
@@ -184,6 +188,7 @@ impl Switch {
                     .arg(&pidfile)
                     .args(["-n", &ports, "-d"])
                     .args(extra)
+                    .args(&mtu)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())

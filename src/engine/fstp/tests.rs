@@ -71,7 +71,7 @@ impl Net {
             request: PortRequest::Port(port),
             id: self.next_id,
             module: "unix prog",
-            description: String::new(),
+            description: Vec::new(),
             user: Some(0),
             credentials: Credentials::default(),
         };

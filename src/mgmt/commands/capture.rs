@@ -7,14 +7,14 @@ use nix::errno::Errno;
 
 use super::errno;
 use crate::engine::PortId;
-use crate::mgmt::Context;
 use crate::mgmt::args::ints;
+use crate::mgmt::{Context, Out};
 
 /// The word after a capture's file name that allows replacing a regular
 /// file already there.
 const OVERWRITE: &str = "overwrite";
 
-pub fn setmirror(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setmirror(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let [port, flag] = ints::<2>(args)?;
     ctx.switch.set_mirror(port, flag != 0).map_err(errno)
 }
@@ -32,7 +32,7 @@ fn capture_port(ctx: &Context, word: &str) -> Result<PortId, Errno> {
 /// `capture/start PORT FILE [overwrite]`: the file name is the rest of the
 /// line, so it may hold blanks; a final word `overwrite` (after a name)
 /// allows replacing an existing regular file.
-pub fn start(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn start(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     let args = args.trim_end();
     let (word, rest) = args.split_once([' ', '\t']).ok_or(Errno::EINVAL)?;
     let port = capture_port(ctx, word)?;
@@ -51,13 +51,13 @@ pub fn start(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errn
     })
 }
 
-pub fn stop(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn stop(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let port = capture_port(ctx, args.trim())?;
     let desk = ctx.capture.as_mut().ok_or(Errno::ENOSYS)?;
     if desk.stop(port) { Ok(()) } else { Err(Errno::ENOENT) }
 }
 
-pub fn print(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn print(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     if let Some(desk) = &ctx.capture {
         desk.print(out);
     }

@@ -7,14 +7,14 @@ use std::fmt::Write as _;
 use nix::errno::Errno;
 
 use crate::mgmt::events::HIDDEN_CATEGORIES;
-use crate::mgmt::{CATEGORIES, Context};
+use crate::mgmt::{CATEGORIES, Context, Out};
 
 /// Bit mask of the listed categories whose path starts with `prefix`.
 fn matching(prefix: &str) -> u32 {
     CATEGORIES.iter().filter(|c| c.path.starts_with(prefix)).fold(0, |mask, c| mask | 1 << c.category as u32)
 }
 
-pub fn list(ctx: &mut Context, prefix: &str, out: &mut String) -> Result<(), Errno> {
+pub fn list(ctx: &mut Context, prefix: &str, out: &mut Out) -> Result<(), Errno> {
     out.push_str("CATEGORY               TAG STATUS HELP\n");
     out.push_str("------------           --- ------ ----\n");
     let mask = matching(prefix);
@@ -26,7 +26,7 @@ pub fn list(ctx: &mut Context, prefix: &str, out: &mut String) -> Result<(), Err
 }
 
 /// No category matches → `EINVAL`; all matching ones already on → `EEXIST`.
-pub fn add(ctx: &mut Context, prefix: &str, _: &mut String) -> Result<(), Errno> {
+pub fn add(ctx: &mut Context, prefix: &str, _: &mut Out) -> Result<(), Errno> {
     let mask = matching(prefix);
     if mask == 0 {
         return Err(Errno::EINVAL);
@@ -40,7 +40,7 @@ pub fn add(ctx: &mut Context, prefix: &str, _: &mut String) -> Result<(), Errno>
 
 /// No category matches → `EINVAL`; none of the matching ones on →
 /// `ENOENT`. Unlike `add`, this also matches the hidden categories.
-pub fn del(ctx: &mut Context, prefix: &str, _: &mut String) -> Result<(), Errno> {
+pub fn del(ctx: &mut Context, prefix: &str, _: &mut Out) -> Result<(), Errno> {
     let mask = matching(prefix);
     if mask == 0 && !HIDDEN_CATEGORIES.iter().any(|path| path.starts_with(prefix)) {
         return Err(Errno::EINVAL);

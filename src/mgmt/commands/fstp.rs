@@ -7,10 +7,10 @@ use nix::errno::Errno;
 
 use super::errno;
 use crate::engine::{PORT_COST, Switch, VLAN_MAX, VlanId};
-use crate::mgmt::Context;
 use crate::mgmt::args::{atoi, ints, optional};
+use crate::mgmt::{Context, Out};
 
-pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn showinfo(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     let p = ctx.info.priority;
     let _ = writeln!(out, "MAC {} Priority {p} (0x{p:x})", ctx.info.mac);
     let _ = writeln!(out, "FSTP={}", ctx.switch.fstp().enabled());
@@ -19,7 +19,7 @@ pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errn
 
 /// In hub mode vde_switch refuses in the data block (still `Success`),
 /// whatever the argument, turning it off included.
-pub fn setfstp(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn setfstp(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     let on = atoi(args)? != 0;
     if ctx.switch.is_hub() || !ctx.switch.set_fstp(on) {
         out.push_str("Can't use fstp in hub mode\n");
@@ -27,13 +27,13 @@ pub fn setfstp(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Er
     Ok(())
 }
 
-pub fn setedge(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setedge(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let [vlan, port, edge] = ints::<3>(args)?;
     let vlan = VlanId::try_from(vlan).map_err(|_| Errno::EINVAL)?;
     ctx.switch.set_fstp_edge(vlan, port, edge != 0).map_err(errno)
 }
 
-pub fn bonus(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn bonus(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let [vlan, port, cost] = ints::<3>(args)?;
     let vlan = VlanId::try_from(vlan).map_err(|_| Errno::EINVAL)?;
     ctx.switch.set_fstp_bonus(vlan, port, cost).map_err(errno)
@@ -42,7 +42,7 @@ pub fn bonus(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno>
 /// One VLAN's tree. The header words are separated by single spaces even
 /// when empty, so a non-root switch with FSTP on prints two trailing
 /// spaces. Numbers are printed as the reference's C `int`s.
-fn vlan_block(out: &mut String, sw: &Switch, id: VlanId, now: u64) {
+fn vlan_block(out: &mut Out, sw: &Switch, id: VlanId, now: u64) {
     let fstp = sw.fstp();
     let Some(tree) = fstp.tree(id) else { return };
     let root_switch = if tree.root() == fstp.bridge_id() { "ROOTSWITCH" } else { "" };
@@ -65,7 +65,7 @@ fn vlan_block(out: &mut String, sw: &Switch, id: VlanId, now: u64) {
     }
 }
 
-pub fn print(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn print(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     let sw = &ctx.switch;
     match optional(args)? {
         Some(v) if v > u32::from(VLAN_MAX) => Err(Errno::EINVAL),

@@ -6,13 +6,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use nix::errno::Errno;
 
 use super::COMMANDS;
-use crate::mgmt::{BANNER, Context, may_nest_script, run_script};
+use crate::mgmt::{BANNER, Context, Out, may_nest_script, run_script};
 
 /// Scripts larger than this are refused rather than read into memory.
 const MAX_SCRIPT_BYTES: u64 = 1 << 20;
 
-pub fn help(_: &mut Context, prefix: &str, out: &mut String) -> Result<(), Errno> {
-    let row = |out: &mut String, a: &str, b: &str, c: &str| {
+pub fn help(_: &mut Context, prefix: &str, out: &mut Out) -> Result<(), Errno> {
+    let row = |out: &mut Out, a: &str, b: &str, c: &str| {
         let _ = writeln!(out, "{a:<18} {b:<15} {c}");
     };
     row(out, "COMMAND PATH", "SYNTAX", "HELP");
@@ -23,7 +23,7 @@ pub fn help(_: &mut Context, prefix: &str, out: &mut String) -> Result<(), Errno
     Ok(())
 }
 
-pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn showinfo(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     let i = ctx.info;
     let _ = writeln!(out, "{BANNER}\npid {} MAC {} uptime {}", i.pid, i.mac, ctx.now);
     if let Some((path, mode)) = &i.mgmt {
@@ -32,7 +32,7 @@ pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errn
     Ok(())
 }
 
-pub fn ds_showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn ds_showinfo(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     let _ = writeln!(out, "ctl dir {}\nstd mode 0{:03o}", ctx.info.ctl_dir, ctx.info.ctl_mode);
     Ok(())
 }
@@ -67,7 +67,7 @@ pub fn read_script(path: &str) -> Result<String, Errno> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-pub fn load(ctx: &mut Context, path: &str, out: &mut String) -> Result<(), Errno> {
+pub fn load(ctx: &mut Context, path: &str, out: &mut Out) -> Result<(), Errno> {
     may_nest_script(ctx)?;
     let text = match &ctx.scripts {
         Some(scripts) => scripts.get(path).cloned().unwrap_or(Err(Errno::ENOBUFS))?,
@@ -76,19 +76,19 @@ pub fn load(ctx: &mut Context, path: &str, out: &mut String) -> Result<(), Errno
     run_script(ctx, path, &text, out)
 }
 
-pub fn plugin_list(_: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn plugin_list(_: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     out.push_str("NAME                   HELP\n------------           ----\n");
     Err(Errno::ENOENT)
 }
 
 /// vswitch loads no shared-object plugins; the commands answer as the
 /// reference does when the plugin cannot be found.
-pub fn plugin_unavailable(_: &mut Context, _: &str, _: &mut String) -> Result<(), Errno> {
+pub fn plugin_unavailable(_: &mut Context, _: &str, _: &mut Out) -> Result<(), Errno> {
     Err(Errno::ENOENT)
 }
 
 /// Like [`plugin_unavailable`], except for an empty name: vde_switch's
 /// `dlopen("")` opens the switch itself, which is no plugin (`EINVAL`).
-pub fn plugin_add(ctx: &mut Context, name: &str, out: &mut String) -> Result<(), Errno> {
+pub fn plugin_add(ctx: &mut Context, name: &str, out: &mut Out) -> Result<(), Errno> {
     if name.is_empty() { Err(Errno::EINVAL) } else { plugin_unavailable(ctx, name, out) }
 }

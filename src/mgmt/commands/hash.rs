@@ -4,10 +4,10 @@ use nix::errno::Errno;
 
 use crate::engine::Station;
 use crate::engine::bucket_count;
-use crate::mgmt::Context;
 use crate::mgmt::args::{atoi, mac_and_vlan};
+use crate::mgmt::{Context, Out};
 
-pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn showinfo(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     let t = ctx.switch.mac_table();
     let _ = writeln!(
         out,
@@ -22,7 +22,7 @@ pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errn
 
 /// Resizes and flushes the table; like vde_switch, a size that is not a
 /// power of two is rounded up with a log line saying so.
-pub fn setsize(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setsize(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let n = atoi(args)?;
     let rounded = bucket_count(n.into()).ok_or(Errno::EINVAL)?;
     if rounded != n {
@@ -32,24 +32,24 @@ pub fn setsize(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errn
     Ok(())
 }
 
-pub fn setgcint(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setgcint(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     ctx.switch.mac_table_mut().gc_interval = atoi(args)?.into();
     Ok(())
 }
 
-pub fn setexpire(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setexpire(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     ctx.switch.mac_table_mut().expire = atoi(args)?.into();
     Ok(())
 }
 
-pub fn setminper(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setminper(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     ctx.switch.mac_table_mut().min_persistence = atoi(args)?.into();
     Ok(())
 }
 
 /// `shown_port` is what the line prints as the port: `hash/find` prints the
 /// port plus one, as the reference does.
-fn station_line(out: &mut String, s: &Station, shown_port: u32) {
+fn station_line(out: &mut Out, s: &Station, shown_port: u32) {
     let _ = writeln!(
         out,
         "Hash: {:04} Addr: {} VLAN {:04} to port: {:03}  age {} secs",
@@ -57,14 +57,14 @@ fn station_line(out: &mut String, s: &Station, shown_port: u32) {
     );
 }
 
-pub fn print(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn print(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     for s in ctx.switch.mac_table().stations(ctx.now) {
         station_line(out, &s, s.port);
     }
     Ok(())
 }
 
-pub fn find(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn find(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     let (mac, vlan) = mac_and_vlan(args)?;
     // No station is ever learned in a VLAN beyond 16 bits: simply not found.
     let vlan = u16::try_from(vlan).map_err(|_| Errno::ENODEV)?;

@@ -14,10 +14,10 @@ use nix::errno::Errno;
 
 pub use global::read_script;
 
-use super::{Context, Effect};
+use super::{Context, Effect, Out};
 
 /// Runs a command with its argument text, writing output to the buffer.
-pub type Handler = fn(&mut Context, &str, &mut String) -> Result<(), Errno>;
+pub type Handler = fn(&mut Context, &str, &mut Out) -> Result<(), Errno>;
 
 /// What running a command does.
 #[derive(Clone, Copy)]
@@ -143,6 +143,7 @@ pub static EXTENSIONS: &[Command] = &[
     data("vxlan/add", "SPEC", "join a VXLAN: id=VNI,remote=ADDR|group=MCAST,dev=IFACE,...", vxlan::add),
     cmd("vxlan/del", "N", "close the VXLAN port N", vxlan::del),
     data("vxlan/print", "", "VXLAN ports and their remote endpoints", vxlan::print),
+    cmd("port/settrunk", "N 0/1", "transparent trunk for unconfigured VLANs 1=Y 0=N", port::settrunk),
 ];
 
 /// Maps engine configuration errors to the errno the reference reports.

@@ -6,30 +6,30 @@ use nix::unistd::{Gid, Group, Uid, User};
 use super::errno;
 use crate::engine::{DropReason, Event, Port, PortId, Switch};
 use crate::mgmt::args::{atoi, ints, optional, port_and_name};
-use crate::mgmt::{Context, Effect, notify};
+use crate::mgmt::{Context, Effect, Out, notify};
 
-pub fn showinfo(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn showinfo(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     let sw = &ctx.switch;
     let _ = writeln!(out, "Numports={}\nHUB={}\ncounters=true", sw.numports(), sw.is_hub());
     Ok(())
 }
 
-pub fn setnumports(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setnumports(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     ctx.switch.set_numports(atoi(args)?).map_err(errno)
 }
 
-pub fn sethub(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn sethub(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     ctx.switch.set_hub(atoi(args)? != 0);
     Ok(())
 }
 
-pub fn setvlan(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setvlan(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let [port, vlan] = ints::<2>(args)?;
     let vlan = u16::try_from(vlan).map_err(|_| Errno::EINVAL)?;
     ctx.switch.set_port_vlan(port, vlan).map_err(errno)
 }
 
-pub fn createauto(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn createauto(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     let p = ctx.switch.create_auto_port().map_err(errno)?;
     let _ = writeln!(out, "Port {p:04}");
     Ok(())
@@ -37,21 +37,30 @@ pub fn createauto(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Er
 
 /// `port/create 0` (also `0x14`, which `atoi` reads as 0) does not create
 /// port 0: vde_switch's allocator takes 0 to mean "any", so it reserves the
-/// lowest allocatable port like `port/createauto`, silently.
-pub fn create(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+/// lowest allocatable port like `port/createauto`, silently. Like any
+/// other number, though, it is refused while port 0 exists.
+pub fn create(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     match atoi(args)? {
+        0 if ctx.switch.port(0).is_some() => Err(Errno::EEXIST),
         0 => ctx.switch.create_auto_port().map(drop).map_err(errno),
         n => ctx.switch.create_explicit_port(n).map_err(errno),
     }
 }
 
-pub fn remove(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn remove(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     ctx.switch.remove_port(atoi(args)?).map_err(errno)
 }
 
-pub fn allocatable(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn allocatable(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let [port, flag] = ints::<2>(args)?;
     ctx.switch.set_allocatable(port, flag != 0).map_err(errno)
+}
+
+/// vswitch's own `port/settrunk N 0/1` (also from rc files): tagged frames
+/// of VLANs the switch has not configured cross the port's trunk siblings.
+pub fn settrunk(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
+    let [port, flag] = ints::<2>(args)?;
+    ctx.switch.set_trunk(port, flag != 0).map_err(errno)
 }
 
 /// A user or group, resolved in vde_switch's order: a name; else, when it
@@ -70,14 +79,14 @@ fn principal(name: &str, by_name: impl Fn(&str) -> Option<u32>) -> Result<Option
 }
 
 /// The port is checked before the name is resolved, as in vde_switch.
-pub fn setuser(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setuser(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let (port, name) = port_and_name(args)?;
     ctx.switch.port(port).map(drop).ok_or_else(|| missing_port(ctx.switch, port))?;
     let user = principal(name, |n| User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()))?;
     ctx.switch.set_acl_user(port, user).map_err(errno)
 }
 
-pub fn setgroup(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn setgroup(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     let (port, name) = port_and_name(args)?;
     ctx.switch.port(port).map(drop).ok_or_else(|| missing_port(ctx.switch, port))?;
     let group = principal(name, |n| Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()))?;
@@ -89,7 +98,7 @@ fn missing_port(sw: &Switch, p: PortId) -> Errno {
     if p >= sw.numports() { Errno::EINVAL } else { Errno::ENXIO }
 }
 
-pub fn epclose(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn epclose(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     let [port, id] = ints::<2>(args)?;
     if port >= ctx.switch.numports() {
         return Err(Errno::EINVAL);
@@ -109,7 +118,7 @@ pub fn epclose(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Er
     Ok(())
 }
 
-pub fn resetcounter(ctx: &mut Context, args: &str, _: &mut String) -> Result<(), Errno> {
+pub fn resetcounter(ctx: &mut Context, args: &str, _: &mut Out) -> Result<(), Errno> {
     ctx.switch.reset_counters(optional(args)?).map_err(errno)
 }
 
@@ -127,7 +136,7 @@ fn group_name(gid: Option<u32>) -> String {
     }
 }
 
-fn port_block(out: &mut String, sw: &Switch, id: PortId, port: &Port) {
+fn port_block(out: &mut Out, sw: &Switch, id: PortId, port: &Port) {
     let c = port.counters();
     let acl = port.acl();
     let _ = writeln!(
@@ -147,17 +156,19 @@ fn port_block(out: &mut String, sw: &Switch, id: PortId, port: &Port) {
     let _ = writeln!(out, " IN:  pkts {:10}          bytes {:20}", c.in_pkts, c.in_bytes);
     let _ = writeln!(out, " OUT: pkts {:10}          bytes {:20}", c.out_pkts, c.out_bytes);
     for ep in port.endpoints().filter_map(|k| sw.endpoint(k)) {
-        let _ = writeln!(out, "  -- endpoint ID {:04} module {:<12}: {}", ep.id, ep.module, ep.description);
+        let _ = write!(out, "  -- endpoint ID {:04} module {:<12}: ", ep.id, ep.module);
+        out.push_bytes(&ep.description);
+        out.push('\n');
     }
 }
 
-type PortWriter = fn(&mut String, &Switch, PortId, &Port);
+type PortWriter = fn(&mut Out, &Switch, PortId, &Port);
 
 /// Writes port `[N]`, or every port, with `write`.
 fn print_ports(
     ctx: &mut Context,
     args: &str,
-    out: &mut String,
+    out: &mut Out,
     inactive_too: bool,
     write: PortWriter,
 ) -> Result<(), Errno> {
@@ -179,15 +190,15 @@ fn print_ports(
     }
 }
 
-pub fn print(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn print(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     print_ports(ctx, args, out, false, port_block)
 }
 
-pub fn allprint(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn allprint(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     print_ports(ctx, args, out, true, port_block)
 }
 
-fn drops_line(out: &mut String, _: &Switch, id: PortId, port: &Port) {
+fn drops_line(out: &mut Out, _: &Switch, id: PortId, port: &Port) {
     let _ = write!(out, "Port {id:04}");
     for reason in DropReason::ALL {
         let _ = write!(out, " {}={}", reason.name(), port.counters().drops(reason));
@@ -197,6 +208,6 @@ fn drops_line(out: &mut String, _: &Switch, id: PortId, port: &Port) {
 
 /// vswitch's own `port/drops [N]`: frames each port did not deliver, by
 /// reason. Not listed by `help`, whose text must stay vde_switch's.
-pub fn drops(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn drops(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     print_ports(ctx, args, out, true, drops_line)
 }

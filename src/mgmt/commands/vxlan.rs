@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use nix::errno::Errno;
 
-use super::super::{Context, Uplinks};
+use super::super::{Context, Out, Uplinks};
 
 fn uplinks<'c>(ctx: &'c mut Context) -> Result<(&'c mut dyn Uplinks, &'c mut crate::engine::Switch), Errno> {
     match ctx.uplinks.as_deref_mut() {
@@ -15,7 +15,7 @@ fn uplinks<'c>(ctx: &'c mut Context) -> Result<(&'c mut dyn Uplinks, &'c mut cra
 }
 
 /// Prints the port it got, or the one-line reason it failed.
-pub fn add(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn add(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     let (u, switch) = uplinks(ctx)?;
     match u.add(switch, args.trim()) {
         Ok(port) => {
@@ -29,7 +29,7 @@ pub fn add(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno>
     }
 }
 
-pub fn del(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno> {
+pub fn del(ctx: &mut Context, args: &str, out: &mut Out) -> Result<(), Errno> {
     let port = args.trim().parse().map_err(|_| Errno::EINVAL)?;
     let (u, switch) = uplinks(ctx)?;
     u.remove(switch, port).map_err(|e| {
@@ -38,7 +38,7 @@ pub fn del(ctx: &mut Context, args: &str, out: &mut String) -> Result<(), Errno>
     })
 }
 
-pub fn print(ctx: &mut Context, _: &str, out: &mut String) -> Result<(), Errno> {
+pub fn print(ctx: &mut Context, _: &str, out: &mut Out) -> Result<(), Errno> {
     let (u, switch) = uplinks(ctx)?;
     u.print(switch, out);
     Ok(())

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::epoll::Epoll;
@@ -143,12 +144,13 @@ impl Dgram {
     }
 }
 
-/// A sender's address for `port/print`: its path, or `@name` if abstract.
-fn show_name(name: &[u8]) -> String {
+/// A sender's address for `port/print`: its path, or `@name` if abstract,
+/// bytes as the kernel gave them.
+fn show_name(name: &[u8]) -> Vec<u8> {
     let path = name.get(2..).unwrap_or_default();
     match path.split_first() {
-        Some((0, abstract_name)) => format!("@{}", String::from_utf8_lossy(abstract_name)),
-        _ => String::from_utf8_lossy(path.split(|&b| b == 0).next().unwrap_or_default()).into_owned(),
+        Some((0, abstract_name)) => [b"@", abstract_name].concat(),
+        _ => path.split(|&b| b == 0).next().unwrap_or_default().to_vec(),
     }
 }
 
@@ -213,14 +215,15 @@ impl Transport for Dgram {
                     continue;
                 }
             }
-            let from = format!("{} from {}", self.path.display(), show_name(&peer.name));
+            let from = [self.path.as_os_str().as_bytes(), b" from ", &show_name(&peer.name)].concat();
             let (description, user, credentials) = match peer.credentials {
                 Some((pid, uid, gid)) => {
                     let name = nix::unistd::User::from_uid(Uid::from_raw(uid))
                         .ok()
                         .flatten()
                         .map_or_else(|| uid.to_string(), |u| u.name);
-                    (format!("{from} user={name} pid={pid}"), Some(uid), Credentials { uid, gids: vec![gid] })
+                    let description = [from, format!(" user={name} pid={pid}").into_bytes()].concat();
+                    (description, Some(uid), Credentials { uid, gids: vec![gid] })
                 }
                 // Unknown senders get an identity that owns nothing.
                 None => (from, None, Credentials { uid: u32::MAX - 1, gids: Vec::new() }),

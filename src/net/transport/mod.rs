@@ -27,13 +27,23 @@ use slab::Slab;
 use super::sys::RecvBatch;
 use super::{Token, interest};
 use crate::engine::{Credentials, EndpointKey};
+use crate::wire::{VLAN_TAG_LEN, VXLAN_HEADER_LEN};
 
-/// Receive buffer size: larger than any frame the switch carries, so an
-/// oversized datagram shows as too long instead of being cut to size.
+/// Least receive buffer size: larger than any frame the switch carries at
+/// the default MTU, so an oversized datagram shows as too long instead of
+/// being cut to size.
 pub const BUF: usize = 2048;
 
+/// The receive buffer size for frames of up to `max_frame` bytes (`--mtu`):
+/// the frame behind the longest header a transport leaves in front of it
+/// (VXLAN's; a stream record's tag room is shorter), and a byte more, so
+/// that an oversized frame shows as too long on every transport.
+pub fn buffer_size(max_frame: usize) -> usize {
+    BUF.max(max_frame + VXLAN_HEADER_LEN.max(VLAN_TAG_LEN) + 1)
+}
+
 /// The batch every transport receives into.
-pub type Batch = RecvBatch<BUF>;
+pub type Batch = RecvBatch;
 
 /// Index of a transport in the data plane.
 pub type TransportId = usize;
@@ -81,7 +91,7 @@ pub struct Arrival {
     /// The number `port/print` shows as its endpoint ID.
     pub id: u32,
     pub module: &'static str,
-    pub description: String,
+    pub description: Vec<u8>,
     /// The identity that owns the port while attached, if known.
     pub user: Option<u32>,
     pub credentials: Credentials,

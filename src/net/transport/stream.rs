@@ -14,6 +14,7 @@
 use std::fs;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -26,14 +27,12 @@ use super::{Arrival, Batch, DescId, Registry, Sent, Transport, TransportId, Verd
 use crate::engine::{Credentials, EndpointKey};
 use crate::net::log;
 use crate::net::sys::{self, BATCH};
-use crate::wire::{MAX_FRAME, VLAN_TAG_LEN};
+use crate::wire::VLAN_TAG_LEN;
 
 pub const MODULE: &str = "stream";
 
 /// The tag of the listening socket; connections are tagged by their slot.
 const LISTENER: u32 = u32::MAX;
-/// The longest record: a full 802.1Q-tagged frame.
-const MAX_RECORD: usize = MAX_FRAME + VLAN_TAG_LEN;
 /// Bytes read at once: many small frames per system call.
 const READ_SIZE: usize = 16 * 1024;
 /// Connections accepted per readiness report, so a flood of connections
@@ -62,9 +61,9 @@ impl Conn {
         Some(u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize)
     }
 
-    fn has_record(&self) -> bool {
+    fn has_record(&self, max_record: usize) -> bool {
         match self.next_len() {
-            Some(len) if !(1..=MAX_RECORD).contains(&len) => true,
+            Some(len) if !(1..=max_record).contains(&len) => true,
             Some(len) => self.end - self.start >= 4 + len,
             None => false,
         }
@@ -76,18 +75,22 @@ pub struct Stream {
     path: PathBuf,
     listener: UnixListener,
     conns: Slab<Conn>,
+    /// The longest record: the longest frame the switch carries (`--mtu`)
+    /// with room for an 802.1Q tag.
+    max_record: usize,
     /// Connections closed for a bad record length, since start.
     bad_lengths: u64,
 }
 
 impl Stream {
     /// Listens at `path` with `ctl`'s mode and group and registers the
-    /// listener.
+    /// listener; records carry frames of up to `max_frame` bytes.
     pub fn open(
         id: TransportId,
         path: &Path,
         mode: u32,
         group: Option<Gid>,
+        max_frame: usize,
         registry: &mut Registry,
         epoll: &Epoll,
     ) -> io::Result<Stream> {
@@ -99,7 +102,8 @@ impl Stream {
             let _ = fs::remove_file(path);
             return Err(e);
         }
-        Ok(Stream { id, path: path.to_path_buf(), listener, conns: Slab::new(), bad_lengths: 0 })
+        let max_record = max_frame + VLAN_TAG_LEN;
+        Ok(Stream { id, path: path.to_path_buf(), listener, conns: Slab::new(), max_record, bad_lengths: 0 })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
@@ -107,7 +111,7 @@ impl Stream {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if stream.set_nonblocking(true).is_ok() {
-                        let buf = vec![0; READ_SIZE + 4 + MAX_RECORD].into_boxed_slice();
+                        let buf = vec![0; READ_SIZE + 4 + self.max_record].into_boxed_slice();
                         let conn = Conn { stream, desc: None, key: None, buf, start: 0, end: 0, ended: None };
                         self.conns.insert(conn);
                     }
@@ -123,6 +127,7 @@ impl Stream {
     /// Moves up to `max` whole records of connection `tag` into `rx`,
     /// reading more while fewer are buffered.
     fn reassemble(&mut self, tag: u32, rx: &mut Batch, max: usize) -> io::Result<usize> {
+        let max_record = self.max_record.min(rx.size());
         let Some(conn) = self.conns.get_mut(tag as usize) else { return Ok(0) };
         let Some(key) = conn.key else { return Ok(0) };
         let mut n = 0;
@@ -133,7 +138,7 @@ impl Stream {
             while n < max
                 && let Some(len) = conn.next_len()
             {
-                if !(1..=MAX_RECORD).contains(&len) {
+                if !(1..=max_record).contains(&len) {
                     if n > 0 {
                         bad = true;
                         break;
@@ -319,7 +324,9 @@ impl Transport for Stream {
     }
 
     fn buffered(&self, tag: u32) -> bool {
-        self.conns.get(tag as usize).is_some_and(|c| c.key.is_some() && (c.has_record() || c.ended.is_some()))
+        self.conns
+            .get(tag as usize)
+            .is_some_and(|c| c.key.is_some() && (c.has_record(self.max_record) || c.ended.is_some()))
     }
 
     fn gone(&self, _endpoint: u32, error: &io::Error) -> bool {
@@ -333,12 +340,14 @@ impl Transport for Stream {
 
 /// The peer's kernel credentials, and the description `port/print` shows:
 /// the listening path, the peer's user and pid.
-fn describe(path: &Path, stream: BorrowedFd) -> (Credentials, String, Option<u32>) {
+fn describe(path: &Path, stream: BorrowedFd) -> (Credentials, Vec<u8>, Option<u32>) {
+    // The path as the file system has it, UTF-8 or not.
+    let described = |rest: String| [path.as_os_str().as_bytes(), rest.as_bytes()].concat();
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     let Ok(cred) = getsockopt(&stream, PeerCredentials) else {
         // Unknown peers get an identity that owns nothing.
         let nobody = Credentials { uid: u32::MAX - 1, gids: Vec::new() };
-        return (nobody, format!("{} user=? pid=?", path.display()), None);
+        return (nobody, described(" user=? pid=?".to_string()), None);
     };
     let mut gids = sys::peer_groups(stream).unwrap_or_default();
     gids.push(cred.gid());
@@ -346,7 +355,7 @@ fn describe(path: &Path, stream: BorrowedFd) -> (Credentials, String, Option<u32
         .ok()
         .flatten()
         .map_or_else(|| cred.uid().to_string(), |u| u.name);
-    let description = format!("{} user={user} pid={}", path.display(), cred.pid());
+    let description = described(format!(" user={user} pid={}", cred.pid()));
     (Credentials { uid: cred.uid(), gids }, description, Some(cred.uid()))
 }
 
@@ -357,6 +366,7 @@ mod tests {
     use nix::sys::epoll::EpollCreateFlags;
 
     use super::*;
+    use crate::wire::MAX_FRAME;
 
     /// A listener in a temporary directory and one connection to it whose
     /// other end is returned, admitted as endpoint 7.
@@ -364,7 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let epoll = Epoll::new(EpollCreateFlags::empty()).unwrap();
         let mut registry = Registry::default();
-        let mut stream = Stream::open(0, &dir.path().join("s"), 0o600, None, &mut registry, &epoll).unwrap();
+        let mut stream = Stream::open(0, &dir.path().join("s"), 0o600, None, MAX_FRAME, &mut registry, &epoll).unwrap();
         let peer = UnixStream::connect(dir.path().join("s")).unwrap();
         stream.accept().unwrap();
         let arrivals = stream.arrivals(&mut registry, &epoll);
@@ -381,7 +391,7 @@ mod tests {
         let (mut stream, mut peer, _dir) = connected();
         let frames: Vec<Vec<u8>> = (0..300u32).map(|n| vec![n as u8; 14 + (n as usize * 37) % 1500]).collect();
         let bytes: Vec<u8> = frames.iter().flat_map(|f| [&(f.len() as u32).to_be_bytes()[..], f].concat()).collect();
-        let mut rx = Batch::default();
+        let mut rx = Batch::new(super::super::BUF);
         let mut got = Vec::new();
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         let mut at = 0;
@@ -418,7 +428,7 @@ mod tests {
         peer.write_all(&[9; 14]).unwrap();
         peer.write_all(&[0, 0]).unwrap();
         drop(peer);
-        let mut rx = Batch::default();
+        let mut rx = Batch::new(super::super::BUF);
         assert_eq!(stream.recv(0, &mut rx, 64).unwrap(), 1);
         assert_eq!(rx.frame(0), &[9; 14][..]);
         assert!(stream.buffered(0));

@@ -130,7 +130,7 @@ impl Server {
                 // vde_switch shows the tap's descriptor as the endpoint ID.
                 id: fd.as_raw_fd() as u32,
                 module: MODULE,
-                description: name.to_string(),
+                description: name.as_bytes().to_vec(),
                 // Nobody owns the port (`Current User: NONE`); the kernel
                 // identity sharing checks compare with is the switch's own.
                 user: None,

@@ -37,7 +37,7 @@ use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 pub use super::vxlan_spec::Spec;
 use super::{Batch, DescId, Registry, Sent, Transport, TransportId, Verdict};
 use crate::engine::{Attach, Credentials, EndpointKey, PortRequest, Switch};
-use crate::mgmt::Uplinks;
+use crate::mgmt::{Out, Uplinks};
 use crate::net::data::DataPlane;
 use crate::net::data::VXLAN;
 use crate::net::sys::{self, BATCH};
@@ -372,7 +372,7 @@ impl Vxlan {
 
     /// Writes `vxlan/print`'s lines for endpoint `local` on engine port
     /// `port`.
-    pub fn print(&self, local: u32, port: u32, out: &mut String) {
+    pub fn print(&self, local: u32, port: u32, out: &mut Out) {
         let Some(p) = self.ports.get(local as usize) else { return };
         let r = &self.receivers[p.receiver];
         // Datagrams of no port's VNI, and malformed ones, are counted on
@@ -654,7 +654,7 @@ impl Uplinks for Ports<'_> {
         Ok(())
     }
 
-    fn print(&mut self, switch: &Switch, out: &mut String) {
+    fn print(&mut self, switch: &Switch, out: &mut Out) {
         self.data.with_transport(VXLAN, |v: &mut Vxlan, _| {
             for (local, p) in &v.ports {
                 if let Some(e) = switch.endpoint(p.key) {
@@ -674,7 +674,7 @@ fn attach(switch: &mut Switch, data: &mut DataPlane, epoll: &Epoll, spec: &Spec)
             // Like a tap's, the endpoint ID is the descriptor.
             id: opened.id,
             module: MODULE,
-            description: spec.to_string(),
+            description: spec.to_string().into_bytes(),
             user: None,
             credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
         })
