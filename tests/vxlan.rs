@@ -32,19 +32,24 @@ const GROUP: &str = "239.1.1.42";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Whether namespaces can be made here, probed once per test process:
+/// tests run in parallel, and probes of the same name would collide.
 fn can_run() -> bool {
-    if !Uid::effective().is_root() {
-        eprintln!("skipping: VXLAN tests need root for network namespaces");
-        return false;
-    }
-    let probe = format!("vxprobe{}", std::process::id());
-    let ok = Command::new("ip").args(["netns", "add", &probe]).status().is_ok_and(|s| s.success());
-    if ok {
-        let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    } else {
-        eprintln!("skipping: cannot create a network namespace (ip netns add)");
-    }
-    ok
+    static CAN_RUN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN_RUN.get_or_init(|| {
+        if !Uid::effective().is_root() {
+            eprintln!("skipping: VXLAN tests need root for network namespaces");
+            return false;
+        }
+        let probe = format!("vxprobe{}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &probe]).status().is_ok_and(|s| s.success());
+        if ok {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+        } else {
+            eprintln!("skipping: cannot create a network namespace (ip netns add)");
+        }
+        ok
+    })
 }
 
 fn run(args: &[&str]) -> Output {

@@ -121,6 +121,9 @@ struct Queued {
     edit: Edit,
 }
 
+/// Lines a second about endpoints refused, closed or failing to receive.
+const PEER_LINES_PER_SECOND: u32 = 10;
+
 pub struct DataPlane {
     transports: Vec<Box<dyn Transport>>,
     registry: Registry,
@@ -149,6 +152,9 @@ pub struct DataPlane {
     congested: Vec<EndpointKey>,
     /// Counts the loop's wake-ups; see [`DataPlane::pump`].
     wakeup: u64,
+    /// Log lines that peers can cause (refused or closed endpoints, receive
+    /// errors): any local user who may connect could otherwise flood the log.
+    peer_lines: log::RateLimited,
     /// Descriptors not read until the next tick (see `Verdict::Pause`).
     paused: Vec<(DescId, u32)>,
     /// Descriptors with frames read but not yet moved (a stream's
@@ -187,6 +193,7 @@ impl DataPlane {
             stalled: Vec::new(),
             congested: Vec::new(),
             wakeup: 0,
+            peer_lines: log::RateLimited::new(PEER_LINES_PER_SECOND),
             paused: Vec::new(),
             backlog: Vec::new(),
             #[cfg(debug_assertions)]
@@ -338,7 +345,7 @@ impl DataPlane {
                     self.rx.retag(0..n, PENDING | local, key.0);
                 }
                 Err(e) => {
-                    log::log(&format!("{module} {}: {e}", String::from_utf8_lossy(&description)));
+                    self.peer_lines.note(|| format!("{module} {}: {e}", String::from_utf8_lossy(&description)));
                     self.transports[transport].admit(local, None, &mut self.registry, epoll);
                 }
             }
@@ -522,7 +529,7 @@ impl DataPlane {
             }
             Verdict::Log => {
                 if let Some(e) = error {
-                    log::log(&format!("recv from endpoint: {e}"));
+                    self.peer_lines.note(|| format!("recv from endpoint: {e}"));
                 }
                 false
             }
@@ -530,7 +537,8 @@ impl DataPlane {
                 if let Some(ep) = switch.detach(endpoint)
                     && let Some(reason) = reason
                 {
-                    log::log(&format!("Closing {what} {}: {reason}", String::from_utf8_lossy(&ep.description)));
+                    self.peer_lines
+                        .note(|| format!("Closing {what} {}: {reason}", String::from_utf8_lossy(&ep.description)));
                 }
                 self.remove(epoll, endpoint);
                 true
@@ -865,6 +873,7 @@ impl DataPlane {
     /// their sources back again, and shared descriptors whose only busy
     /// senders were held learn who fell silent.
     pub fn tick(&mut self, epoll: &Epoll) {
+        self.peer_lines.next_second("endpoint log lines");
         for (id, generation) in std::mem::take(&mut self.paused) {
             if let Some(desc) = self.registry.descs.get_mut(id)
                 && desc.generation == generation
