@@ -167,6 +167,39 @@ impl Lab {
         self.ip(ns, &["link", "set", &name, "up"]);
     }
 
+    /// The ULA addresses fd00:7a::1 (in `a`) and fd00:7a::2 (in `b`) on the
+    /// veth pair, for an IPv6 underlay.
+    fn add_ula(&self) {
+        self.ip(&self.a, &["addr", "add", "fd00:7a::1/64", "dev", &self.veth_a, "nodad"]);
+        self.ip(&self.b, &["addr", "add", "fd00:7a::2/64", "dev", &self.veth_b, "nodad"]);
+    }
+
+    /// The `--vxlan` specs of VNI `vni` for `a` and `b`: each other as
+    /// remote, or both in `GROUP` over their veth.
+    fn specs(&self, vni: u32, multicast: bool) -> (String, String) {
+        if multicast {
+            (
+                format!("id={vni},group={GROUP},dev={}", self.veth_a),
+                format!("id={vni},group={GROUP},dev={}", self.veth_b),
+            )
+        } else {
+            (format!("id={vni},remote=169.254.1.2"), format!("id={vni},remote=169.254.1.1"))
+        }
+    }
+
+    /// A vswitch in each namespace (`args_a`, `args_b`) with a client on
+    /// each, after stations 1 (at `a`) and 2 (at `b`) have exchanged frames,
+    /// so both switches know where each is.
+    fn joined_switches(&mut self, args_a: &[&str], args_b: &[&str]) -> (Sw, Sw, Client, Client) {
+        let (a, b) = (self.a.clone(), self.b.clone());
+        let sw_a = self.vswitch(&a, None, args_a);
+        let sw_b = self.vswitch(&b, None, args_b);
+        let ca = Client::connect(&sw_a.ctl, None, "a");
+        let cb = Client::connect(&sw_b.ctl, None, "b");
+        common::station::exchange(&ca, station_mac(1), &cb, station_mac(2));
+        (sw_a, sw_b, ca, cb)
+    }
+
     /// Pings `to` from `ns` until it answers (bounded).
     fn ping(&self, ns: &str, to: &str) -> bool {
         let deadline = Instant::now() + TIMEOUT;
@@ -273,11 +306,7 @@ fn two_vswitches_unicast_and_multicast() {
     for multicast in [false, true] {
         let mut lab = Lab::new();
         let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
-        let (spec_a, spec_b) = if multicast {
-            (format!("id=9,group={GROUP},dev={va}"), format!("id=9,group={GROUP},dev={vb}"))
-        } else {
-            ("id=9,remote=169.254.1.2".to_string(), "id=9,remote=169.254.1.1".to_string())
-        };
+        let (spec_a, spec_b) = lab.specs(9, multicast);
         let (tap_a, tap_b) = (format!("t{}", &va[2..]), format!("t{}", &vb[2..]));
         lab.vswitch(&a, Some((&tap_a, "169.254.100.1/24")), &["--vxlan", &spec_a]);
         lab.vswitch(&b, Some((&tap_b, "169.254.100.2/24")), &["--vxlan", &spec_b]);
@@ -403,14 +432,9 @@ fn ipv6_underlay_and_too_large_frames() {
         return;
     }
     let mut lab = Lab::new();
-    let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
-    lab.ip(&a, &["addr", "add", "fd00:7a::1/64", "dev", &va, "nodad"]);
-    lab.ip(&b, &["addr", "add", "fd00:7a::2/64", "dev", &vb, "nodad"]);
-    let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=11,remote=fd00:7a::2"]);
-    let sw_b = lab.vswitch(&b, None, &["--vxlan", "id=11,remote=fd00:7a::1"]);
-    let ca = Client::connect(&sw_a.ctl, None, "a");
-    let cb = Client::connect(&sw_b.ctl, None, "b");
-    common::station::exchange(&ca, station_mac(1), &cb, station_mac(2));
+    lab.add_ula();
+    let (sw_a, _sw_b, ca, cb) =
+        lab.joined_switches(&["--vxlan", "id=11,remote=fd00:7a::2"], &["--vxlan", "id=11,remote=fd00:7a::1"]);
     // 1500 bytes of veth MTU: 40 IPv6 + 8 UDP + 8 VXLAN leave 1444.
     let fits = frame(station_mac(2), station_mac(1), common::TEST_ETHERTYPE, 1444 - 14);
     ca.send(&fits);
@@ -434,11 +458,10 @@ fn jumbo_frames_cross_with_mtu_on_both_switches() {
     // 9018 + 8 VXLAN + 8 UDP + 20 IPv4 (+ 14 outer Ethernet, not counted).
     lab.ip(&a, &["link", "set", &va, "mtu", "9100"]);
     lab.ip(&b, &["link", "set", &vb, "mtu", "9100"]);
-    let sw_a = lab.vswitch(&a, None, &["--mtu", "9000", "--vxlan", "id=12,remote=169.254.1.2"]);
-    let sw_b = lab.vswitch(&b, None, &["--mtu", "9000", "--vxlan", "id=12,remote=169.254.1.1"]);
-    let ca = Client::connect(&sw_a.ctl, None, "a");
-    let cb = Client::connect(&sw_b.ctl, None, "b");
-    common::station::exchange(&ca, station_mac(1), &cb, station_mac(2));
+    let (sw_a, _sw_b, ca, cb) = lab.joined_switches(
+        &["--mtu", "9000", "--vxlan", "id=12,remote=169.254.1.2"],
+        &["--mtu", "9000", "--vxlan", "id=12,remote=169.254.1.1"],
+    );
     let jumbo = frame(station_mac(2), station_mac(1), common::TEST_ETHERTYPE, 9000 + 4);
     assert_eq!(jumbo.len(), 9018);
     ca.send(&jumbo);
@@ -456,14 +479,10 @@ fn ipv6_multicast_underlay() {
         return;
     }
     let mut lab = Lab::new();
-    let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
-    lab.ip(&a, &["addr", "add", "fd00:7a::1/64", "dev", &va, "nodad"]);
-    lab.ip(&b, &["addr", "add", "fd00:7a::2/64", "dev", &vb, "nodad"]);
-    let sw_a = lab.vswitch(&a, None, &["--vxlan", &format!("id=12,group=ff05::1:42,dev={va}")]);
-    let sw_b = lab.vswitch(&b, None, &["--vxlan", &format!("id=12,group=ff05::1:42,dev={vb}")]);
-    let ca = Client::connect(&sw_a.ctl, None, "a");
-    let cb = Client::connect(&sw_b.ctl, None, "b");
-    common::station::exchange(&ca, station_mac(1), &cb, station_mac(2));
+    lab.add_ula();
+    let spec_a = format!("id=12,group=ff05::1:42,dev={}", lab.veth_a);
+    let spec_b = format!("id=12,group=ff05::1:42,dev={}", lab.veth_b);
+    let (sw_a, _sw_b, _ca, _cb) = lab.joined_switches(&["--vxlan", &spec_a], &["--vxlan", &spec_b]);
     assert_eq!(sw_a.counter(" -- learned fd00:7a::2", "stations="), 1);
 }
 
@@ -479,12 +498,8 @@ fn uml_guests_ping_across() {
     const B: [GuestSpec; 1] = [GuestSpec::new(12, Eth0::Vde { port: None }, &[11])];
     for multicast in [false, true] {
         let mut lab = Lab::new();
-        let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
-        let (spec_a, spec_b) = if multicast {
-            (format!("id=4,group={GROUP},dev={va}"), format!("id=4,group={GROUP},dev={vb}"))
-        } else {
-            ("id=4,remote=169.254.1.2".to_string(), "id=4,remote=169.254.1.1".to_string())
-        };
+        let (a, b) = (lab.a.clone(), lab.b.clone());
+        let (spec_a, spec_b) = lab.specs(4, multicast);
         let sw_a = lab.vswitch(&a, None, &["--vxlan", &spec_a]);
         let sw_b = lab.vswitch(&b, None, &["--vxlan", &spec_b]);
         // Neither side's guests power off before both have pinged.
