@@ -334,10 +334,25 @@ where
         hdrs[count].write(hdr);
         count += 1;
     }
+    // SAFETY: headers 0..count were initialised above and point at iovecs
+    // over the caller's frames, which outlive the call.
+    unsafe { send_mmsg(fd, &mut hdrs[..count]) }
+}
+
+/// Sends `hdrs` with `sendmmsg` without blocking, resuming after a partial
+/// send or an interrupt. Returns how many were sent before the first
+/// failure, and that failure if any.
+///
+/// # Safety
+/// Every header must be initialised, and what it points at (iovecs, their
+/// buffers, addresses) must stay alive for the call; the kernel only reads it.
+#[inline]
+unsafe fn send_mmsg(fd: BorrowedFd, hdrs: &mut [MaybeUninit<libc::mmsghdr>]) -> (usize, Option<io::Error>) {
+    let count = hdrs.len();
     let mut sent = 0;
     while sent < count {
-        // SAFETY: headers sent..count are initialised and point at iovecs
-        // over the caller's frames, which the kernel only reads.
+        // SAFETY: by this function's contract, headers sent..count are
+        // initialised and point at memory alive for the call.
         let n = unsafe {
             libc::sendmmsg(
                 fd.as_raw_fd(),
@@ -383,29 +398,10 @@ pub fn send_to_batch(
         h.msg_hdr.msg_namelen = to.len();
         hdr.write(h);
     }
-    let mut sent = 0;
-    while sent < count {
-        // SAFETY: headers sent..count are initialised and point at iovecs
-        // over the caller's header and frames and at its addresses, all
-        // alive for the call; the kernel only reads them.
-        let n = unsafe {
-            libc::sendmmsg(
-                fd.as_raw_fd(),
-                hdrs.as_mut_ptr().add(sent).cast(),
-                (count - sent) as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return (sent, Some(err));
-        }
-        sent += n as usize;
-    }
-    (sent, None)
+    // SAFETY: headers 0..count were initialised above and point at iovecs
+    // over the caller's header and frames and at its addresses, all of
+    // which outlive the call.
+    unsafe { send_mmsg(fd, &mut hdrs[..count]) }
 }
 
 /// Makes a UDP socket refuse datagrams larger than the path MTU with
