@@ -79,6 +79,21 @@ fn pad(buf: &mut Vec<u8>, len: usize) {
 }
 
 impl Capture {
+    /// A capture of `port` to `file` with nothing written or described yet.
+    fn new(port: PortId, path: String, file: File, fifo: bool) -> Capture {
+        Capture {
+            port,
+            path,
+            file,
+            fifo,
+            pending: Vec::new(),
+            interfaces: Vec::new(),
+            described: 0,
+            frames: 0,
+            dropped: 0,
+        }
+    }
+
     fn section_header(&mut self) {
         let b = &mut self.pending;
         put32(b, BLOCK_SECTION_HEADER);
@@ -243,17 +258,7 @@ impl Captures {
             let what = if port == 0 { "every port is" } else { "this port is" };
             return Err((Errno::EBUSY, format!("{what} already captured: capture/stop {port} first")));
         }
-        let mut c = Capture {
-            port,
-            path: path.to_string(),
-            file,
-            fifo,
-            pending: Vec::new(),
-            interfaces: Vec::new(),
-            described: 0,
-            frames: 0,
-            dropped: 0,
-        };
+        let mut c = Capture::new(port, path.to_string(), file, fifo);
         c.section_header();
         if port != 0 {
             c.interface(port);
@@ -406,17 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.pcapng");
         let (file, fifo) = open(path.to_str().unwrap(), false).unwrap();
-        let c = Capture {
-            port,
-            path: String::new(),
-            file,
-            fifo,
-            pending: Vec::new(),
-            interfaces: Vec::new(),
-            described: 0,
-            frames: 0,
-            dropped: 0,
-        };
+        let c = Capture::new(port, String::new(), file, fifo);
         (dir, c)
     }
 
