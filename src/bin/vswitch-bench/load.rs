@@ -1,7 +1,7 @@
 //! Load generators: real VDE clients moving frames with batched system
 //! calls, counting every frame sent and received.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,7 +106,7 @@ fn exchange(senders: &[Client], batches: &[Vec<Vec<u8>>], receivers: &[Client], 
             quiet_since = None;
             continue;
         }
-        if !sending && *quiet_since.get_or_insert_with(Instant::now) + Duration::from_millis(100) < Instant::now() {
+        if !sending && quiet_long_enough(&mut quiet_since) {
             return Traffic { received, expected: sent, seconds: seconds.unwrap_or_default() };
         }
         let outgoing = senders.iter().filter(|_| sending).map(|c| PollFd::new(c.data().as_fd(), PollFlags::POLLOUT));
@@ -114,6 +114,19 @@ fn exchange(senders: &[Client], batches: &[Vec<Vec<u8>>], receivers: &[Client], 
         let mut fds: Vec<PollFd> = outgoing.chain(incoming).collect();
         let _ = poll(&mut fds, PollTimeout::from(10u16));
     }
+}
+
+/// Whether nothing has arrived for 100 ms since `quiet_since`, which the
+/// first quiet round sets (and progress clears): the switch has delivered
+/// all it will.
+fn quiet_long_enough(quiet_since: &mut Option<Instant>) -> bool {
+    *quiet_since.get_or_insert_with(Instant::now) + Duration::from_millis(100) < Instant::now()
+}
+
+/// Waits (10 ms at most) until `sender` can send or `receiver` has data.
+fn wait_for_either(sender: BorrowedFd, receiver: BorrowedFd) {
+    let mut fds = [PollFd::new(sender, PollFlags::POLLOUT), PollFd::new(receiver, PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::from(10u16));
 }
 
 /// `n` senders each streaming unicast frames of `len` bytes to their own
@@ -266,15 +279,11 @@ pub fn stream_pair(path: &Path, duration: Duration) -> Result<Traffic> {
             quiet_since = None;
             continue;
         }
-        if seconds.is_some()
-            && *quiet_since.get_or_insert_with(Instant::now) + Duration::from_millis(100) < Instant::now()
-        {
+        if seconds.is_some() && quiet_long_enough(&mut quiet_since) {
             let received = received_bytes / one.len() as u64;
             return Ok(Traffic { received, expected: sent, seconds: seconds.unwrap_or_default() });
         }
-        let mut fds =
-            [PollFd::new(sender.as_fd(), PollFlags::POLLOUT), PollFd::new(receiver.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(10u16));
+        wait_for_either(sender.as_fd(), receiver.as_fd());
     }
 }
 
@@ -318,13 +327,9 @@ pub fn dgram_pair(path: &Path, duration: Duration) -> Result<Traffic> {
             quiet_since = None;
             continue;
         }
-        if seconds.is_some()
-            && *quiet_since.get_or_insert_with(Instant::now) + Duration::from_millis(100) < Instant::now()
-        {
+        if seconds.is_some() && quiet_long_enough(&mut quiet_since) {
             return Ok(Traffic { received, expected: sent, seconds: seconds.unwrap_or_default() });
         }
-        let mut fds =
-            [PollFd::new(sender.as_fd(), PollFlags::POLLOUT), PollFd::new(receiver.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(10u16));
+        wait_for_either(sender.as_fd(), receiver.as_fd());
     }
 }
