@@ -163,10 +163,7 @@ fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
     let mut frames: Vec<Vec<u8>> = Vec::with_capacity(vhost_user::BATCH);
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
-        let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
-            nix::errno::Errno::EINTR => Ok(0),
-            e => Err(e),
-        })?;
+        let n = wait(&epoll, &mut events)?;
         for ev in &events[..n] {
             let (kind, i) = (ev.data() & !0xffff_ffff, (ev.data() & 0xffff_ffff) as usize);
             match kind {
@@ -219,6 +216,14 @@ fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
     }
 }
 
+/// Waits for events; an interrupted wait has none.
+fn wait(epoll: &Epoll, events: &mut [EpollEvent]) -> nix::Result<usize> {
+    epoll.wait(events, EpollTimeout::NONE).or_else(|e| match e {
+        nix::errno::Errno::EINTR => Ok(0),
+        e => Err(e),
+    })
+}
+
 /// Sends every frame, waiting while the guest's receive ring is full; a
 /// guest that adds no buffers for a second loses the rest.
 fn send_all_vhost_user(peer: &mut VhostUserPort, frames: &[Vec<u8>]) -> Result<(), vhost_user::PortError> {
@@ -244,10 +249,7 @@ fn run_epoll(dir: &Path, listener: UnixListener, fanout: Fanout, buffer: usize) 
     let mut rx = RecvBatch::new(buffer);
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
-        let n = epoll.wait(&mut events, EpollTimeout::NONE).or_else(|e| match e {
-            nix::errno::Errno::EINTR => Ok(0),
-            e => Err(e),
-        })?;
+        let n = wait(&epoll, &mut events)?;
         for ev in &events[..n] {
             if ev.data() == LISTENER {
                 let (stream, _) = listener.accept()?;
