@@ -106,6 +106,12 @@ impl Lab {
         lab
     }
 
+    /// A new lab, or none (the test then passes without running) where
+    /// namespaces cannot be made.
+    fn if_possible() -> Option<Lab> {
+        can_run().then(Lab::new)
+    }
+
     fn ip(&self, ns: &str, args: &[&str]) {
         let mut full = vec!["ip", "-n", ns];
         full.extend_from_slice(args);
@@ -248,10 +254,7 @@ impl Drop for Lab {
 
 #[test]
 fn vswitch_and_kernel_vxlan_unicast() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_b.clone());
     let tap = format!("t{}", &lab.veth_a[2..]);
     let sw = lab.vswitch(&a, Some((&tap, "169.254.100.1/24")), &["--vxlan", "id=42,remote=169.254.1.2"]);
@@ -266,10 +269,7 @@ fn vswitch_and_kernel_vxlan_unicast() {
 
 #[test]
 fn vswitch_and_kernel_vxlan_multicast() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
     let spec = format!("id=7,group={GROUP},dev={va}");
     let tap = format!("t{}", &va[2..]);
@@ -281,10 +281,7 @@ fn vswitch_and_kernel_vxlan_multicast() {
 
 #[test]
 fn a_wrong_vni_does_not_cross() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_b.clone());
     let tap = format!("t{}", &lab.veth_a[2..]);
     let sw = lab.vswitch(&a, Some((&tap, "169.254.100.1/24")), &["--vxlan", "id=42,remote=169.254.1.2"]);
@@ -322,10 +319,7 @@ fn two_vswitches_unicast_and_multicast() {
 /// floods to the group reaches us, and the test checks broadcasts from it.
 #[test]
 fn vswitch_and_vdeplug4() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
     let spec = format!("id=5,group={GROUP},dev={va}");
     let sw_a = lab.vswitch(&a, None, &["--vxlan", &spec]);
@@ -358,10 +352,7 @@ fn vswitch_and_vdeplug4() {
 /// in does not reach it.
 #[test]
 fn a_tagged_frame_crosses_with_its_tag() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b) = (lab.a.clone(), lab.b.clone());
     let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=3,remote=169.254.1.2"]);
     let sw_b = lab.vswitch(&b, None, &["--vxlan", "id=3,remote=169.254.1.1"]);
@@ -386,10 +377,7 @@ fn a_tagged_frame_crosses_with_its_tag() {
 /// port moves it, and unicast to it follows.
 #[test]
 fn a_station_moves_between_endpoints() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_b.clone());
     lab.ip(&b, &["addr", "add", "169.254.1.3/24", "dev", &vb]);
     let sw_a = lab.vswitch(&a, None, &["--vxlan", "id=8,remote=169.254.1.2,remote=169.254.1.3"]);
@@ -428,10 +416,7 @@ fn a_station_moves_between_endpoints() {
 /// the largest that fits crosses.
 #[test]
 fn ipv6_underlay_and_too_large_frames() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     lab.add_ula();
     let (sw_a, _sw_b, ca, cb) =
         lab.joined_switches(&["--vxlan", "id=11,remote=fd00:7a::2"], &["--vxlan", "id=11,remote=fd00:7a::1"]);
@@ -450,10 +435,7 @@ fn ipv6_underlay_and_too_large_frames() {
 /// 9018-byte frame arrives whole both ways.
 #[test]
 fn jumbo_frames_cross_with_mtu_on_both_switches() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
     // 9018 + 8 VXLAN + 8 UDP + 20 IPv4 (+ 14 outer Ethernet, not counted).
     lab.ip(&a, &["link", "set", &va, "mtu", "9100"]);
@@ -475,10 +457,7 @@ fn jumbo_frames_cross_with_mtu_on_both_switches() {
 /// A multicast VXLAN over an IPv6 underlay between two vswitches.
 #[test]
 fn ipv6_multicast_underlay() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     lab.add_ula();
     let spec_a = format!("id=12,group=ff05::1:42,dev={}", lab.veth_a);
     let spec_b = format!("id=12,group=ff05::1:42,dev={}", lab.veth_b);
@@ -550,10 +529,7 @@ fn uml_guest_and_kernel_vxlan_ping_each_other() {
 /// and the other keeps working.
 #[test]
 fn two_vnis_share_one_udp_port() {
-    if !can_run() {
-        return;
-    }
-    let mut lab = Lab::new();
+    let Some(mut lab) = Lab::if_possible() else { return };
     let (a, b, va, vb) = (lab.a.clone(), lab.b.clone(), lab.veth_a.clone(), lab.veth_b.clone());
     let (tap1, tap2) = (format!("t{}", &va[2..]), format!("u{}", &va[2..]));
     let sw = lab.vswitch(&a, Some((&tap1, "169.254.41.1/24")), &["-t", &tap2]);
