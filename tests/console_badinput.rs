@@ -114,7 +114,30 @@ fn bad_lines_change_nothing(target: Target) {
     assert_eq!(fresh.cmd("vlan/print 10"), "0000 DATA END WITH '.'\nVLAN 0010\n.\n1000 Success\n");
 }
 
-test_both_targets!(sessions_all_served, bad_lines_change_nothing);
+/// A client that sends its commands and hangs up without reading, before
+/// the switch has even greeted it (`echo CMD | …` that does not wait): the
+/// commands still run, as vde_switch runs them.
+fn commands_of_a_client_that_hung_up_still_run(target: Target) {
+    use std::io::Write as _;
+    let sw = Switch::start(target, &[]);
+    for port in [5, 6, 7] {
+        let mut stream = std::os::unix::net::UnixStream::connect(sw.mgmt_path()).expect("connect to the console");
+        stream.write_all(format!("port/create {port}\n").as_bytes()).expect("send the command");
+        drop(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut console = Console::open(&sw.mgmt_path());
+    loop {
+        let listing = console.cmd("port/allprint");
+        if ["Port 0005", "Port 0006", "Port 0007"].iter().all(|p| listing.contains(p)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{target:?}: commands of clients that hung up were lost:\n{listing}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+test_both_targets!(sessions_all_served, bad_lines_change_nothing, commands_of_a_client_that_hung_up_still_run);
 
 /// vswitch only: what it does on purpose differently (spec §12).
 #[test]

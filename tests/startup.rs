@@ -95,8 +95,17 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
         let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
             fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
         });
+        // vde_switch can miss a SIGTERM that comes this early (it was seen
+        // still running 5 s later on a loaded machine): stopping is only
+        // clean-up here, so one that lingers is killed.
         let _ = kill(pid, Signal::SIGTERM);
-        wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
+        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+        while !process_gone(pid) && std::time::Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !process_gone(pid) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
     }
     assert!(status.success() && dir_seen && pid_seen, "{} did not start: {status}", target.program());
     tally.ctl_tries += 1;
@@ -172,8 +181,17 @@ fn ready_on_return(target: Target) -> usize {
         let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
             fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
         });
+        // vde_switch can miss a SIGTERM that comes this early (it was seen
+        // still running 5 s later on a loaded machine): stopping is only
+        // clean-up here, so one that lingers is killed.
         let _ = kill(pid, Signal::SIGTERM);
-        wait_until(STARTUP_TIMEOUT, "the switch to stop", || process_gone(pid).then_some(()));
+        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+        while !process_gone(pid) && std::time::Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !process_gone(pid) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
     }
     println!("{}: ctl, mgmt and pid file ready when `-d` returned: {ready}/{STARTS}", target.program());
     ready

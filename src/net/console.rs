@@ -140,6 +140,10 @@ pub struct SocketSession {
     pub closing: bool,
     /// The peer will send nothing more: close once its commands are served.
     eof: bool,
+    /// The peer can no longer be written to (it closed its end): replies
+    /// are discarded, but the lines it sent before going still run, as in
+    /// vde_switch (`echo shutdown | …` that does not wait for the reply).
+    mute: bool,
 }
 
 impl SocketSession {
@@ -157,6 +161,7 @@ impl SocketSession {
             event_backlog: 0,
             closing: false,
             eof: false,
+            mute: false,
         }
     }
 
@@ -210,22 +215,24 @@ impl SocketSession {
     }
 
     /// Writes as much pending output as the socket takes. Returns false
-    /// when the peer is gone.
+    /// when the peer is gone both ways: it reads nothing and has nothing
+    /// more to send.
     pub fn flush(&mut self) -> bool {
-        while !self.out.is_empty() {
+        while !self.out.is_empty() && !self.mute {
             let (chunk, _) = self.out.as_slices();
             match self.stream.write(chunk) {
-                Ok(0) => return false,
-                Ok(n) => {
+                Ok(n) if n > 0 => {
                     self.out.drain(..n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                // Nobody reads any more; what it sent is read to the end.
+                _ => self.mute = true,
             }
         }
+        self.out.clear();
         self.event_backlog = 0;
-        true
+        !(self.mute && self.eof)
     }
 
     pub fn has_pending_output(&self) -> bool {
