@@ -23,7 +23,7 @@ use nix::unistd::{Group, Pid};
 
 use common::station::exchange;
 use common::{
-    Client, EVENT_TIMEOUT, Mgmt, ProcessGuard, STARTUP_TIMEOUT, Station, Target, assert_silent, process_gone,
+    Client, EVENT_TIMEOUT, Mgmt, ProcessGuard, STARTUP_TIMEOUT, Station, Target, assert_silent, process_gone, read_pid,
     station_mac, wait_until,
 };
 
@@ -99,7 +99,7 @@ struct DaemonGuard(PathBuf);
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
-        let pid = fs::read_to_string(&self.0).ok().and_then(|p| p.trim().parse().ok()).map(Pid::from_raw);
+        let pid = read_pid(&self.0);
         if let Some(pid) = pid.filter(|&pid| !process_gone(pid)) {
             let _ = kill(pid, Signal::SIGKILL);
         }

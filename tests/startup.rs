@@ -12,11 +12,8 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Instant;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
 use common::station::exchange;
-use common::{Mgmt, ProcessGuard, STARTUP_TIMEOUT, Target, VdePlug, process_gone, station_mac, wait_until};
+use common::{Mgmt, ProcessGuard, STARTUP_TIMEOUT, Target, VdePlug, read_pid, station_mac, stop, wait_until};
 
 /// Starts per switch in the race test.
 const STARTS: usize = 100;
@@ -92,20 +89,8 @@ fn watched_start(target: Target, existing: bool, tally: &mut Tally) {
     let mgmt_ok = mgmt_watcher.join().expect("management socket watcher");
     if pid_seen {
         // vde_switch may not have written the pid into its file yet.
-        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
-            fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
-        });
-        // vde_switch can miss a SIGTERM that comes this early (it was seen
-        // still running 5 s later on a loaded machine): stopping is only
-        // clean-up here, so one that lingers is killed.
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
-        while !process_gone(pid) && std::time::Instant::now() < deadline {
-            thread::sleep(std::time::Duration::from_millis(10));
-        }
-        if !process_gone(pid) {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
+        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || read_pid(&pidfile));
+        stop(pid);
     }
     assert!(status.success() && dir_seen && pid_seen, "{} did not start: {status}", target.program());
     tally.ctl_tries += 1;
@@ -174,24 +159,12 @@ fn ready_on_return(target: Target) -> usize {
             .status()
             .expect("run the switch");
         assert!(status.success(), "{} -d: {status}", target.program());
-        let pid_now = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok());
+        let pid_now = read_pid(&pidfile);
         let all =
             UnixStream::connect(sw.join("ctl")).is_ok() && UnixStream::connect(&mgmt).is_ok() && pid_now.is_some();
         ready += usize::from(all);
-        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || {
-            fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
-        });
-        // vde_switch can miss a SIGTERM that comes this early (it was seen
-        // still running 5 s later on a loaded machine): stopping is only
-        // clean-up here, so one that lingers is killed.
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
-        while !process_gone(pid) && std::time::Instant::now() < deadline {
-            thread::sleep(std::time::Duration::from_millis(10));
-        }
-        if !process_gone(pid) {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
+        let pid = wait_until(STARTUP_TIMEOUT, "a pid in the pid file", || read_pid(&pidfile));
+        stop(pid);
     }
     println!("{}: ctl, mgmt and pid file ready when `-d` returned: {ready}/{STARTS}", target.program());
     ready

@@ -107,6 +107,22 @@ pub fn process_gone(pid: Pid) -> bool {
     }
 }
 
+/// The pid a pid file holds, once it is written.
+pub fn read_pid(path: &Path) -> Option<Pid> {
+    fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
+}
+
+/// Stops a switch with SIGTERM, and with SIGKILL if it is still there after
+/// the start-up timeout (vde_switch can miss a SIGTERM that comes very early).
+pub fn stop(pid: Pid) {
+    let _ = kill(pid, Signal::SIGTERM);
+    if !wait_gone(pid, STARTUP_TIMEOUT) {
+        eprintln!("switch pid {pid} ignored SIGTERM; killing it");
+        let _ = kill(pid, Signal::SIGKILL);
+        wait_gone(pid, STARTUP_TIMEOUT);
+    }
+}
+
 /// Waits up to `timeout` for `pid` to exit; false if it is still running.
 fn wait_gone(pid: Pid, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -203,7 +219,7 @@ impl Switch {
     }
 
     fn read_pid_file(&self) -> Option<Pid> {
-        fs::read_to_string(self.dir.path().join("sw.pid")).ok().and_then(|s| s.trim().parse().ok()).map(Pid::from_raw)
+        read_pid(&self.dir.path().join("sw.pid"))
     }
 
     fn stderr_log(&self) -> String {
@@ -273,12 +289,7 @@ impl Drop for Switch {
     fn drop(&mut self) {
         // A start-up that timed out may have written the pid file since.
         if let Some(pid) = self.pid.or_else(|| self.read_pid_file()) {
-            let _ = kill(pid, Signal::SIGTERM);
-            if !wait_gone(pid, STARTUP_TIMEOUT) {
-                eprintln!("switch pid {pid} ignored SIGTERM; killing it");
-                let _ = kill(pid, Signal::SIGKILL);
-                wait_gone(pid, STARTUP_TIMEOUT);
-            }
+            stop(pid);
         }
         // Normally the launcher exited right after forking the daemon (or it
         // is the daemon and was stopped above); this only acts on a launcher
