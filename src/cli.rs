@@ -41,7 +41,7 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
 /// their full name only, so that every abbreviation vde_switch accepts
 /// still means what it means there (`--s` is `--sock`), and they stay out
 /// of the usage text, which is vde_switch's.
-const OWN_LONG_OPTIONS: &[&str] = &["stream", "dgram"];
+const OWN_LONG_OPTIONS: &[&str] = &["stream", "dgram", "vhost-user"];
 const SHORT_OPTIONS: &str = "hvnxFsmgdpfMDt";
 
 pub const USAGE: &str = "Usage: vswitch [OPTIONS]
@@ -147,6 +147,10 @@ pub struct Options {
     /// Unix datagram sockets to bind for QEMU's `-netdev dgram`.
     #[arg(long)]
     pub dgram: Vec<PathBuf>,
+    /// Unix stream sockets to serve vhost-user-net frontends on (QEMU's
+    /// `-netdev vhost-user`, DPDK's `net_virtio_user`).
+    #[arg(long = "vhost-user")]
+    pub vhost_user: Vec<PathBuf>,
     #[arg(long)]
     pub vxlan: Vec<String>,
     #[arg(long)]
@@ -261,6 +265,8 @@ mod tests {
         let o = p(&["--stream", "/a", "-stream", "/b", "--dgram=/c"]).unwrap();
         assert_eq!(o.stream, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(o.dgram, [PathBuf::from("/c")]);
+        let o = p(&["--vhost-user", "/a", "-vhost-user=/b"]).unwrap();
+        assert_eq!(o.vhost_user, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(p(&["--s", "/x"]).unwrap().sock, Some(PathBuf::from("/x")));
         assert!(p(&["--str", "/x"]).is_err());
     }

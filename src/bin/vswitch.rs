@@ -114,6 +114,7 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         taps: o.tap,
         streams: o.stream.iter().map(|p| absolute(&cwd, p)).collect(),
         dgrams: o.dgram.iter().map(|p| absolute(&cwd, p)).collect(),
+        vhost_users: o.vhost_user.iter().map(|p| absolute(&cwd, p)).collect(),
         vxlans,
         trunk: o.trunk,
         mtu,

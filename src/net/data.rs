@@ -422,8 +422,10 @@ impl DataPlane {
         if wanted != desc.registered {
             let released = wanted.contains(EpollFlags::EPOLLIN) && !desc.registered.contains(EpollFlags::EPOLLIN);
             desc.registered = wanted;
-            let fd = self.transports[desc.transport].fd(desc.tag);
-            let _ = epoll.modify(fd, &mut interest(Token::Data(id as u32, desc.generation), wanted));
+            if desc.watched {
+                let fd = self.transports[desc.transport].fd(desc.tag);
+                let _ = epoll.modify(fd, &mut interest(Token::Data(id as u32, desc.generation), wanted));
+            }
             if released {
                 self.note_backlog(id);
             }
@@ -481,20 +483,21 @@ impl DataPlane {
         if desc.generation != generation {
             return;
         }
-        let (transport, tag) = (desc.transport, desc.tag);
+        let (transport, tag, room, reads) = (desc.transport, desc.tag, desc.watch.room, desc.reads);
         if flags.contains(EpollFlags::EPOLLERR) {
             let verdict = self.transports[transport].failure(tag, None);
             if self.judge(epoll, id, verdict, None, switch) {
                 return;
             }
         }
-        if flags.contains(EpollFlags::EPOLLOUT) {
+        if flags.intersects(room) {
             let waiting = self.registry.descs.get(id).map(|d| d.waiting.clone()).unwrap_or_default();
             for key in waiting {
                 self.drain_queue(epoll, key, switch);
             }
         }
-        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLERR)
+        let input = if reads { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
+        if flags.intersects(input | EpollFlags::EPOLLERR)
             && let Err(e) = self.pump(epoll, id, switch, now)
             && self.registry.descs.get(id).is_some_and(|d| d.generation == generation)
         {

@@ -75,6 +75,8 @@ pub struct Config {
     /// Sockets for QEMU's `-netdev stream` and `-netdev dgram` (absolute).
     pub streams: Vec<PathBuf>,
     pub dgrams: Vec<PathBuf>,
+    /// Sockets to serve vhost-user frontends on (absolute).
+    pub vhost_users: Vec<PathBuf>,
     /// VXLAN ports to attach at start-up (`--vxlan SPEC`), in order.
     pub vxlans: Vec<VxlanSpec>,
     /// Every port a transparent trunk (`--trunk`).
@@ -594,8 +596,8 @@ impl Server {
         Ok(())
     }
 
-    /// Listens on the `--stream` and binds the `--dgram` sockets, with the
-    /// control socket's mode and group.
+    /// Listens on the `--stream` and `--vhost-user` sockets and binds the
+    /// `--dgram` ones, with the control socket's mode and group.
     fn open_qemu_sockets(&mut self, config: &Config) -> Result<(), Fatal> {
         let (mode, group) = (config.access.ctl_mode, config.access.group);
         let max_frame = self.switch.max_frame();
@@ -613,6 +615,13 @@ impl Server {
                     Ok(Box::new(transport::dgram::Dgram::open(id, path, mode, group, registry, epoll)?))
                 })
                 .map_err(|e| Fatal::new(1, format!("--dgram {}: {}", path.display(), log::error_text(&e))))?;
+        }
+        for path in &config.vhost_users {
+            self.data
+                .add_transport(|id, registry| {
+                    Ok(Box::new(transport::vhost_user::VhostUser::open(id, path, mode, group, registry, epoll)?))
+                })
+                .map_err(|e| Fatal::new(1, format!("--vhost-user {}: {}", path.display(), log::error_text(&e))))?;
         }
         Ok(())
     }

@@ -110,7 +110,7 @@ impl Workload {
             | Workload::Captured => &[Kind::Vswitch, Kind::VdeSwitch],
             Workload::StreamPair | Workload::DgramPair => &[Kind::Vswitch],
             Workload::Vxlan64 => &[Kind::Vswitch, Kind::VdePlugVxlan],
-            Workload::VhostLoopback => &[Kind::OvsDpdk, Kind::Floor],
+            Workload::VhostLoopback => &[Kind::Vswitch, Kind::OvsDpdk, Kind::Floor],
             Workload::Pair9000 => &[Kind::Vswitch, Kind::Floor],
             _ => &[Kind::Vswitch, Kind::VdeSwitch, Kind::Floor, Kind::TokioFloor],
         }
@@ -146,11 +146,10 @@ fn run(
                 let ovs = vhost::OvsDpdk::start(huge)?;
                 vhost::loopback(huge, &ovs.sockets(), ovs.pid(), duration, bursts)
             }
-            Kind::Floor => {
-                let floor = vhost::VhostFloor::start()?;
-                vhost::loopback(huge, &floor.sockets(), floor.pid(), duration, bursts)
+            _ => {
+                let backend = vhost::VhostBackend::start(kind)?;
+                vhost::loopback(huge, &backend.sockets(), backend.pid(), duration, bursts)
             }
-            _ => bail!("{} has no vhost-user ports", kind.name()),
         };
     }
     if workload == Workload::Vxlan64 {

@@ -215,33 +215,41 @@ impl Drop for OvsDpdk {
     }
 }
 
-/// `vswitch-floor` as a vhost-user backend: the floor of the vhost-user
-/// path, with vswitch's transport and no switching logic.
-pub struct VhostFloor {
+/// A switch of ours as the vhost-user backend of the loopback: `vswitch`
+/// itself, or `vswitch-floor` (vswitch's vhost-user port code with no
+/// switching logic, the floor of the path).
+pub struct VhostBackend {
     dir: tempfile::TempDir,
     child: Child,
 }
 
-impl VhostFloor {
-    pub fn start() -> Result<VhostFloor> {
+impl VhostBackend {
+    pub fn start(kind: Kind) -> Result<VhostBackend> {
         let dir = tempfile::Builder::new().prefix("vswitch-bench-vhost").tempdir()?;
-        let program = std::env::current_exe()?.with_file_name("vswitch-floor");
-        let mut cmd = Command::new(program);
-        let floor_dir = dir.path().to_path_buf();
-        let sockets = [floor_dir.join("vhu0"), floor_dir.join("vhu1")];
+        let program = match kind {
+            Kind::Vswitch => "vswitch",
+            Kind::Floor => "vswitch-floor",
+            _ => bail!("{} has no vhost-user ports of ours", kind.name()),
+        };
+        let mut cmd = Command::new(std::env::current_exe()?.with_file_name(program));
+        if kind == Kind::Vswitch {
+            cmd.args(["--nostdin", "-s"]).arg(dir.path().join("ctl"));
+        }
+        let sockets = [dir.path().join("vhu0"), dir.path().join("vhu1")];
         for sock in &sockets {
             cmd.arg("--vhost-user").arg(sock);
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().context("starting vswitch-floor")?;
-        let floor = VhostFloor { dir, child };
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().with_context(|| format!("starting {program}"))?;
+        let backend = VhostBackend { dir, child };
         let deadline = Instant::now() + Duration::from_secs(5);
         while !sockets.iter().all(|s| s.exists()) {
             if Instant::now() > deadline {
-                bail!("vswitch-floor did not come up");
+                bail!("{program} did not come up");
             }
             thread::sleep(Duration::from_millis(10));
         }
-        Ok(floor)
+        Ok(backend)
     }
 
     pub fn sockets(&self) -> [PathBuf; 2] {
@@ -253,7 +261,7 @@ impl VhostFloor {
     }
 }
 
-impl Drop for VhostFloor {
+impl Drop for VhostBackend {
     fn drop(&mut self) {
         let _ = kill(self.pid(), Signal::SIGTERM);
         let _ = self.child.wait();

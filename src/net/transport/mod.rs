@@ -15,6 +15,7 @@ pub mod dgram;
 pub mod stream;
 pub mod tap;
 pub mod vde;
+pub mod vhost_user;
 pub mod vxlan;
 mod vxlan_spec;
 
@@ -191,6 +192,28 @@ pub struct Desc {
     pub registered: EpollFlags,
     /// The wake-up in which frames last came from this descriptor.
     pub last_busy: u64,
+    /// How the descriptor is watched (see [`Watch`]).
+    pub watch: Watch,
+    /// Whether a descriptor is in the epoll set: one that comes later (a
+    /// vhost-user kick the frontend has not sent yet) keeps its place and
+    /// its flow-control facts meanwhile.
+    pub watched: bool,
+}
+
+/// What kind of readiness a descriptor reports.
+#[derive(Clone, Copy)]
+pub struct Watch {
+    /// Reported once per change (`EPOLLET`): for a descriptor whose
+    /// readiness a read does not always clear, such as a socket holding
+    /// half a control message.
+    pub edge: bool,
+    /// What says the endpoint takes frames again: `EPOLLOUT` for a socket,
+    /// `EPOLLIN` for an eventfd the peer signals (always writable itself).
+    pub room: EpollFlags,
+}
+
+impl Watch {
+    pub const LEVEL: Watch = Watch { edge: false, room: EpollFlags::EPOLLOUT };
 }
 
 impl Desc {
@@ -213,7 +236,10 @@ impl Desc {
             flags |= EpollFlags::EPOLLIN;
         }
         if !self.waiting.is_empty() {
-            flags |= EpollFlags::EPOLLOUT;
+            flags |= self.watch.room;
+        }
+        if self.watch.edge {
+            flags |= EpollFlags::EPOLLET;
         }
         flags
     }
@@ -242,7 +268,18 @@ impl Registry {
     /// Watches `fd` for input on behalf of `transport`, which will know it
     /// as `tag`.
     pub fn add(&mut self, epoll: &Epoll, fd: BorrowedFd, transport: TransportId, tag: u32) -> io::Result<DescId> {
-        self.register(epoll, fd, transport, tag, true)
+        self.register(epoll, fd, transport, tag, true, Watch::LEVEL)
+    }
+
+    /// Watches `fd` for input, reported once per change (see [`Watch`]).
+    pub fn add_edge(&mut self, epoll: &Epoll, fd: BorrowedFd, transport: TransportId, tag: u32) -> io::Result<DescId> {
+        self.register(epoll, fd, transport, tag, true, Watch { edge: true, ..Watch::LEVEL })
+    }
+
+    /// A descriptor whose file comes later ([`Registry::watch`]); `reads`
+    /// and `watch` as for the other registrations.
+    pub fn add_unwatched(&mut self, transport: TransportId, tag: u32, reads: bool, watch: Watch) -> DescId {
+        self.insert(transport, tag, reads, watch)
     }
 
     /// Registers `fd` only to learn when it is writable again.
@@ -253,7 +290,7 @@ impl Registry {
         transport: TransportId,
         tag: u32,
     ) -> io::Result<DescId> {
-        self.register(epoll, fd, transport, tag, false)
+        self.register(epoll, fd, transport, tag, false, Watch::LEVEL)
     }
 
     fn register(
@@ -263,33 +300,61 @@ impl Registry {
         transport: TransportId,
         tag: u32,
         reads: bool,
+        watch: Watch,
     ) -> io::Result<DescId> {
+        let id = self.insert(transport, tag, reads, watch);
+        if let Err(e) = self.watch(epoll, id, fd) {
+            self.descs.remove(id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn insert(&mut self, transport: TransportId, tag: u32, reads: bool, watch: Watch) -> DescId {
         self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
-        let generation = self.generation;
-        let entry = self.descs.vacant_entry();
-        let id = entry.key();
-        let flags = if reads { EpollFlags::EPOLLIN } else { EpollFlags::empty() };
-        epoll
-            .add(fd, interest(Token::Data(id as u32, generation), flags))
-            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-        entry.insert(Desc {
+        let mut desc = Desc {
             transport,
             tag,
             reads,
-            generation,
+            generation: self.generation,
             feeders: Vec::new(),
             held: 0,
             paused: false,
             waiting: Vec::new(),
-            registered: flags,
+            registered: EpollFlags::empty(),
             last_busy: 0,
-        });
-        Ok(id)
+            watch,
+            watched: false,
+        };
+        desc.registered = desc.wanted();
+        self.descs.insert(desc)
+    }
+
+    /// Puts `fd` in the epoll set as descriptor `id`, watched for what the
+    /// descriptor is wanted for now.
+    pub fn watch(&mut self, epoll: &Epoll, id: DescId, fd: BorrowedFd) -> io::Result<()> {
+        let Some(desc) = self.descs.get_mut(id) else { return Ok(()) };
+        desc.registered = desc.wanted();
+        epoll
+            .add(fd, interest(Token::Data(id as u32, desc.generation), desc.registered))
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        desc.watched = true;
+        Ok(())
+    }
+
+    /// Takes descriptor `id`'s file, `fd`, out of the epoll set, keeping
+    /// the descriptor's place (for [`Registry::watch`] with another file).
+    pub fn unwatch(&mut self, epoll: &Epoll, id: DescId, fd: BorrowedFd) {
+        if let Some(desc) = self.descs.get_mut(id)
+            && std::mem::take(&mut desc.watched)
+        {
+            let _ = epoll.delete(fd);
+        }
     }
 
     /// Stops watching descriptor `id` (still open: its owner closes it).
     pub fn remove(&mut self, epoll: &Epoll, id: DescId, fd: BorrowedFd) {
-        if self.descs.try_remove(id).is_some() {
+        if self.descs.try_remove(id).is_some_and(|desc| desc.watched) {
             let _ = epoll.delete(fd);
         }
     }
@@ -339,4 +404,26 @@ pub fn bind_unix(
         std::os::unix::fs::chown(path, None, Some(g.as_raw()))?;
     }
     Ok(fd)
+}
+
+/// The peer's kernel credentials, and the description `port/print` shows:
+/// the listening path, the peer's user and pid.
+pub fn describe_peer(path: &std::path::Path, stream: BorrowedFd) -> (Credentials, Vec<u8>, Option<u32>) {
+    // The path as the file system has it, UTF-8 or not.
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    use std::os::unix::ffi::OsStrExt;
+    let described = |rest: String| [path.as_os_str().as_bytes(), rest.as_bytes()].concat();
+    let Ok(cred) = getsockopt(&stream, PeerCredentials) else {
+        // Unknown peers get an identity that owns nothing.
+        let nobody = Credentials { uid: u32::MAX - 1, gids: Vec::new() };
+        return (nobody, described(" user=? pid=?".to_string()), None);
+    };
+    let mut gids = super::sys::peer_groups(stream).unwrap_or_default();
+    gids.push(cred.gid());
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| cred.uid().to_string(), |u| u.name);
+    let description = described(format!(" user={user} pid={}", cred.pid()));
+    (Credentials { uid: cred.uid(), gids }, description, Some(cred.uid()))
 }

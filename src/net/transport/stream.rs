@@ -14,19 +14,18 @@
 use std::fs;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use nix::sys::epoll::Epoll;
 use nix::sys::socket::{Backlog, SockType, listen};
-use nix::unistd::{Gid, Uid};
+use nix::unistd::Gid;
 use slab::Slab;
 
-use super::{Arrival, Batch, DescId, Registry, Sent, Transport, TransportId, Verdict, bind_unix};
-use crate::engine::{Credentials, EndpointKey};
+use super::{Arrival, Batch, DescId, Registry, Sent, Transport, TransportId, Verdict, bind_unix, describe_peer};
+use crate::engine::EndpointKey;
 use crate::net::log;
-use crate::net::sys::{self, BATCH};
+use crate::net::sys::BATCH;
 use crate::wire::VLAN_TAG_LEN;
 
 pub const MODULE: &str = "stream";
@@ -297,7 +296,7 @@ impl Transport for Stream {
                 }
             };
             conn.desc = Some(desc);
-            let (credentials, description, user) = describe(&self.path, conn.stream.as_fd());
+            let (credentials, description, user) = describe_peer(&self.path, conn.stream.as_fd());
             arrivals.push(Arrival {
                 local: local as u32,
                 id: conn.stream.as_raw_fd() as u32,
@@ -336,27 +335,6 @@ impl Transport for Stream {
     fn shutdown(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
-}
-
-/// The peer's kernel credentials, and the description `port/print` shows:
-/// the listening path, the peer's user and pid.
-fn describe(path: &Path, stream: BorrowedFd) -> (Credentials, Vec<u8>, Option<u32>) {
-    // The path as the file system has it, UTF-8 or not.
-    let described = |rest: String| [path.as_os_str().as_bytes(), rest.as_bytes()].concat();
-    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    let Ok(cred) = getsockopt(&stream, PeerCredentials) else {
-        // Unknown peers get an identity that owns nothing.
-        let nobody = Credentials { uid: u32::MAX - 1, gids: Vec::new() };
-        return (nobody, described(" user=? pid=?".to_string()), None);
-    };
-    let mut gids = sys::peer_groups(stream).unwrap_or_default();
-    gids.push(cred.gid());
-    let user = nix::unistd::User::from_uid(Uid::from_raw(cred.uid()))
-        .ok()
-        .flatten()
-        .map_or_else(|| cred.uid().to_string(), |u| u.name);
-    let description = described(format!(" user={user} pid={}", cred.pid()));
-    (Credentials { uid: cred.uid(), gids }, description, Some(cred.uid()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,347 @@
+//! `--vhost-user PATH`: the switch is the vhost-user-net backend of every
+//! frontend that connects to PATH (QEMU's `-netdev vhost-user`, DPDK's
+//! `net_virtio_user`, cloud-hypervisor), each an endpoint on a port of its
+//! own. The protocol and the rings are [`crate::net::vhost_user`]'s; this
+//! file maps them onto the data plane.
+//!
+//! A frontend has three descriptors: its control connection, watched
+//! edge-triggered (half a request leaves it readable, and is finished by
+//! the next edge); the transmit queue's kick, which is the endpoint's
+//! input; and the receive queue's kick, its output, which says the guest
+//! posted buffers again by becoming readable. The kicks arrive in control
+//! requests, after the port exists, and a frontend may replace them; the
+//! data plane keeps their places (and flow-control facts) meanwhile, and
+//! watches a duplicate of each kick, so the registration can be taken out
+//! before the file goes, whatever the frontend does with its own copy.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use nix::sys::epoll::{Epoll, EpollFlags};
+use nix::sys::socket::{Backlog, SockType, listen};
+use nix::unistd::Gid;
+use slab::Slab;
+
+use super::{Arrival, Batch, DescId, Registry, Sent, Transport, TransportId, Verdict, Watch, bind_unix, describe_peer};
+use crate::engine::EndpointKey;
+use crate::net::log;
+use crate::net::vhost_user::{Control, PortError, VhostUserPort};
+
+pub const MODULE: &str = "vhost-user";
+
+/// The tag of the listening socket; a frontend's descriptors are tagged
+/// with its slot and their role.
+const LISTENER: u32 = u32::MAX;
+const CONTROL: u32 = 0;
+/// The transmit queue's kick: frames from the guest.
+const FRAMES: u32 = 1;
+/// The receive queue's kick: room in the guest for frames.
+const ROOM: u32 = 2;
+const ROLES: u32 = 4;
+/// Connections accepted per readiness report.
+const ACCEPTS_PER_WAKEUP: usize = 16;
+
+fn tag(slot: usize, role: u32) -> u32 {
+    slot as u32 * ROLES + role
+}
+
+fn split(tag: u32) -> (usize, u32) {
+    ((tag / ROLES) as usize, tag % ROLES)
+}
+
+/// A kick being watched: the data plane's descriptor, and the duplicate
+/// of the frontend's eventfd in its epoll set.
+struct Kick {
+    desc: DescId,
+    watched: Option<OwnedFd>,
+}
+
+struct Frontend {
+    port: VhostUserPort,
+    control: Option<DescId>,
+    frames: Kick,
+    room: Kick,
+    key: Option<EndpointKey>,
+    /// The last receive stopped at its limit with frames left in the ring:
+    /// no kick will say so.
+    more: bool,
+    /// The kicks changed since they were last watched.
+    kicks_changed: bool,
+}
+
+pub struct VhostUser {
+    id: TransportId,
+    path: PathBuf,
+    listener: UnixListener,
+    frontends: Slab<Frontend>,
+}
+
+impl VhostUser {
+    /// Listens at `path` with `ctl`'s mode and group and registers the
+    /// listener.
+    pub fn open(
+        id: TransportId,
+        path: &Path,
+        mode: u32,
+        group: Option<Gid>,
+        registry: &mut Registry,
+        epoll: &Epoll,
+    ) -> io::Result<VhostUser> {
+        let fd = bind_unix(path, SockType::Stream, mode, group)?;
+        listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        let listener = UnixListener::from(fd);
+        if let Err(e) = registry.add(epoll, listener.as_fd(), id, LISTENER) {
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(VhostUser { id, path: path.to_path_buf(), listener, frontends: Slab::new() })
+    }
+
+    fn accept(&mut self) -> io::Result<usize> {
+        for _ in 0..ACCEPTS_PER_WAKEUP {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.add_frontend(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(0)
+    }
+
+    fn add_frontend(&mut self, stream: UnixStream) {
+        match VhostUserPort::new(stream) {
+            Ok(port) => {
+                let unwatched = || Kick { desc: DescId::MAX, watched: None };
+                self.frontends.insert(Frontend {
+                    port,
+                    control: None,
+                    frames: unwatched(),
+                    room: unwatched(),
+                    key: None,
+                    more: false,
+                    kicks_changed: false,
+                });
+            }
+            Err(e) => log::log(&format!("{MODULE} {}: {}", self.path.display(), log::error_text(&e))),
+        }
+    }
+
+    /// Frames the guest transmitted, into `rx`.
+    fn receive(&mut self, slot: usize, rx: &mut Batch, max: usize) -> io::Result<usize> {
+        let Some(frontend) = self.frontends.get_mut(slot) else { return Ok(0) };
+        let Some(key) = frontend.key else { return Ok(0) };
+        let mut n = 0;
+        let room = rx.size();
+        let received = frontend.port.receive(max, |frame| {
+            // The port never hands over more than the largest tagged frame,
+            // which the batch always has room for.
+            let len = frame.len().min(room);
+            rx.buf_mut(n)[..len].copy_from_slice(&frame[..len]);
+            rx.set_frame(n, 0, len);
+            n += 1;
+        });
+        rx.set_sources(0..n, key.0);
+        match received {
+            Ok(received) => {
+                frontend.more = received.more;
+                Ok(n)
+            }
+            // Frames already in the batch go first; the ring is met again.
+            Err(_) if n > 0 => Ok(n),
+            Err(e) => Err(port_error(e)),
+        }
+    }
+
+    fn control(&mut self, slot: usize) -> io::Result<usize> {
+        let Some(frontend) = self.frontends.get_mut(slot) else { return Ok(0) };
+        match frontend.port.handle_control() {
+            Ok(Control::Unchanged) => Ok(0),
+            Ok(Control::KicksChanged) => {
+                frontend.kicks_changed = true;
+                Ok(0)
+            }
+            Err(e) => Err(port_error(e)),
+        }
+    }
+
+    /// Watches the kicks a frontend handed over since they were last
+    /// watched, in the descriptors' places.
+    fn watch_kicks(&mut self, registry: &mut Registry, epoll: &Epoll) {
+        for (slot, frontend) in &mut self.frontends {
+            if !std::mem::take(&mut frontend.kicks_changed) {
+                continue;
+            }
+            let Frontend { port, frames, room, .. } = frontend;
+            for (kick, fd) in [(frames, port.tx_kick()), (room, port.rx_kick())] {
+                if let Some(old) = kick.watched.take() {
+                    registry.unwatch(epoll, kick.desc, old.as_fd());
+                }
+                let Some(fd) = fd else { continue };
+                match fd.try_clone_to_owned() {
+                    Ok(copy) => match registry.watch(epoll, kick.desc, copy.as_fd()) {
+                        Ok(()) => kick.watched = Some(copy),
+                        Err(e) => log::log(&format!("{MODULE} kick of frontend {slot}: {}", log::error_text(&e))),
+                    },
+                    Err(e) => log::log(&format!("{MODULE} kick of frontend {slot}: {}", log::error_text(&e))),
+                }
+            }
+        }
+    }
+}
+
+/// A port's error as the data plane sees it: a hang-up is an ordinary end;
+/// anything else is a frontend that broke the protocol, closed with a line.
+fn port_error(e: PortError) -> io::Error {
+    match e {
+        PortError::HungUp => io::ErrorKind::UnexpectedEof.into(),
+        PortError::Io(e) if e.kind() == io::ErrorKind::ConnectionReset => e,
+        e => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
+impl Transport for VhostUser {
+    fn recv(&mut self, tag: u32, rx: &mut Batch, max: usize) -> io::Result<usize> {
+        if tag == LISTENER {
+            return self.accept();
+        }
+        match split(tag) {
+            (slot, CONTROL) => self.control(slot),
+            (slot, FRAMES) => self.receive(slot, rx, max),
+            _ => Ok(0),
+        }
+    }
+
+    fn send(&mut self, endpoint: u32, frames: &[&[u8]], _offset: usize) -> Sent {
+        let Some(frontend) = self.frontends.get_mut(endpoint as usize) else {
+            return Sent { frames: frames.len(), offset: 0, error: None };
+        };
+        match frontend.port.send(frames.iter().copied()) {
+            Ok(sent) => Sent {
+                frames: sent.frames,
+                offset: 0,
+                error: sent.would_block.then(|| io::ErrorKind::WouldBlock.into()),
+            },
+            Err(e) => {
+                log::log(&format!("{MODULE} {}: {e}", self.path.display()));
+                Sent { frames: 0, offset: 0, error: Some(port_error(e)) }
+            }
+        }
+    }
+
+    fn fd(&self, tag: u32) -> BorrowedFd<'_> {
+        if tag == LISTENER {
+            return self.listener.as_fd();
+        }
+        let (slot, role) = split(tag);
+        let frontend = &self.frontends[slot];
+        let kick = match role {
+            FRAMES => &frontend.frames,
+            ROOM => &frontend.room,
+            _ => return frontend.port.control_fd(),
+        };
+        // Only watched descriptors are asked for.
+        kick.watched.as_ref().map_or_else(|| frontend.port.control_fd(), AsFd::as_fd)
+    }
+
+    fn failure(&mut self, tag: u32, failed: Option<&io::Error>) -> Verdict {
+        if tag == LISTENER {
+            return match failed {
+                Some(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    Verdict::Pause
+                }
+                Some(_) => Verdict::Log,
+                None => Verdict::Keep,
+            };
+        }
+        let Some(key) = self.frontends.get(split(tag).0).and_then(|f| f.key) else { return Verdict::Keep };
+        let reason = match failed {
+            Some(e) if e.kind() == io::ErrorKind::InvalidData => Some(e.to_string()),
+            Some(e) if !matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) => {
+                Some(log::error_text(e))
+            }
+            _ => None,
+        };
+        Verdict::Close { endpoint: key, what: "vhost-user frontend", reason }
+    }
+
+    fn send_call(&self) -> &'static str {
+        "send_vhost_user"
+    }
+
+    fn close(&mut self, endpoint: u32, registry: &mut Registry, epoll: &Epoll) {
+        let Some(frontend) = self.frontends.try_remove(endpoint as usize) else { return };
+        if let Some(desc) = frontend.control {
+            registry.remove(epoll, desc, frontend.port.control_fd());
+        }
+        for kick in [frontend.frames, frontend.room] {
+            match &kick.watched {
+                Some(fd) => registry.remove(epoll, kick.desc, fd.as_fd()),
+                None => registry.remove(epoll, kick.desc, frontend.port.control_fd()),
+            }
+        }
+    }
+
+    fn arrivals(&mut self, registry: &mut Registry, epoll: &Epoll) -> Vec<Arrival> {
+        self.watch_kicks(registry, epoll);
+        let mut arrivals = Vec::new();
+        let fresh: Vec<usize> = self.frontends.iter().filter(|(_, f)| f.control.is_none()).map(|(i, _)| i).collect();
+        for slot in fresh {
+            let frontend = &mut self.frontends[slot];
+            let control = match registry.add_edge(epoll, frontend.port.control_fd(), self.id, tag(slot, CONTROL)) {
+                Ok(desc) => desc,
+                Err(e) => {
+                    log::log(&format!("{MODULE} {}: {}", self.path.display(), log::error_text(&e)));
+                    self.frontends.remove(slot);
+                    continue;
+                }
+            };
+            frontend.control = Some(control);
+            frontend.frames.desc = registry.add_unwatched(self.id, tag(slot, FRAMES), true, Watch::LEVEL);
+            let room = Watch { room: EpollFlags::EPOLLIN, ..Watch::LEVEL };
+            frontend.room.desc = registry.add_unwatched(self.id, tag(slot, ROOM), false, room);
+            let (credentials, description, user) = describe_peer(&self.path, frontend.port.control_fd());
+            arrivals.push(Arrival {
+                local: slot as u32,
+                id: frontend.port.control_fd().as_raw_fd() as u32,
+                module: MODULE,
+                description,
+                user,
+                credentials,
+                input: frontend.frames.desc,
+                output: frontend.room.desc,
+            });
+        }
+        arrivals
+    }
+
+    fn admit(&mut self, local: u32, key: Option<EndpointKey>, registry: &mut Registry, epoll: &Epoll) {
+        match key {
+            Some(key) => {
+                if let Some(frontend) = self.frontends.get_mut(local as usize) {
+                    frontend.key = Some(key);
+                }
+            }
+            None => self.close(local, registry, epoll),
+        }
+    }
+
+    fn buffered(&self, tag: u32) -> bool {
+        let (slot, role) = split(tag);
+        role == FRAMES && self.frontends.get(slot).is_some_and(|f| f.key.is_some() && f.more)
+    }
+
+    fn gone(&self, _endpoint: u32, error: &io::Error) -> bool {
+        error.kind() == io::ErrorKind::InvalidData
+    }
+
+    fn shutdown(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
