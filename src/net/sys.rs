@@ -672,3 +672,13 @@ mod tests {
         assert_eq!(moved.frame(1), &[4, 5][..]);
     }
 }
+
+/// Whether the peer of stream socket `fd` shut down its sending side
+/// (`POLLRDHUP`, which nix's poll flags cannot name), whatever is still
+/// unread.
+pub fn peer_shut_down(fd: BorrowedFd) -> bool {
+    let mut poll_fd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd for a descriptor the caller keeps open.
+    let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
+    ready > 0 && poll_fd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}

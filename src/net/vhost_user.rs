@@ -551,12 +551,17 @@ impl VhostUserPort {
         let mut buf = [0u8; HEADER + MAX_MSG_SIZE];
         match recv(self.control.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
             Ok(0) => Err(PortError::HungUp),
-            Ok(n) if n < HEADER => Ok(false),
             Ok(n) => {
-                let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+                let size = (n >= HEADER).then(|| u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize);
                 // An oversized request is complete enough for the handler
                 // to refuse it.
-                Ok(size > MAX_MSG_SIZE || n >= HEADER + size)
+                let complete = size.is_some_and(|size| size > MAX_MSG_SIZE || n >= HEADER + size);
+                // A peek never reaches the end of the stream behind half a
+                // request: the rest will not come if the frontend is gone.
+                if !complete && crate::net::sys::peer_shut_down(self.control.as_fd()) {
+                    return Err(PortError::HungUp);
+                }
+                Ok(complete)
             }
             Err(nix::errno::Errno::EAGAIN) => Ok(false),
             Err(e) => Err(io::Error::from(e).into()),

@@ -222,7 +222,7 @@ impl Switch {
         read_pid(&self.dir.path().join("sw.pid"))
     }
 
-    fn stderr_log(&self) -> String {
+    pub fn stderr_log(&self) -> String {
         fs::read_to_string(self.dir.path().join("sw.stderr")).unwrap_or_default()
     }
 
