@@ -623,6 +623,16 @@ pub fn daemon_when_ready() -> nix::Result<std::os::fd::OwnedFd> {
     }
 }
 
+/// Whether the peer of stream socket `fd` shut down its sending side
+/// (`POLLRDHUP`, which nix's poll flags cannot name), whatever is still
+/// unread.
+pub fn peer_shut_down(fd: BorrowedFd) -> bool {
+    let mut poll_fd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd for a descriptor the caller keeps open.
+    let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
+    ready > 0 && poll_fd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -671,14 +681,4 @@ mod tests {
         assert_eq!(moved.recv(b.as_fd(), BATCH).unwrap(), 2);
         assert_eq!(moved.frame(1), &[4, 5][..]);
     }
-}
-
-/// Whether the peer of stream socket `fd` shut down its sending side
-/// (`POLLRDHUP`, which nix's poll flags cannot name), whatever is still
-/// unread.
-pub fn peer_shut_down(fd: BorrowedFd) -> bool {
-    let mut poll_fd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd for a descriptor the caller keeps open.
-    let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
-    ready > 0 && poll_fd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
