@@ -265,3 +265,22 @@ fn lying_frontends_lose_their_port_and_nobody_else_notices() {
     guest.expect_frame(&hello);
     lab.switch.assert_alive();
 }
+
+/// The vhost-user socket gets the control socket's mode (`-m`), whatever
+/// the umask, as `ctl` does.
+#[test]
+fn the_socket_has_the_control_sockets_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    for mode in [None, Some("666"), Some("660")] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("vhost.sock");
+        let mut args = vec!["--vhost-user", path.to_str().expect("UTF-8 path")];
+        args.extend(mode.iter().flat_map(|m| ["-m", *m]));
+        let sw = Switch::start(Target::Vswitch, &args);
+        let mode_of = |p: &std::path::Path| std::fs::metadata(p).expect("socket file").permissions().mode() & 0o777;
+        assert_eq!(mode_of(&path), mode_of(&sw.ctl_dir().join("ctl")), "-m {mode:?}");
+        if let Some(m) = mode {
+            assert_eq!(mode_of(&path), u32::from_str_radix(m, 8).expect("octal"));
+        }
+    }
+}

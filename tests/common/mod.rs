@@ -12,6 +12,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod dpdk;
 pub mod frames;
 pub mod mgmt;
 pub mod process;
