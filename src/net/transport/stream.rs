@@ -79,6 +79,8 @@ pub struct Stream {
     max_record: usize,
     /// Connections closed for a bad record length, since start.
     bad_lengths: u64,
+    /// Connections accepted since the data plane last asked for arrivals.
+    fresh: Vec<usize>,
 }
 
 impl Stream {
@@ -102,7 +104,15 @@ impl Stream {
             return Err(e);
         }
         let max_record = max_frame + VLAN_TAG_LEN;
-        Ok(Stream { id, path: path.to_path_buf(), listener, conns: Slab::new(), max_record, bad_lengths: 0 })
+        Ok(Stream {
+            id,
+            path: path.to_path_buf(),
+            listener,
+            conns: Slab::new(),
+            max_record,
+            bad_lengths: 0,
+            fresh: Vec::new(),
+        })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
@@ -112,7 +122,7 @@ impl Stream {
                     if stream.set_nonblocking(true).is_ok() {
                         let buf = vec![0; READ_SIZE + 4 + self.max_record].into_boxed_slice();
                         let conn = Conn { stream, desc: None, key: None, buf, start: 0, end: 0, ended: None };
-                        self.conns.insert(conn);
+                        self.fresh.push(self.conns.insert(conn));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -284,9 +294,8 @@ impl Transport for Stream {
 
     fn arrivals(&mut self, registry: &mut Registry, epoll: &Epoll) -> Vec<Arrival> {
         let mut arrivals = Vec::new();
-        let fresh: Vec<usize> = self.conns.iter().filter(|(_, c)| c.desc.is_none()).map(|(i, _)| i).collect();
-        for local in fresh {
-            let conn = &mut self.conns[local];
+        for local in std::mem::take(&mut self.fresh) {
+            let Some(conn) = self.conns.get_mut(local) else { continue };
             let desc = match registry.add(epoll, conn.stream.as_fd(), self.id, local as u32) {
                 Ok(desc) => desc,
                 Err(e) => {

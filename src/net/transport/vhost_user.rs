@@ -77,6 +77,10 @@ pub struct VhostUser {
     path: PathBuf,
     listener: UnixListener,
     frontends: Slab<Frontend>,
+    /// Frontends accepted, or whose kicks changed, since the data plane
+    /// last asked: what `arrivals` has to look at, so a receive costs
+    /// nothing per idle frontend.
+    unsettled: Vec<usize>,
 }
 
 impl VhostUser {
@@ -98,7 +102,7 @@ impl VhostUser {
             let _ = fs::remove_file(path);
             return Err(e);
         }
-        Ok(VhostUser { id, path: path.to_path_buf(), listener, frontends: Slab::new() })
+        Ok(VhostUser { id, path: path.to_path_buf(), listener, frontends: Slab::new(), unsettled: Vec::new() })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
@@ -117,7 +121,7 @@ impl VhostUser {
         match VhostUserPort::new(stream) {
             Ok(port) => {
                 let unwatched = || Kick { desc: DescId::MAX, watched: None };
-                self.frontends.insert(Frontend {
+                let slot = self.frontends.insert(Frontend {
                     port,
                     control: None,
                     frames: unwatched(),
@@ -126,6 +130,7 @@ impl VhostUser {
                     more: false,
                     kicks_changed: false,
                 });
+                self.unsettled.push(slot);
             }
             Err(e) => log::log(&format!("{MODULE} {}: {}", self.path.display(), log::error_text(&e))),
         }
@@ -163,6 +168,7 @@ impl VhostUser {
             Ok(Control::Unchanged) => Ok(0),
             Ok(Control::KicksChanged) => {
                 frontend.kicks_changed = true;
+                self.unsettled.push(slot);
                 Ok(0)
             }
             Err(e) => Err(port_error(e)),
@@ -171,22 +177,20 @@ impl VhostUser {
 
     /// Watches the kicks a frontend handed over since they were last
     /// watched, in the descriptors' places.
-    fn watch_kicks(&mut self, registry: &mut Registry, epoll: &Epoll) {
-        for (slot, frontend) in &mut self.frontends {
-            if !std::mem::take(&mut frontend.kicks_changed) {
-                continue;
-            }
+    fn watch_kicks(&mut self, slot: usize, registry: &mut Registry, epoll: &Epoll) {
+        let Some(frontend) = self.frontends.get_mut(slot) else { return };
+        if std::mem::take(&mut frontend.kicks_changed) {
             let Frontend { port, frames, room, .. } = frontend;
             for (kick, fd) in [(frames, port.tx_kick()), (room, port.rx_kick())] {
                 if let Some(old) = kick.watched.take() {
                     registry.unwatch(epoll, kick.desc, old.as_fd());
                 }
                 let Some(fd) = fd else { continue };
-                match fd.try_clone_to_owned() {
-                    Ok(copy) => match registry.watch(epoll, kick.desc, copy.as_fd()) {
-                        Ok(()) => kick.watched = Some(copy),
-                        Err(e) => log::log(&format!("{MODULE} kick of frontend {slot}: {}", log::error_text(&e))),
-                    },
+                let watched = fd
+                    .try_clone_to_owned()
+                    .and_then(|copy| registry.watch(epoll, kick.desc, copy.as_fd()).map(|()| copy));
+                match watched {
+                    Ok(copy) => kick.watched = Some(copy),
                     Err(e) => log::log(&format!("{MODULE} kick of frontend {slot}: {}", log::error_text(&e))),
                 }
             }
@@ -289,11 +293,10 @@ impl Transport for VhostUser {
     }
 
     fn arrivals(&mut self, registry: &mut Registry, epoll: &Epoll) -> Vec<Arrival> {
-        self.watch_kicks(registry, epoll);
         let mut arrivals = Vec::new();
-        let fresh: Vec<usize> = self.frontends.iter().filter(|(_, f)| f.control.is_none()).map(|(i, _)| i).collect();
-        for slot in fresh {
-            let frontend = &mut self.frontends[slot];
+        for slot in std::mem::take(&mut self.unsettled) {
+            self.watch_kicks(slot, registry, epoll);
+            let Some(frontend) = self.frontends.get_mut(slot).filter(|f| f.control.is_none()) else { continue };
             let control = match registry.add_edge(epoll, frontend.port.control_fd(), self.id, tag(slot, CONTROL)) {
                 Ok(desc) => desc,
                 Err(e) => {
