@@ -427,3 +427,60 @@ pub fn describe_peer(path: &std::path::Path, stream: BorrowedFd) -> (Credentials
     let description = described(format!(" user={user} pid={}", cred.pid()));
     (Credentials { uid: cred.uid(), gids }, description, Some(cred.uid()))
 }
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::epoll::{EpollCreateFlags, EpollEvent, EpollTimeout};
+    use std::os::fd::AsFd;
+
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+
+    use super::*;
+
+    fn ready(epoll: &Epoll) -> Vec<EpollEvent> {
+        let mut events = [EpollEvent::empty(); 4];
+        let n = epoll.wait(&mut events, EpollTimeout::ZERO).unwrap();
+        events[..n].to_vec()
+    }
+
+    /// A descriptor registered before its file exists keeps its place and
+    /// what it is wanted for; watched, it reports as wanted; unwatched, it
+    /// no longer reports, and another file can take its place.
+    #[test]
+    fn a_descriptor_whose_file_comes_later() {
+        let epoll = Epoll::new(EpollCreateFlags::empty()).unwrap();
+        let mut registry = Registry::default();
+        let room = Watch { room: EpollFlags::EPOLLIN, ..Watch::LEVEL };
+        let id = registry.add_unwatched(0, 7, false, room);
+        assert!(!registry.descs[id].watched);
+        registry.descs[id].waiting.push(EndpointKey(1));
+        let signalled = EventFd::from_value_and_flags(1, EfdFlags::EFD_NONBLOCK).unwrap();
+        registry.watch(&epoll, id, signalled.as_fd()).unwrap();
+        // An eventfd is always writable: waiting for room means readable.
+        assert_eq!(registry.descs[id].registered, EpollFlags::EPOLLIN);
+        assert_eq!(ready(&epoll).len(), 1);
+        registry.unwatch(&epoll, id, signalled.as_fd());
+        assert!(ready(&epoll).is_empty());
+        let other = EventFd::from_value_and_flags(1, EfdFlags::EFD_NONBLOCK).unwrap();
+        registry.watch(&epoll, id, other.as_fd()).unwrap();
+        assert_eq!(ready(&epoll).len(), 1);
+        registry.remove(&epoll, id, other.as_fd());
+        assert!(ready(&epoll).is_empty());
+    }
+
+    /// An edge-triggered descriptor reports a change once, however much is
+    /// left unread.
+    #[test]
+    fn an_edge_triggered_descriptor_reports_once() {
+        let epoll = Epoll::new(EpollCreateFlags::empty()).unwrap();
+        let mut registry = Registry::default();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let id = registry.add_edge(&epoll, b.as_fd(), 0, 1).unwrap();
+        assert_eq!(registry.descs[id].wanted(), EpollFlags::EPOLLIN | EpollFlags::EPOLLET);
+        std::io::Write::write_all(&mut &a, b"half").unwrap();
+        assert_eq!(ready(&epoll).len(), 1);
+        assert!(ready(&epoll).is_empty());
+        std::io::Write::write_all(&mut &a, b" more").unwrap();
+        assert_eq!(ready(&epoll).len(), 1);
+    }
+}
