@@ -33,9 +33,9 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{MsgFlags, recv};
 use vhost::VhostUserMemoryRegionBase;
 use vhost::vhost_user::message::{
-    MAX_MSG_SIZE, VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
-    VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
-    VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
+    FrontendReq, MAX_MSG_SIZE, VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
+    VhostUserInflight, VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserSharedMsg, VhostUserSingleMemoryRegion, VhostUserVringAddrFlags, VhostUserVringState,
 };
 use vhost::vhost_user::{BackendReqHandler, GpuBackend, VhostUserBackendReqHandlerMut};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -490,6 +490,12 @@ pub struct Received {
     pub more: bool,
 }
 
+/// A request waiting whole on the control socket.
+struct Waiting {
+    /// `(index, num)` when it is `SET_VRING_ENABLE`.
+    vring_enable: Option<(u32, u32)>,
+}
+
 /// What handling control requests changed for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -546,24 +552,31 @@ impl VhostUserPort {
         self.kicks[RX].as_deref().map(AsFd::as_fd)
     }
 
-    /// Whether a whole request is waiting on the control socket.
-    fn request_waiting(&self) -> Result<bool, PortError> {
+    /// The request waiting whole on the control socket, if any.
+    fn request_waiting(&self) -> Result<Option<Waiting>, PortError> {
         let mut buf = [0u8; HEADER + MAX_MSG_SIZE];
         match recv(self.control.as_raw_fd(), &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
             Ok(0) => Err(PortError::HungUp),
             Ok(n) => {
-                let size = (n >= HEADER).then(|| u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize);
+                let word = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+                let size = (n >= HEADER).then(|| word(8) as usize);
                 // An oversized request is complete enough for the handler
                 // to refuse it.
                 let complete = size.is_some_and(|size| size > MAX_MSG_SIZE || n >= HEADER + size);
-                // A peek never reaches the end of the stream behind half a
-                // request: the rest will not come if the frontend is gone.
-                if !complete && crate::net::sys::peer_shut_down(self.control.as_fd()) {
-                    return Err(PortError::HungUp);
+                if !complete {
+                    // A peek never reaches the end of the stream behind
+                    // half a request: the rest will not come if the
+                    // frontend is gone.
+                    if crate::net::sys::peer_shut_down(self.control.as_fd()) {
+                        return Err(PortError::HungUp);
+                    }
+                    return Ok(None);
                 }
-                Ok(complete)
+                let vring_enable = (word(0) == FrontendReq::SET_VRING_ENABLE as u32 && size == Some(8))
+                    .then(|| (word(HEADER), word(HEADER + 4)));
+                Ok(Some(Waiting { vring_enable }))
             }
-            Err(nix::errno::Errno::EAGAIN) => Ok(false),
+            Err(nix::errno::Errno::EAGAIN) => Ok(None),
             Err(e) => Err(io::Error::from(e).into()),
         }
     }
@@ -571,14 +584,24 @@ impl VhostUserPort {
     /// Handles every complete request waiting on the control socket. An
     /// error means the frontend is gone or misbehaved: close the port.
     pub fn handle_control(&mut self) -> Result<Control, PortError> {
-        while self.request_waiting()? {
+        while let Some(waiting) = self.request_waiting()? {
             match self.requests.handle_request() {
                 // The one request the crate gates on an acknowledged
-                // feature is SET_VRING_ENABLE, which QEMU's virtio-net
-                // sends while the device is realized, before SET_FEATURES;
-                // the message was read whole, so the connection is still
-                // in step.
-                Err(vhost::vhost_user::Error::InactiveFeature(_)) => {}
+                // feature is SET_VRING_ENABLE. QEMU 7.2's virtio-net sends
+                // it only before SET_FEATURES, never once the rings are set
+                // up, so a ring enabled there must count as enabled (DPDK's
+                // backend counts it too) or no frame ever moves. The
+                // message was read whole: the connection is still in step.
+                Err(vhost::vhost_user::Error::InactiveFeature(_)) => {
+                    if let Some((index, num)) = waiting.vring_enable {
+                        let enable = match num {
+                            0 => false,
+                            1 => true,
+                            _ => return Err(vhost::vhost_user::Error::InvalidParam.into()),
+                        };
+                        self.device().set_vring_enable(index, enable)?;
+                    }
+                }
                 result => result?,
             }
         }
@@ -781,4 +804,31 @@ fn write_frame(
         queue.add_used(memory, head, (offset - start) as u32)?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::frontend::{EVENT_IDX, Frontend, MRG_RXBUF, VERSION_1};
+
+    /// QEMU 7.2's virtio-net enables both rings before `SET_FEATURES` and
+    /// never again; protocol features are acknowledged after that, and the
+    /// rings must run all the same.
+    #[test]
+    fn rings_enabled_before_set_features_run() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = VhostUserListener::bind(&dir.path().join("vhu")).expect("listen");
+        let mut front = Frontend::connect(listener.path()).expect("connect");
+        let mut port = listener.accept().expect("accept").expect("a waiting frontend");
+        for q in [RX, TX] {
+            front.vring_state(FrontendReq::SET_VRING_ENABLE as u32, q, 1).expect("send");
+        }
+        front.set_up(VERSION_1 | MRG_RXBUF | EVENT_IDX | VHOST_USER_F_PROTOCOL_FEATURES).expect("set-up messages");
+        port.handle_control().expect("a good set-up");
+        let frame: Vec<u8> = (0..60).collect();
+        front.transmit(&frame);
+        let mut got = Vec::new();
+        port.receive(BATCH, |f| got.push(f.to_vec())).expect("receive");
+        assert_eq!(got, [frame]);
+    }
 }
