@@ -3,7 +3,8 @@
 //! guest on one switch (issue 12). Guests are real QEMU (TCG) with the
 //! host's kernel and a busybox initramfs (`common/qemu.rs`).
 //!
-//! A vhost-user guest pair runs against `vswitch-floor` (issue 15).
+//! A guest on `--vhost-user` pings a UML guest, is killed and comes back
+//! (issue 15).
 //!
 //! Every wait is bounded; guests and switches are stopped by `Drop` (by
 //! process group / PID), also on panic.
@@ -11,10 +12,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::ProcessGuard;
 use common::qemu::{Backend, Guest, Image};
 use common::uml::{Eth0, GuestSpec, run_guests};
 use common::{Switch, Target};
@@ -85,27 +84,32 @@ fn a_restarted_switch_serves_new_guests_on_the_same_paths() {
     guests[1].assert_pinged(&[21], GUEST_TIMEOUT);
 }
 
-/// Two vhost-user guests wired to each other by `vswitch-floor`, which
-/// moves frames with the same vhost-user port code vswitch uses: the QEMU
-/// side of the vhost-user path (the memfd memory, the negotiation QEMU 7.2
-/// does, the legacy interrupt line) before any switching is involved.
+/// A QEMU guest with a vhost-user NIC (memfd RAM shared with the switch)
+/// and a UML guest on the same vswitch ping each other; killing QEMU with
+/// SIGKILL frees its port, and a new QEMU on the same socket gets a port
+/// and pings again (issue 15).
 #[test]
-fn vhost_user_guests_ping_each_other_through_the_floor() {
+fn a_vhost_user_guest_pings_a_uml_guest_and_comes_back_after_sigkill() {
     let sockets = tempfile::tempdir().unwrap();
-    let paths = [sockets.path().join("a.vhost"), sockets.path().join("b.vhost")];
-    let mut floor = Command::new(env!("CARGO_BIN_EXE_vswitch-floor"));
-    for p in &paths {
-        floor.arg("--vhost-user").arg(p);
-    }
-    let _floor = ProcessGuard::spawn(floor.stdin(Stdio::null()));
-    common::wait_until(common::EVENT_TIMEOUT, "the floor's vhost-user sockets", || {
-        paths.iter().all(|p| p.exists()).then_some(())
-    });
+    let vhost = sockets.path().join("qemu.vhost");
+    let sw = Switch::start(Target::Vswitch, &["--vhost-user", vhost.to_str().unwrap()]);
+    let ctl = sw.ctl_dir();
     let image = Image::build();
-    let mut guests = [
-        Guest::boot(&image, Backend::VhostUser(&paths[0]), 31, &[32]),
-        Guest::boot(&image, Backend::VhostUser(&paths[1]), 32, &[31]),
-    ];
-    guests[0].assert_pinged(&[32], GUEST_TIMEOUT);
-    guests[1].assert_pinged(&[31], GUEST_TIMEOUT);
+    let vhost_ports = || sw.mgmt().cmd_ok("port/print").matches("module vhost-user").count();
+    const ROUNDS: [(u8, u8, &[u8]); 2] = [(41, 42, &[41]), (43, 44, &[43])];
+    for (qemu_id, uml_id, uml_peers) in ROUNDS {
+        let mut guest = Guest::boot(&image, Backend::VhostUser(&vhost), qemu_id, &[uml_id]);
+        wait_ready(std::slice::from_mut(&mut guest));
+        let uml = [GuestSpec::new(uml_id, Eth0::Vde { port: None }, uml_peers)];
+        let outcome = run_guests(Target::Vswitch, &ctl, &uml, || sw.mgmt().cmd_ok("port/print"));
+        outcome.assert_results(&uml);
+        guest.assert_pinged(&[uml_id], GUEST_TIMEOUT);
+        let listing = outcome.inspected.expect("both guests were up");
+        let line = format!("module vhost-user  : {} user=root pid=", vhost.display());
+        assert!(listing.contains(&line), "{line:?} in\n{listing}");
+        guest.kill();
+        common::wait_until(common::EVENT_TIMEOUT, "the killed guest's port to go", || {
+            (vhost_ports() == 0).then_some(())
+        });
+    }
 }
