@@ -8,6 +8,7 @@ mod ctl;
 mod data;
 mod jobs;
 pub mod log;
+pub mod sigbus;
 pub mod sys;
 mod transport;
 pub mod vhost_user;

@@ -3,8 +3,8 @@
 //! counterpart, one frame per read or write), connecting to a raw 110-byte
 //! `sockaddr_un`, creating a tap interface, syslog, per-thread supplementary
 //! groups, and the fork of a daemon that reports its readiness. Every `unsafe` block
-//! in vswitch is here; each one passes pointers to memory that outlives the
-//! call.
+//! in vswitch is here (or in `sigbus.rs`, the guard of guest memory); each
+//! one passes pointers to memory that outlives the call.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
