@@ -18,8 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::ctl::Peer;
 use super::log;
+use super::peer::Peer;
 use crate::engine::PortId;
 use crate::mgmt::{CaptureDesk, Out};
 

@@ -15,11 +15,13 @@ use nix::errno::Errno;
 use nix::sys::epoll::EpollFlags;
 use nix::unistd::Gid;
 
-use super::ctl::Peer;
-use super::jobs::{LOAD_TIME_LIMIT, Outcome, Waiter};
+use super::host_ports::VxlanPorts;
+use super::jobs::{LOAD_TIME_LIMIT, Waiter};
 use super::log::ConsoleOut;
-use super::transport::vxlan::Ports;
-use super::{ACCEPT_BATCH, Accepted, Exit, MAX_SESSIONS, Server, Token, capture, interest, log, token_generation};
+use super::peer::Peer;
+use super::{
+    ACCEPT_BATCH, Accepted, Exit, JobOutcome, MAX_SESSIONS, Server, Token, capture, interest, log, token_generation,
+};
 use crate::engine::Event;
 pub use crate::mgmt::MAX_LINE;
 use crate::mgmt::{self, BANNER, Context, Effect, PROMPT, Scripts, Session, SessionKind, format_event};
@@ -321,7 +323,7 @@ impl Server {
         // meanwhile.
         let mut captures = std::mem::take(self.data.capture());
         let mut desk = capture::Desk::new(&mut captures, None);
-        let mut ports = Ports { data: &mut self.data, epoll: &self.epoll };
+        let mut ports = VxlanPorts { data: &mut self.data, epoll: &self.epoll };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, &mut session);
         // `load` is refused in rc files; nothing else reads files.
         ctx.scripts = Some(Scripts::new());
@@ -498,7 +500,7 @@ impl Server {
             }
             Origin::Stdin => (Waiter::Stdin, None),
         };
-        if !self.jobs.start(waiter, LOAD_TIME_LIMIT, move || Outcome::Scripts(prefetch_as(peer, path))) {
+        if !self.jobs.start(waiter, LOAD_TIME_LIMIT, move || JobOutcome::Scripts(prefetch_as(peer, path))) {
             return Some(Reply { text: mgmt::status(Err(Errno::EAGAIN)).into_bytes(), ends_session: false });
         }
         match origin {
@@ -664,7 +666,7 @@ impl Server {
         // the command.
         let mut captures = std::mem::take(self.data.capture());
         let mut desk = capture::Desk::new(&mut captures, peer.as_ref());
-        let mut ports = Ports { data: &mut self.data, epoll: &self.epoll };
+        let mut ports = VxlanPorts { data: &mut self.data, epoll: &self.epoll };
         let mut ctx = Context::new(&mut self.switch, &self.info, self.now, state);
         ctx.scripts = Some(scripts);
         ctx.capture = Some(&mut desk);

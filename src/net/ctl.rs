@@ -13,13 +13,15 @@ use nix::sys::epoll::EpollFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
 use nix::unistd::{Gid, Uid};
 
-use super::data::VDE;
-use super::jobs::{LOOKUP_TIME_LIMIT, Outcome, Reached, Waiter};
+use super::jobs::{LOOKUP_TIME_LIMIT, Waiter};
+use super::peer::Peer;
+use super::transport::VDE;
 use super::transport::vde::{self, Vde};
 use super::{
-    Accepted, Conn, Fatal, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, Server, Token, interest, log, sys, token_generation,
+    Accepted, Conn, Fatal, HANDSHAKE_TIMEOUT, JobOutcome, MAX_HANDSHAKES, Server, Token, interest, log, sys,
+    token_generation,
 };
-use crate::engine::{Attach, AttachError, Credentials, EndpointKey, PortRequest, Switch};
+use crate::engine::{Attach, AttachError, EndpointKey, PortRequest, Switch};
 use crate::wire::{ClientAddr, Request, RequestError, RequestKind, reply_for_path};
 
 /// Permissions and ownership requested on the command line.
@@ -221,6 +223,13 @@ impl HandshakeError {
     }
 }
 
+/// A client's socket path, reached: its owner and a datagram socket
+/// connected to it.
+pub struct Reached {
+    pub owner: Option<u32>,
+    pub socket: OwnedFd,
+}
+
 /// An endpoint the handshake created.
 pub struct NewEndpoint {
     pub key: EndpointKey,
@@ -349,56 +358,6 @@ fn bind_with_mode(socket: &OwnedFd, path: &Path, mode: u32) -> io::Result<()> {
     bound.map_err(io_err)
 }
 
-/// The process at the other end of a Unix stream (a control connection or
-/// a console session), as the kernel knows it.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
-}
-
-impl Peer {
-    pub fn of(stream: &UnixStream) -> Peer {
-        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-        let Ok(cred) = getsockopt(stream, PeerCredentials) else {
-            // Unknown peers get an identity that owns nothing.
-            return Peer { uid: Uid::from_raw(u32::MAX - 1), gid: Gid::from_raw(u32::MAX - 1), groups: Vec::new() };
-        };
-        let gid = Gid::from_raw(cred.gid());
-        let groups = sys::peer_groups(stream.as_fd()).map(|g| g.into_iter().map(Gid::from_raw).collect());
-        Peer { uid: Uid::from_raw(cred.uid()), gid, groups: groups.unwrap_or_default() }
-    }
-
-    fn credentials(&self) -> Credentials {
-        let mut gids: Vec<u32> = self.groups.iter().map(|g| g.as_raw()).collect();
-        gids.push(self.gid.as_raw());
-        Credentials { uid: self.uid.as_raw(), gids }
-    }
-
-    /// Gives the calling thread the peer's file-system identity (user,
-    /// group, supplementary groups) for good: only job threads call it,
-    /// and the identity is per thread, so the loop and other jobs keep
-    /// theirs. Only a root switch has another identity to lend; otherwise
-    /// the kernel already checks with the switch's own, which is never more
-    /// than the peer could reach through the switch anyway.
-    pub fn assume(&self) -> io::Result<()> {
-        use nix::unistd::{setfsgid, setfsuid};
-        if !Uid::effective().is_root() || self.uid.is_root() {
-            return Ok(());
-        }
-        sys::set_thread_groups(&self.groups.iter().map(|g| g.as_raw()).collect::<Vec<_>>())?;
-        setfsgid(self.gid);
-        setfsuid(self.uid);
-        // Both calls answer with the previous id, never an error: ask again
-        // to learn whether the change took.
-        if setfsuid(self.uid) != self.uid || setfsgid(self.gid) != self.gid {
-            return Err(io::Error::from_raw_os_error(libc::EPERM));
-        }
-        Ok(())
-    }
-}
-
 /// The switch's control side: accepting clients and serving handshakes.
 impl Server {
     pub(super) fn accept_ctl(&mut self) {
@@ -520,7 +479,7 @@ impl Server {
         };
         let peer = Peer::of(&conn.stream);
         let waiter = Waiter::Conn(slot, conn.serial);
-        self.jobs.start(waiter, LOOKUP_TIME_LIMIT, move || Outcome::Reached(reach(Some(&peer), &addr, socket)))
+        self.jobs.start(waiter, LOOKUP_TIME_LIMIT, move || JobOutcome::Reached(reach(Some(&peer), &addr, socket)))
     }
 
     /// Starts the look-ups that waited for a free job slot, oldest first.

@@ -61,7 +61,9 @@ use super::sys::BATCH;
 use super::transport::tap::Tap;
 use super::transport::vde::Vde;
 use super::transport::vxlan::Vxlan;
-use super::transport::{Arrival, Batch, DescId, PENDING, Registry, Sent, Transport, TransportId, Verdict, buffer_size};
+use super::transport::{
+    Arrival, Batch, DescId, PENDING, Registry, Sent, TAP, Transport, TransportId, VDE, VXLAN, Verdict, buffer_size,
+};
 use super::{Token, interest, log};
 use crate::engine::{Attach, Delivery, DropReason, Edit, EndpointKey, Outgoing, PortRequest, Switch};
 use crate::wire::{MAX_FRAME, VLAN_TAG_LEN, pop_tag, push_tag};
@@ -75,11 +77,6 @@ const QUEUE_LIMIT: usize = BATCH;
 const SPARE_LIMIT: usize = 2 * QUEUE_LIMIT;
 /// How long a full destination may hold its senders back.
 pub const STALL_LIMIT: Duration = Duration::from_millis(10);
-
-/// The transports every switch has, at fixed places.
-pub const VDE: TransportId = 0;
-pub const TAP: TransportId = 1;
-pub const VXLAN: TransportId = 2;
 
 /// One attached endpoint: where its frames move and its flow-control state.
 struct Link {

@@ -20,15 +20,11 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
-
-use super::ctl::HandshakeError;
-use crate::mgmt::Scripts;
 
 /// Most jobs running (or stuck) at once.
 pub const MAX_JOBS: usize = 16;
@@ -47,23 +43,11 @@ pub enum Waiter {
     Stdin,
 }
 
-/// A client's socket path, reached: its owner and a datagram socket
-/// connected to it.
-pub struct Reached {
-    pub owner: Option<u32>,
-    pub socket: OwnedFd,
-}
-
-pub enum Outcome {
-    Scripts(Scripts),
-    Reached(Result<Reached, HandshakeError>),
-}
-
 /// A finished (or abandoned) job, for its waiter.
-pub struct Done {
+pub struct Done<O> {
     pub waiter: Waiter,
     /// `None`: the job was abandoned after its time limit.
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<O>,
 }
 
 struct Running {
@@ -71,10 +55,11 @@ struct Running {
     deadline: Instant,
 }
 
-pub struct Jobs {
+/// The jobs, each bringing back an `O`.
+pub struct Jobs<O> {
     pub wake: Arc<EventFd>,
-    tx: Sender<(u64, Outcome)>,
-    rx: Receiver<(u64, Outcome)>,
+    tx: Sender<(u64, O)>,
+    rx: Receiver<(u64, O)>,
     /// Threads started and not yet heard back from, abandoned ones included.
     threads: usize,
     /// Jobs someone still waits for.
@@ -82,8 +67,8 @@ pub struct Jobs {
     next_id: u64,
 }
 
-impl Jobs {
-    pub fn new() -> io::Result<Jobs> {
+impl<O: Send + 'static> Jobs<O> {
+    pub fn new() -> io::Result<Jobs<O>> {
         let wake = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).map_err(io::Error::from)?;
         let (tx, rx) = channel();
         Ok(Jobs { wake: Arc::new(wake), tx, rx, threads: 0, waiting: HashMap::new(), next_id: 0 })
@@ -97,7 +82,7 @@ impl Jobs {
     /// Runs `work` in a thread of its own (where it may take another
     /// file-system identity). Returns false, starting nothing, when
     /// [`MAX_JOBS`] threads are busy or no thread can be made.
-    pub fn start(&mut self, waiter: Waiter, limit: Duration, work: impl FnOnce() -> Outcome + Send + 'static) -> bool {
+    pub fn start(&mut self, waiter: Waiter, limit: Duration, work: impl FnOnce() -> O + Send + 'static) -> bool {
         if self.is_full() {
             return false;
         }
@@ -119,7 +104,7 @@ impl Jobs {
 
     /// Jobs that finished since the last call, and those whose time ran
     /// out (with no outcome).
-    pub fn collect(&mut self, now: Instant) -> Vec<Done> {
+    pub fn collect(&mut self, now: Instant) -> Vec<Done<O>> {
         let _ = self.wake.read();
         let mut done = Vec::new();
         while let Ok((id, outcome)) = self.rx.try_recv() {

@@ -6,8 +6,10 @@ mod capture;
 mod console;
 mod ctl;
 mod data;
+mod host_ports;
 mod jobs;
 pub mod log;
+mod peer;
 pub mod sigbus;
 pub mod sys;
 mod transport;
@@ -92,6 +94,12 @@ pub enum Exit {
     Shutdown,
     StdinClosed,
     Signal(Signal),
+}
+
+/// What a file-system job (see [`jobs`]) brings back.
+enum JobOutcome {
+    Scripts(mgmt::Scripts),
+    Reached(Result<ctl::Reached, ctl::HandshakeError>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +256,7 @@ struct Server {
     /// Held open so that, out of descriptors, a connection can still be
     /// accepted and closed instead of waiting in the backlog.
     reserve: Option<fs::File>,
-    jobs: jobs::Jobs,
+    jobs: jobs::Jobs<JobOutcome>,
     /// Connections whose client socket waits for a free job slot, oldest
     /// first, with their serial.
     lookups_waiting: VecDeque<(usize, u64)>,
@@ -503,7 +511,7 @@ struct LoopHandles {
     epoll: Epoll,
     signals: SignalFd,
     ticks: TimerFd,
-    jobs: jobs::Jobs,
+    jobs: jobs::Jobs<JobOutcome>,
 }
 
 fn loop_handles() -> io::Result<LoopHandles> {
@@ -678,13 +686,13 @@ impl Server {
     fn jobs_done(&mut self) {
         for done in self.jobs.collect(Instant::now()) {
             match (done.waiter, done.outcome) {
-                (jobs::Waiter::Conn(slot, serial), Some(jobs::Outcome::Reached(r))) => {
+                (jobs::Waiter::Conn(slot, serial), Some(JobOutcome::Reached(r))) => {
                     self.reached(slot, serial, Some(r));
                 }
                 (jobs::Waiter::Conn(slot, serial), None) => self.reached(slot, serial, None),
-                (waiter, Some(jobs::Outcome::Scripts(scripts))) => self.scripts_read(waiter, Some(scripts)),
+                (waiter, Some(JobOutcome::Scripts(scripts))) => self.scripts_read(waiter, Some(scripts)),
                 (waiter, None) => self.scripts_read(waiter, None),
-                (_, Some(jobs::Outcome::Reached(_))) => {}
+                (_, Some(JobOutcome::Reached(_))) => {}
             }
         }
         self.start_waiting_lookups();

@@ -49,6 +49,11 @@ pub type Batch = RecvBatch;
 /// Index of a transport in the data plane.
 pub type TransportId = usize;
 
+/// The transports every switch has, at fixed places.
+pub const VDE: TransportId = 0;
+pub const TAP: TransportId = 1;
+pub const VXLAN: TransportId = 2;
+
 /// Index of a registered descriptor.
 pub type DescId = usize;
 

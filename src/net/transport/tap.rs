@@ -5,17 +5,15 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use nix::sys::epoll::Epoll;
-use nix::unistd::{Gid, Uid};
 use slab::Slab;
 
 use super::{Batch, DescId, Registry, Sent, Transport, TransportId, Verdict};
-use crate::engine::{Attach, Credentials, EndpointKey, PortRequest};
-use crate::net::data::TAP;
-use crate::net::{Server, log, sys};
+use crate::engine::EndpointKey;
+use crate::net::{log, sys};
 
 /// The module name `port/print` shows, vde_switch's.
 pub const MODULE: &str = "tuntap";
@@ -36,7 +34,7 @@ impl Tap {
         Tap { id, endpoints: Slab::new() }
     }
 
-    fn add(
+    pub fn add(
         &mut self,
         registry: &mut Registry,
         epoll: &Epoll,
@@ -95,7 +93,7 @@ impl Transport for Tap {
 
 /// Creates the tap interface `name` (or takes over an existing, unused
 /// one) and returns its non-blocking, close-on-exec descriptor.
-fn open(name: &str) -> Result<OwnedFd, String> {
+pub fn open(name: &str) -> Result<OwnedFd, String> {
     // std opens with O_CLOEXEC already.
     let tun = OpenOptions::new()
         .read(true)
@@ -106,48 +104,4 @@ fn open(name: &str) -> Result<OwnedFd, String> {
     sys::attach_tap(tun.as_fd(), name)
         .map_err(|e| format!("Cannot create tap interface {name}: {}", log::error_text(&e)))?;
     Ok(tun.into())
-}
-
-impl Server {
-    /// Attaches each `-t` interface on the next automatically allocated
-    /// port, as vde_switch does between the management socket and the rc
-    /// file. One that cannot be opened or has no port is logged and skipped.
-    pub(in crate::net) fn attach_taps(&mut self, names: &[String]) {
-        for name in names {
-            if let Err(reason) = self.attach_tap(name) {
-                log::log(&reason);
-                log::log(&format!("ERROR OPENING tap interface: {name}"));
-            }
-        }
-    }
-
-    fn attach_tap(&mut self, name: &str) -> Result<(), String> {
-        let fd = open(name)?;
-        let (key, _) = self
-            .switch
-            .attach(Attach {
-                request: PortRequest::Any,
-                // vde_switch shows the tap's descriptor as the endpoint ID.
-                id: fd.as_raw_fd() as u32,
-                module: MODULE,
-                description: name.as_bytes().to_vec(),
-                // Nobody owns the port (`Current User: NONE`); the kernel
-                // identity sharing checks compare with is the switch's own.
-                user: None,
-                credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
-            })
-            .map_err(|e| format!("Cannot attach tap interface {name}: {e}"))?;
-        let epoll = &self.epoll;
-        let added = self.data.with_transport(TAP, |tap: &mut Tap, registry| tap.add(registry, epoll, key, fd));
-        match added.unwrap_or_else(|| Err(io::Error::other("no tap transport"))) {
-            Ok((local, desc)) => {
-                self.data.attach(key, TAP, local, desc, desc);
-                Ok(())
-            }
-            Err(e) => {
-                self.switch.detach(key);
-                Err(format!("epoll add tap interface {name}: {}", log::error_text(&e)))
-            }
-        }
-    }
 }

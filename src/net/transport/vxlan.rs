@@ -30,18 +30,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::Epoll;
 use nix::sys::socket::SockaddrStorage;
-use nix::unistd::{Gid, Uid};
 use slab::Slab;
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
 pub use super::vxlan_spec::Spec;
 use super::{Batch, DescId, Registry, Sent, Transport, TransportId, Verdict};
-use crate::engine::{Attach, Credentials, EndpointKey, PortRequest, Switch};
-use crate::mgmt::{Out, Uplinks};
-use crate::net::data::DataPlane;
-use crate::net::data::VXLAN;
+use crate::engine::EndpointKey;
+use crate::mgmt::Out;
+use crate::net::log;
 use crate::net::sys::{self, BATCH};
-use crate::net::{Server, log};
 use crate::wire::{MIN_FRAME, Mac, VXLAN_HEADER_LEN, emit_vxlan};
 
 /// The module name `port/print` shows.
@@ -370,6 +367,11 @@ impl Vxlan {
         Ok((local, desc))
     }
 
+    /// The endpoints of the VXLAN ports, with their numbers here.
+    pub fn endpoints(&self) -> impl Iterator<Item = (u32, EndpointKey)> + '_ {
+        self.ports.iter().map(|(local, p)| (local as u32, p.key))
+    }
+
     /// Writes `vxlan/print`'s lines for endpoint `local` on engine port
     /// `port`.
     pub fn print(&self, local: u32, port: u32, out: &mut Out) {
@@ -412,7 +414,7 @@ pub struct Opened {
     senders: Vec<OwnedFd>,
     ifindex: u32,
     /// The receiving socket's descriptor, shown as the endpoint ID.
-    id: u32,
+    pub id: u32,
 }
 
 impl Port {
@@ -626,82 +628,6 @@ impl Vxlan {
             return None;
         }
         Some((v.vni(), Mac(src.try_into().expect("six bytes"))))
-    }
-}
-
-/// The VXLAN ports as the console sees them.
-pub struct Ports<'a> {
-    pub data: &'a mut DataPlane,
-    pub epoll: &'a Epoll,
-}
-
-impl Uplinks for Ports<'_> {
-    fn add(&mut self, switch: &mut Switch, spec: &str) -> Result<u32, String> {
-        let spec: Spec = spec.parse()?;
-        attach(switch, self.data, self.epoll, &spec)
-    }
-
-    fn remove(&mut self, switch: &mut Switch, port: u32) -> Result<(), String> {
-        let key = self
-            .data
-            .with_transport(VXLAN, |v: &mut Vxlan, _| {
-                v.ports.iter().map(|(_, p)| p.key).find(|&k| switch.endpoint(k).is_some_and(|e| e.port == port))
-            })
-            .flatten()
-            .ok_or_else(|| format!("vxlan: port {port} is not a VXLAN port"))?;
-        switch.detach(key);
-        self.data.remove(self.epoll, key);
-        Ok(())
-    }
-
-    fn print(&mut self, switch: &Switch, out: &mut Out) {
-        self.data.with_transport(VXLAN, |v: &mut Vxlan, _| {
-            for (local, p) in &v.ports {
-                if let Some(e) = switch.endpoint(p.key) {
-                    v.print(local as u32, e.port, out);
-                }
-            }
-        });
-    }
-}
-
-/// Opens a VXLAN port and attaches it on the next free switch port.
-fn attach(switch: &mut Switch, data: &mut DataPlane, epoll: &Epoll, spec: &Spec) -> Result<u32, String> {
-    let opened = data.with_transport(VXLAN, |v: &mut Vxlan, _| v.open(spec)).ok_or("vxlan: no vxlan transport")??;
-    let (key, port) = switch
-        .attach(Attach {
-            request: PortRequest::Any,
-            // Like a tap's, the endpoint ID is the descriptor.
-            id: opened.id,
-            module: MODULE,
-            description: spec.to_string().into_bytes(),
-            user: None,
-            credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
-        })
-        .map_err(|e| format!("vxlan: cannot attach {spec}: {e}"))?;
-    let added = data.with_transport(VXLAN, |v: &mut Vxlan, registry| v.add(registry, epoll, key, opened));
-    match added.unwrap_or_else(|| Err(io::Error::other("no vxlan transport"))) {
-        Ok((local, desc)) => {
-            data.attach(key, VXLAN, local, desc, desc);
-            Ok(port)
-        }
-        Err(e) => {
-            switch.detach(key);
-            Err(format!("vxlan: epoll add {spec}: {}", log::error_text(&e)))
-        }
-    }
-}
-
-impl Server {
-    /// Attaches each `--vxlan` port on the next automatically allocated
-    /// port, after the tap interfaces. One that cannot be opened or has no
-    /// port is logged and skipped.
-    pub(in crate::net) fn attach_vxlans(&mut self, specs: &[Spec]) {
-        for spec in specs {
-            if let Err(reason) = attach(&mut self.switch, &mut self.data, &self.epoll, spec) {
-                log::log(&reason);
-            }
-        }
     }
 }
 
