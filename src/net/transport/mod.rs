@@ -411,6 +411,79 @@ pub fn bind_unix(
     Ok(fd)
 }
 
+/// The listening socket of a transport whose every connection is an
+/// endpoint (`--stream`, `--vhost-user`): bound with `ctl`'s mode and
+/// group, registered under the transport's listener tag, and removed at
+/// exit.
+pub struct StreamListener {
+    listener: std::os::unix::net::UnixListener,
+    pub path: std::path::PathBuf,
+}
+
+/// Connections accepted per readiness report, so a flood of connections
+/// does not starve the frames.
+const ACCEPTS_PER_WAKEUP: usize = 16;
+
+impl StreamListener {
+    pub fn open(
+        path: &std::path::Path,
+        mode: u32,
+        group: Option<nix::unistd::Gid>,
+        (registry, epoll): (&mut Registry, &Epoll),
+        (transport, tag): (TransportId, u32),
+    ) -> io::Result<StreamListener> {
+        use nix::sys::socket::{Backlog, SockType, listen};
+        let fd = bind_unix(path, SockType::Stream, mode, group)?;
+        let listening = listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))
+            .and_then(|()| registry.add(epoll, std::os::fd::AsFd::as_fd(&fd), transport, tag));
+        if let Err(e) = listening {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(StreamListener { listener: fd.into(), path: path.to_path_buf() })
+    }
+
+    /// Hands each waiting connection, made non-blocking, to `each`: a
+    /// bounded batch per readiness report.
+    pub fn accept(&self, mut each: impl FnMut(std::os::unix::net::UnixStream)) -> io::Result<usize> {
+        for _ in 0..ACCEPTS_PER_WAKEUP {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        each(stream);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(0)
+    }
+
+    /// What to do about the listener's failure: out of descriptors or
+    /// memory it stays readable, so it is not read until the next tick.
+    pub fn verdict(failed: Option<&io::Error>) -> Verdict {
+        match failed {
+            Some(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                Verdict::Pause
+            }
+            Some(_) => Verdict::Log,
+            None => Verdict::Keep,
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.listener)
+    }
+
+    /// Removes the socket file (at exit).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// The peer's kernel credentials, and the description `port/print` shows:
 /// the listening path, the peer's user and pid.
 pub fn describe_peer(path: &std::path::Path, stream: BorrowedFd) -> (Credentials, Vec<u8>, Option<u32>) {

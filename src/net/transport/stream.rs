@@ -11,18 +11,16 @@
 //! has frames dropped as `socket-full`; a record written in part is
 //! finished before anything else is sent.
 
-use std::fs;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use nix::sys::epoll::Epoll;
-use nix::sys::socket::{Backlog, SockType, listen};
 use nix::unistd::Gid;
 use slab::Slab;
 
-use super::{Arrival, Batch, DescId, Registry, Sent, Transport, TransportId, Verdict, bind_unix, describe_peer};
+use super::{Arrival, Batch, DescId, Registry, Sent, StreamListener, Transport, TransportId, Verdict, describe_peer};
 use crate::engine::EndpointKey;
 use crate::net::log;
 use crate::net::sys::BATCH;
@@ -34,9 +32,6 @@ pub const MODULE: &str = "stream";
 const LISTENER: u32 = u32::MAX;
 /// Bytes read at once: many small frames per system call.
 const READ_SIZE: usize = 16 * 1024;
-/// Connections accepted per readiness report, so a flood of connections
-/// does not starve the frames.
-const ACCEPTS_PER_WAKEUP: usize = 16;
 
 struct Conn {
     stream: UnixStream,
@@ -71,8 +66,7 @@ impl Conn {
 
 pub struct Stream {
     id: TransportId,
-    path: PathBuf,
-    listener: UnixListener,
+    listener: StreamListener,
     conns: Slab<Conn>,
     /// The longest record: the longest frame the switch carries (`--mtu`)
     /// with room for an 802.1Q tag.
@@ -95,42 +89,18 @@ impl Stream {
         registry: &mut Registry,
         epoll: &Epoll,
     ) -> io::Result<Stream> {
-        let fd = bind_unix(path, SockType::Stream, mode, group)?;
-        listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
-            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-        let listener = UnixListener::from(fd);
-        if let Err(e) = registry.add(epoll, listener.as_fd(), id, LISTENER) {
-            let _ = fs::remove_file(path);
-            return Err(e);
-        }
+        let listener = StreamListener::open(path, mode, group, (registry, epoll), (id, LISTENER))?;
         let max_record = max_frame + VLAN_TAG_LEN;
-        Ok(Stream {
-            id,
-            path: path.to_path_buf(),
-            listener,
-            conns: Slab::new(),
-            max_record,
-            bad_lengths: 0,
-            fresh: Vec::new(),
-        })
+        Ok(Stream { id, listener, conns: Slab::new(), max_record, bad_lengths: 0, fresh: Vec::new() })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
-        for _ in 0..ACCEPTS_PER_WAKEUP {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_ok() {
-                        let buf = vec![0; READ_SIZE + 4 + self.max_record].into_boxed_slice();
-                        let conn = Conn { stream, desc: None, key: None, buf, start: 0, end: 0, ended: None };
-                        self.fresh.push(self.conns.insert(conn));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(0)
+        let Stream { listener, conns, fresh, max_record, .. } = self;
+        listener.accept(|stream| {
+            let buf = vec![0; READ_SIZE + 4 + *max_record].into_boxed_slice();
+            let conn = Conn { stream, desc: None, key: None, buf, start: 0, end: 0, ended: None };
+            fresh.push(conns.insert(conn));
+        })
     }
 
     /// Moves up to `max` whole records of connection `tag` into `rx`,
@@ -251,20 +221,12 @@ impl Transport for Stream {
     }
 
     fn fd(&self, tag: u32) -> BorrowedFd<'_> {
-        if tag == LISTENER { self.listener.as_fd() } else { self.conns[tag as usize].stream.as_fd() }
+        if tag == LISTENER { self.listener.fd() } else { self.conns[tag as usize].stream.as_fd() }
     }
 
     fn failure(&mut self, tag: u32, failed: Option<&io::Error>) -> Verdict {
         if tag == LISTENER {
-            return match failed {
-                Some(e)
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
-                {
-                    Verdict::Pause
-                }
-                Some(_) => Verdict::Log,
-                None => Verdict::Keep,
-            };
+            return StreamListener::verdict(failed);
         }
         let Some(key) = self.conns.get(tag as usize).and_then(|c| c.key) else { return Verdict::Keep };
         let reason = match failed {
@@ -299,13 +261,13 @@ impl Transport for Stream {
             let desc = match registry.add(epoll, conn.stream.as_fd(), self.id, local as u32) {
                 Ok(desc) => desc,
                 Err(e) => {
-                    log::log(&format!("{MODULE} {}: {}", self.path.display(), log::error_text(&e)));
+                    log::log(&format!("{MODULE} {}: {}", self.listener.path.display(), log::error_text(&e)));
                     self.conns.remove(local);
                     continue;
                 }
             };
             conn.desc = Some(desc);
-            let (credentials, description, user) = describe_peer(&self.path, conn.stream.as_fd());
+            let (credentials, description, user) = describe_peer(&self.listener.path, conn.stream.as_fd());
             arrivals.push(Arrival {
                 local: local as u32,
                 id: conn.stream.as_raw_fd() as u32,
@@ -342,7 +304,7 @@ impl Transport for Stream {
     }
 
     fn shutdown(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        self.listener.remove();
     }
 }
 

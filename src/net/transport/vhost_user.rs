@@ -14,18 +14,18 @@
 //! watches a duplicate of each kick, so the registration can be taken out
 //! before the file goes, whatever the frontend does with its own copy.
 
-use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use nix::sys::epoll::{Epoll, EpollFlags};
-use nix::sys::socket::{Backlog, SockType, listen};
 use nix::unistd::Gid;
 use slab::Slab;
 
-use super::{Arrival, Batch, DescId, Registry, Sent, Transport, TransportId, Verdict, Watch, bind_unix, describe_peer};
+use super::{
+    Arrival, Batch, DescId, Registry, Sent, StreamListener, Transport, TransportId, Verdict, Watch, describe_peer,
+};
 use crate::engine::EndpointKey;
 use crate::net::log;
 use crate::net::vhost_user::{Control, PortError, VhostUserPort};
@@ -41,8 +41,6 @@ const FRAMES: u32 = 1;
 /// The receive queue's kick: room in the guest for frames.
 const ROOM: u32 = 2;
 const ROLES: u32 = 4;
-/// Connections accepted per readiness report.
-const ACCEPTS_PER_WAKEUP: usize = 16;
 
 fn tag(slot: usize, role: u32) -> u32 {
     slot as u32 * ROLES + role
@@ -74,8 +72,7 @@ struct Frontend {
 
 pub struct VhostUser {
     id: TransportId,
-    path: PathBuf,
-    listener: UnixListener,
+    listener: StreamListener,
     frontends: Slab<Frontend>,
     /// Frontends accepted, or whose kicks changed, since the data plane
     /// last asked: what `arrivals` has to look at, so a receive costs
@@ -94,27 +91,17 @@ impl VhostUser {
         registry: &mut Registry,
         epoll: &Epoll,
     ) -> io::Result<VhostUser> {
-        let fd = bind_unix(path, SockType::Stream, mode, group)?;
-        listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
-            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-        let listener = UnixListener::from(fd);
-        if let Err(e) = registry.add(epoll, listener.as_fd(), id, LISTENER) {
-            let _ = fs::remove_file(path);
-            return Err(e);
-        }
-        Ok(VhostUser { id, path: path.to_path_buf(), listener, frontends: Slab::new(), unsettled: Vec::new() })
+        let listener = StreamListener::open(path, mode, group, (registry, epoll), (id, LISTENER))?;
+        Ok(VhostUser { id, listener, frontends: Slab::new(), unsettled: Vec::new() })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
-        for _ in 0..ACCEPTS_PER_WAKEUP {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.add_frontend(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let mut accepted = Vec::new();
+        let result = self.listener.accept(|stream| accepted.push(stream));
+        for stream in accepted {
+            self.add_frontend(stream);
         }
-        Ok(0)
+        result
     }
 
     fn add_frontend(&mut self, stream: UnixStream) {
@@ -132,7 +119,7 @@ impl VhostUser {
                 });
                 self.unsettled.push(slot);
             }
-            Err(e) => log::log(&format!("{MODULE} {}: {}", self.path.display(), log::error_text(&e))),
+            Err(e) => log::log(&format!("{MODULE} {}: {}", self.listener.path.display(), log::error_text(&e))),
         }
     }
 
@@ -231,7 +218,7 @@ impl Transport for VhostUser {
                 error: sent.would_block.then(|| io::ErrorKind::WouldBlock.into()),
             },
             Err(e) => {
-                log::log(&format!("{MODULE} {}: {e}", self.path.display()));
+                log::log(&format!("{MODULE} {}: {e}", self.listener.path.display()));
                 Sent { frames: 0, offset: 0, error: Some(port_error(e)) }
             }
         }
@@ -239,7 +226,7 @@ impl Transport for VhostUser {
 
     fn fd(&self, tag: u32) -> BorrowedFd<'_> {
         if tag == LISTENER {
-            return self.listener.as_fd();
+            return self.listener.fd();
         }
         let (slot, role) = split(tag);
         let frontend = &self.frontends[slot];
@@ -254,15 +241,7 @@ impl Transport for VhostUser {
 
     fn failure(&mut self, tag: u32, failed: Option<&io::Error>) -> Verdict {
         if tag == LISTENER {
-            return match failed {
-                Some(e)
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
-                {
-                    Verdict::Pause
-                }
-                Some(_) => Verdict::Log,
-                None => Verdict::Keep,
-            };
+            return StreamListener::verdict(failed);
         }
         let Some(key) = self.frontends.get(split(tag).0).and_then(|f| f.key) else { return Verdict::Keep };
         let reason = match failed {
@@ -300,7 +279,7 @@ impl Transport for VhostUser {
             let control = match registry.add_edge(epoll, frontend.port.control_fd(), self.id, tag(slot, CONTROL)) {
                 Ok(desc) => desc,
                 Err(e) => {
-                    log::log(&format!("{MODULE} {}: {}", self.path.display(), log::error_text(&e)));
+                    log::log(&format!("{MODULE} {}: {}", self.listener.path.display(), log::error_text(&e)));
                     self.frontends.remove(slot);
                     continue;
                 }
@@ -309,7 +288,7 @@ impl Transport for VhostUser {
             frontend.frames.desc = registry.add_unwatched(self.id, tag(slot, FRAMES), true, Watch::LEVEL);
             let room = Watch { room: EpollFlags::EPOLLIN, ..Watch::LEVEL };
             frontend.room.desc = registry.add_unwatched(self.id, tag(slot, ROOM), false, room);
-            let (credentials, description, user) = describe_peer(&self.path, frontend.port.control_fd());
+            let (credentials, description, user) = describe_peer(&self.listener.path, frontend.port.control_fd());
             arrivals.push(Arrival {
                 local: slot as u32,
                 id: frontend.port.control_fd().as_raw_fd() as u32,
@@ -345,6 +324,6 @@ impl Transport for VhostUser {
     }
 
     fn shutdown(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        self.listener.remove();
     }
 }
