@@ -143,8 +143,12 @@ impl VhostUser {
                 frontend.more = received.more;
                 Ok(n)
             }
-            // Frames already in the batch go first; the ring is met again.
-            Err(_) if n > 0 => Ok(n),
+            // Frames already in the batch go first; the ring is met again
+            // at once, without waiting for a kick.
+            Err(_) if n > 0 => {
+                frontend.more = true;
+                Ok(n)
+            }
             Err(e) => Err(port_error(e)),
         }
     }
