@@ -223,7 +223,7 @@ pub struct VhostFloor {
 }
 
 impl VhostFloor {
-    pub fn start() -> Result<VhostFloor> {
+    pub fn start(poll_us: u64) -> Result<VhostFloor> {
         let dir = tempfile::Builder::new().prefix("vswitch-bench-vhost").tempdir()?;
         let program = std::env::current_exe()?.with_file_name("vswitch-floor");
         let mut cmd = Command::new(program);
@@ -232,6 +232,7 @@ impl VhostFloor {
         for sock in &sockets {
             cmd.arg("--vhost-user").arg(sock);
         }
+        cmd.arg("--vhost-user-poll-us").arg(poll_us.to_string());
         let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().context("starting vswitch-floor")?;
         let floor = VhostFloor { dir, child };
         let deadline = Instant::now() + Duration::from_secs(5);
