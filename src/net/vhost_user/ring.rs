@@ -14,10 +14,13 @@
 //! whole number of descriptors and never nested. `virtio-queue`'s `Queue`
 //! still holds the ring's configuration and positions between batches.
 
+use std::cell::Cell;
 use std::sync::atomic::{Ordering, fence};
 
 use virtio_queue::{Error, Queue, QueueT};
-use vm_memory::{Bytes as _, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{
+    Bytes as _, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap, GuestMemoryRegion as _, VolatileSlice,
+};
 
 const DESC_SIZE: usize = 16;
 const VRING_DESC_F_NEXT: u16 = 1;
@@ -36,6 +39,12 @@ pub struct Desc {
 }
 
 impl Desc {
+    /// From the two little-endian words a descriptor is.
+    fn from_words(lo: u64, hi: u64) -> Desc {
+        let (lo, hi) = (u64::from_le(lo), u64::from_le(hi));
+        Desc { addr: lo, len: hi as u32, flags: (hi >> 32) as u16, next: (hi >> 48) as u16 }
+    }
+
     fn parse(raw: [u8; DESC_SIZE]) -> Desc {
         let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = raw;
         Desc {
@@ -70,7 +79,16 @@ impl Table<'_> {
         let mut raw = [0u8; DESC_SIZE];
         let offset = usize::from(index) * DESC_SIZE;
         match self {
-            Table::Slice(s) => s.read_slice(&mut raw, offset).map_err(volatile)?,
+            Table::Slice(s) => {
+                // Two aligned words where the table is aligned (the ring's
+                // always is), bytes where an indirect table is not.
+                if let (Ok(lo), Ok(hi)) =
+                    (s.load::<u64>(offset, Ordering::Relaxed), s.load::<u64>(offset + 8, Ordering::Relaxed))
+                {
+                    return Ok(Desc::from_words(lo, hi));
+                }
+                s.read_slice(&mut raw, offset).map_err(volatile)?
+            }
             Table::Guest(memory, base) => {
                 let addr = base.0.checked_add(offset as u64).ok_or(Error::AddressOverflow)?;
                 memory.read_slice(&mut raw, GuestAddress(addr)).map_err(Error::GuestMemory)?;
@@ -93,6 +111,9 @@ pub struct Ring<'a> {
     next_used: u16,
     /// The used index the guest has been shown.
     published: u16,
+    /// The region the last buffer was in, and where it starts: a
+    /// frontend's buffers mostly come from one pool.
+    region: Cell<Option<(u64, VolatileSlice<'a>)>>,
 }
 
 impl<'a> Ring<'a> {
@@ -112,6 +133,7 @@ impl<'a> Ring<'a> {
             next_avail: queue.next_avail(),
             next_used: queue.next_used(),
             published: queue.next_used(),
+            region: Cell::new(None),
         })
     }
 
@@ -197,27 +219,41 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// The `len` bytes at `addr`, if they lie inside one region.
+    fn buffer(&self, addr: u64, len: usize) -> Option<VolatileSlice<'a>> {
+        if let Some((start, region)) = self.region.get()
+            && let Some(offset) = addr.checked_sub(start).and_then(|o| usize::try_from(o).ok())
+            && let Ok(slice) = region.subslice(offset, len)
+        {
+            return Some(slice);
+        }
+        let region = self.memory.find_region(GuestAddress(addr))?;
+        let (start, whole) = (region.start_addr().0, region.as_volatile_slice().ok()?);
+        self.region.set(Some((start, whole)));
+        whole.subslice(usize::try_from(addr - start).ok()?, len).ok()
+    }
+
     /// Copies guest memory at `addr` into `buf`.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
-        match self.memory.get_slice(GuestAddress(addr), buf.len()) {
-            Ok(slice) => {
+        match self.buffer(addr, buf.len()) {
+            Some(slice) => {
                 slice.copy_to(buf);
                 Ok(())
             }
             // A buffer across two regions, or a bad one: the slow path
             // splits the first and refuses the second.
-            Err(_) => self.memory.read_slice(buf, GuestAddress(addr)).map_err(Error::GuestMemory),
+            None => self.memory.read_slice(buf, GuestAddress(addr)).map_err(Error::GuestMemory),
         }
     }
 
     /// Copies `buf` into guest memory at `addr`.
     pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), Error> {
-        match self.memory.get_slice(GuestAddress(addr), buf.len()) {
-            Ok(slice) => {
+        match self.buffer(addr, buf.len()) {
+            Some(slice) => {
                 slice.copy_from(buf);
                 Ok(())
             }
-            Err(_) => self.memory.write_slice(buf, GuestAddress(addr)).map_err(Error::GuestMemory),
+            None => self.memory.write_slice(buf, GuestAddress(addr)).map_err(Error::GuestMemory),
         }
     }
 
