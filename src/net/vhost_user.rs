@@ -4,13 +4,16 @@
 //! through the queues in that shared memory, with no system call per frame.
 //!
 //! The protocol messages are parsed and checked by the `vhost` crate's
-//! backend request handler, the rings are walked by `virtio-queue` (which
-//! bounds descriptor indices, chain lengths, loops and indirect tables) and
-//! every guest address is resolved by `vm-memory`, which refuses ranges
-//! outside the regions handed over. What is left to this file is the
-//! device: the features, the memory table (checked against the size of the
-//! files that back it, since mapping past the end of a file would turn a
-//! lying frontend into a SIGBUS), and the two queues.
+//! backend request handler, `virtio-queue` keeps each ring's configuration
+//! and checks that it lies inside guest memory, and every guest access goes
+//! through `vm-memory`'s bounds-checked slices, which refuse ranges outside
+//! the regions handed over. The rings themselves are walked in
+//! [`ring`], which bounds descriptor indices, chain lengths, loops and
+//! indirect tables as `virtio-queue` would, at a fraction of its cost per
+//! frame. What is left to this file is the device: the features, the
+//! memory table (checked against the size of the files that back it, since
+//! mapping past the end of a file would turn a lying frontend into a
+//! SIGBUS), and the two queues.
 //!
 //! Everything runs on the caller's thread, driven by readiness of three
 //! descriptors per port: the control socket (edge-triggered: a request is

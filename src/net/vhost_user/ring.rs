@@ -82,8 +82,8 @@ impl Table<'_> {
             Table::Slice(s) => {
                 // Two aligned words where the table is aligned (the ring's
                 // always is), bytes where an indirect table is not.
-                if let (Ok(lo), Ok(hi)) =
-                    (s.load::<u64>(offset, Ordering::Relaxed), s.load::<u64>(offset + 8, Ordering::Relaxed))
+                if let Ok(lo) = s.load::<u64>(offset, Ordering::Relaxed)
+                    && let Ok(hi) = s.load::<u64>(offset + 8, Ordering::Relaxed)
                 {
                     return Ok(Desc::from_words(lo, hi));
                 }
@@ -121,6 +121,9 @@ impl<'a> Ring<'a> {
     /// region (the start of the ring checks it).
     pub fn new(memory: &'a GuestMemoryMmap, queue: &Queue) -> Result<Ring<'a>, Error> {
         let size = queue.size();
+        if size == 0 {
+            return Err(Error::InvalidSize);
+        }
         let n = usize::from(size);
         let part = |addr: u64, len: usize| memory.get_slice(GuestAddress(addr), len).map_err(Error::GuestMemory);
         Ok(Ring {
