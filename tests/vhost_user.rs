@@ -6,6 +6,7 @@
 //! a well-behaved port beside it keeps exchanging frames throughout.
 
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vm_memory::{Bytes, GuestAddress};
@@ -13,7 +14,7 @@ use vswitch::fuzzing::frontend::{
     EVENT_IDX, Frontend, INDIRECT_DESC, MEM_SIZE, MRG_RXBUF, QUEUE_SIZE, RX, TX, USER_BASE, VERSION_1,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, buffer, request,
 };
-use vswitch::net::vhost_user::{BATCH, Control, PortError, VhostUserListener, VhostUserPort};
+use vswitch::net::vhost_user::{BATCH, Control, PortError, Received, VhostUserListener, VhostUserPort};
 
 const FEATURES: u64 = VERSION_1 | MRG_RXBUF | EVENT_IDX | INDIRECT_DESC;
 
@@ -122,6 +123,29 @@ fn a_full_receive_ring_blocks_until_the_guest_adds_buffers() {
     let sent = link.port.send(frames[2..].iter().map(Vec::as_slice)).expect("send");
     assert_eq!((sent.frames, sent.would_block), (3, false));
     assert_eq!(link.front.received(), frames[2..]);
+}
+
+#[test]
+fn a_polling_port_looks_again_until_its_window_passes() {
+    let mut link = link(FEATURES, true);
+    let mut frames = Vec::new();
+    let mut receive = |port: &mut VhostUserPort| port.receive(BATCH, |f| frames.push(f.to_vec())).expect("receive");
+    // Not polling: an empty ring arms the kick and the caller waits for it.
+    link.front.transmit(&frame(60, 1));
+    assert_eq!(receive(&mut link.port), Received { frames: 1, more: false });
+    // Polling, within the window of the last frame: look again, no kick.
+    link.port.set_poll(Duration::from_secs(3600));
+    assert_eq!(receive(&mut link.port), Received { frames: 0, more: false }, "no frame yet to poll after");
+    link.front.transmit(&frame(61, 2));
+    assert_eq!(receive(&mut link.port), Received { frames: 1, more: true });
+    assert_eq!(receive(&mut link.port), Received { frames: 0, more: true });
+    link.front.transmit(&frame(62, 3));
+    assert_eq!(receive(&mut link.port), Received { frames: 1, more: true });
+    // Window over (here: polling off): back to waiting for the kick.
+    link.port.set_poll(Duration::ZERO);
+    assert_eq!(receive(&mut link.port), Received { frames: 0, more: false });
+    assert_eq!(frames, [frame(60, 1), frame(61, 2), frame(62, 3)]);
+    healthy(&mut link, 4);
 }
 
 #[test]
