@@ -148,6 +148,60 @@ fn a_polling_port_looks_again_until_its_window_passes() {
     healthy(&mut link, 4);
 }
 
+/// Replaces the memory table with two regions that split the guest's
+/// memory at `at`, both backed by the same memfd.
+fn split_memory(front: &Frontend, at: u64) {
+    let mut p = Vec::new();
+    p.extend_from_slice(&2u32.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    for (guest, size) in [(0, at), (at, MEM_SIZE - at)] {
+        for v in [guest, size, USER_BASE + guest, guest] {
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let fd = front.memfd.as_raw_fd();
+    front.send(request::SET_MEM_TABLE, &p, &[fd, fd]).expect("memory table");
+}
+
+#[test]
+fn buffers_and_indirect_tables_across_two_regions_arrive_whole() {
+    const AT: u64 = 0x10_0000;
+    let mut link = link(FEATURES, true);
+    split_memory(&link.front, AT);
+    assert_eq!(link.port.handle_control().expect("a good memory table"), Control::Unchanged);
+    let f = frame(200, 7);
+    let mut bytes = vec![0u8; 12];
+    bytes.extend_from_slice(&f);
+    let addr = AT - 40;
+    link.front.memory.write_slice(&bytes, GuestAddress(addr)).expect("inside guest memory");
+    // One buffer that starts in the first region and ends in the second.
+    link.front.write_desc(TX, 20, addr, bytes.len() as u32, 0, 0);
+    link.front.make_available(TX, 20);
+    link.front.kick(TX);
+    assert_eq!(receive_all(&mut link.port).expect("a buffer across regions is read"), std::slice::from_ref(&f));
+    // The same bytes through an indirect table of two descriptors, one on
+    // each side of the boundary (pointing elsewhere).
+    let (table, addr) = (AT - 16, AT + 0x800);
+    link.front.memory.write_slice(&bytes, GuestAddress(addr)).expect("inside guest memory");
+    let split = 42u32;
+    for (i, (at, len, flags, next)) in
+        [(addr, split, VRING_DESC_F_NEXT, 1u16), (addr + u64::from(split), bytes.len() as u32 - split, 0, 0)]
+            .into_iter()
+            .enumerate()
+    {
+        let mut d = at.to_le_bytes().to_vec();
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&next.to_le_bytes());
+        link.front.memory.write_slice(&d, GuestAddress(table + 16 * i as u64)).expect("inside guest memory");
+    }
+    link.front.write_desc(TX, 21, table, 32, VRING_DESC_F_INDIRECT, 0);
+    link.front.make_available(TX, 21);
+    link.front.kick(TX);
+    assert_eq!(receive_all(&mut link.port).expect("a table across regions is read"), [f]);
+    healthy(&mut link, 8);
+}
+
 #[test]
 fn features_offered_are_the_ones_asked_for() {
     let mut link = link(FEATURES, false);
