@@ -211,7 +211,7 @@ fn run_vhost_user(paths: &[PathBuf], poll_us: u64) -> Result<()> {
         }
         for (i, pending) in pending.iter_mut().enumerate() {
             if *pending {
-                *pending = forward_vhost_user(&mut ports, i, &mut batch);
+                *pending = forward_vhost_user(&mut ports, i, &mut batch, paths);
             }
         }
     }
@@ -225,16 +225,20 @@ struct Batch {
 }
 
 /// One batch from port `i` to its peer; true if port `i` has more.
-fn forward_vhost_user(ports: &mut [Option<VhostUserPort>], i: usize, batch: &mut Batch) -> bool {
+fn forward_vhost_user(ports: &mut [Option<VhostUserPort>], i: usize, batch: &mut Batch, paths: &[PathBuf]) -> bool {
     let Some(port) = ports[i].as_mut() else { return false };
     batch.data.clear();
     batch.ends.clear();
-    let Ok(got) = port.receive(vhost_user::BATCH, |f| {
+    let got = match port.receive(vhost_user::BATCH, |f| {
         batch.data.extend_from_slice(f);
         batch.ends.push(batch.data.len());
-    }) else {
-        ports[i] = None;
-        return false;
+    }) {
+        Ok(got) => got,
+        Err(e) => {
+            eprintln!("vhost-user {}: closed: {e}", paths[i].display());
+            ports[i] = None;
+            return false;
+        }
     };
     let mut frames: [&[u8]; vhost_user::BATCH] = [&[]; vhost_user::BATCH];
     let mut start = 0;
@@ -243,8 +247,9 @@ fn forward_vhost_user(ports: &mut [Option<VhostUserPort>], i: usize, batch: &mut
         start = end;
     }
     if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
-        && send_all_vhost_user(peer, &frames[..batch.ends.len()]).is_err()
+        && let Err(e) = send_all_vhost_user(peer, &frames[..batch.ends.len()])
     {
+        eprintln!("vhost-user {}: closed: {e}", paths[i ^ 1].display());
         ports[i ^ 1] = None;
     }
     got.more

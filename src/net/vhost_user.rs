@@ -714,17 +714,17 @@ impl VhostUserPort {
         let vring = &mut vrings[RX];
         let queue_error = |error| PortError::Queue { queue: RX, error };
         let mut ring = Ring::new(memory, &vring.queue).map_err(queue_error)?;
-        let mut into = Filler { header, mergeable, scratch: &mut scratch[..], heads };
+        let mut filler = Filler { header, mergeable, scratch: &mut scratch[..], heads };
         let mut avail = ring.avail_idx().map_err(queue_error)?;
         for frame in frames {
-            if into.write(&mut ring, &mut avail, frame).map_err(queue_error)? {
+            if filler.write(&mut ring, &mut avail, frame).map_err(queue_error)? {
                 sent.frames += 1;
                 continue;
             }
             // Ask for a kick when buffers come, then look once more in
             // case they came before the request was seen.
             if ring.enable_kick().map_err(queue_error)?
-                && into.write(&mut ring, &mut avail, frame).map_err(queue_error)?
+                && filler.write(&mut ring, &mut avail, frame).map_err(queue_error)?
             {
                 sent.frames += 1;
                 continue;
