@@ -6,6 +6,7 @@
 //! a well-behaved port beside it keeps exchanging frames throughout.
 
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vm_memory::{Bytes, GuestAddress};
@@ -13,7 +14,7 @@ use vswitch::fuzzing::frontend::{
     EVENT_IDX, Frontend, INDIRECT_DESC, MEM_SIZE, MRG_RXBUF, QUEUE_SIZE, RX, TX, USER_BASE, VERSION_1,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, buffer, request,
 };
-use vswitch::net::vhost_user::{BATCH, Control, PortError, VhostUserListener, VhostUserPort};
+use vswitch::net::vhost_user::{BATCH, Control, PortError, Received, VhostUserListener, VhostUserPort};
 
 const FEATURES: u64 = VERSION_1 | MRG_RXBUF | EVENT_IDX | INDIRECT_DESC;
 
@@ -122,6 +123,83 @@ fn a_full_receive_ring_blocks_until_the_guest_adds_buffers() {
     let sent = link.port.send(frames[2..].iter().map(Vec::as_slice)).expect("send");
     assert_eq!((sent.frames, sent.would_block), (3, false));
     assert_eq!(link.front.received(), frames[2..]);
+}
+
+#[test]
+fn a_polling_port_looks_again_until_its_window_passes() {
+    let mut link = link(FEATURES, true);
+    let mut frames = Vec::new();
+    let mut receive = |port: &mut VhostUserPort| port.receive(BATCH, |f| frames.push(f.to_vec())).expect("receive");
+    // Not polling: an empty ring arms the kick and the caller waits for it.
+    link.front.transmit(&frame(60, 1));
+    assert_eq!(receive(&mut link.port), Received { frames: 1, more: false });
+    // Polling, within the window of the last frame: look again, no kick.
+    link.port.set_poll(Duration::from_secs(3600));
+    assert_eq!(receive(&mut link.port), Received { frames: 0, more: false }, "no frame yet to poll after");
+    link.front.transmit(&frame(61, 2));
+    assert_eq!(receive(&mut link.port), Received { frames: 1, more: true });
+    assert_eq!(receive(&mut link.port), Received { frames: 0, more: true });
+    link.front.transmit(&frame(62, 3));
+    assert_eq!(receive(&mut link.port), Received { frames: 1, more: true });
+    // Window over (here: polling off): back to waiting for the kick.
+    link.port.set_poll(Duration::ZERO);
+    assert_eq!(receive(&mut link.port), Received { frames: 0, more: false });
+    assert_eq!(frames, [frame(60, 1), frame(61, 2), frame(62, 3)]);
+    healthy(&mut link, 4);
+}
+
+/// Replaces the memory table with two regions that split the guest's
+/// memory at `at`, both backed by the same memfd.
+fn split_memory(front: &Frontend, at: u64) {
+    let mut p = Vec::new();
+    p.extend_from_slice(&2u32.to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    for (guest, size) in [(0, at), (at, MEM_SIZE - at)] {
+        for v in [guest, size, USER_BASE + guest, guest] {
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let fd = front.memfd.as_raw_fd();
+    front.send(request::SET_MEM_TABLE, &p, &[fd, fd]).expect("memory table");
+}
+
+#[test]
+fn buffers_and_indirect_tables_across_two_regions_arrive_whole() {
+    const AT: u64 = 0x10_0000;
+    let mut link = link(FEATURES, true);
+    split_memory(&link.front, AT);
+    assert_eq!(link.port.handle_control().expect("a good memory table"), Control::Unchanged);
+    let f = frame(200, 7);
+    let mut bytes = vec![0u8; 12];
+    bytes.extend_from_slice(&f);
+    let addr = AT - 40;
+    link.front.memory.write_slice(&bytes, GuestAddress(addr)).expect("inside guest memory");
+    // One buffer that starts in the first region and ends in the second.
+    link.front.write_desc(TX, 20, addr, bytes.len() as u32, 0, 0);
+    link.front.make_available(TX, 20);
+    link.front.kick(TX);
+    assert_eq!(receive_all(&mut link.port).expect("a buffer across regions is read"), std::slice::from_ref(&f));
+    // The same bytes through an indirect table of two descriptors, one on
+    // each side of the boundary (pointing elsewhere).
+    let (table, addr) = (AT - 16, AT + 0x800);
+    link.front.memory.write_slice(&bytes, GuestAddress(addr)).expect("inside guest memory");
+    let split = 42u32;
+    for (i, (at, len, flags, next)) in
+        [(addr, split, VRING_DESC_F_NEXT, 1u16), (addr + u64::from(split), bytes.len() as u32 - split, 0, 0)]
+            .into_iter()
+            .enumerate()
+    {
+        let mut d = at.to_le_bytes().to_vec();
+        d.extend_from_slice(&len.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
+        d.extend_from_slice(&next.to_le_bytes());
+        link.front.memory.write_slice(&d, GuestAddress(table + 16 * i as u64)).expect("inside guest memory");
+    }
+    link.front.write_desc(TX, 21, table, 32, VRING_DESC_F_INDIRECT, 0);
+    link.front.make_available(TX, 21);
+    link.front.kick(TX);
+    assert_eq!(receive_all(&mut link.port).expect("a table across regions is read"), [f]);
+    healthy(&mut link, 8);
 }
 
 #[test]

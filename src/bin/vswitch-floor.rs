@@ -17,10 +17,12 @@
 //! `--vhost-user PATH` (repeatable) makes it a vhost-user-net backend
 //! instead, listening on each PATH, with the frontends on sockets 2k and
 //! 2k+1 wired to each other: the floor of the vhost-user path, with the
-//! same transport code vswitch uses.
+//! same transport code vswitch uses. `--vhost-user-poll-us N` makes each
+//! port poll its ring for up to N microseconds after its last frame before
+//! it waits for a kick again.
 //!
 //! Usage: `vswitch-floor DIR [--fanout pair|all] [--runtime epoll|tokio] [--mtu N]`
-//! or `vswitch-floor --vhost-user PATH --vhost-user PATH` (runs in the
+//! or `vswitch-floor --vhost-user PATH --vhost-user PATH [--vhost-user-poll-us N]` (runs in the
 //! foreground until SIGTERM; creates DIR and DIR/ctl).
 //! `--mtu` sizes the buffers for frames of N payload bytes, as vswitch's
 //! option does.
@@ -32,6 +34,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
@@ -78,6 +81,10 @@ struct Args {
     /// Be a vhost-user backend listening on PATH instead (repeatable).
     #[arg(long, value_name = "PATH", conflicts_with = "dir")]
     vhost_user: Vec<PathBuf>,
+    /// Poll a vhost-user port's transmit ring for up to N microseconds
+    /// after its last frame before waiting for a kick (0: never poll).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "vhost_user")]
+    vhost_user_poll_us: u64,
     #[arg(long, value_enum, default_value_t = Fanout::Pair)]
     fanout: Fanout,
     #[arg(long, value_enum, default_value_t = Runtime::Epoll)]
@@ -132,7 +139,7 @@ fn main() -> Result<()> {
     // autogrouping the scheduler treats each session as a group, and the
     // floor must be scheduled like the switches it is compared with.
     let _ = nix::unistd::setsid();
-    let Some(dir) = args.dir else { return run_vhost_user(&args.vhost_user) };
+    let Some(dir) = args.dir else { return run_vhost_user(&args.vhost_user, args.vhost_user_poll_us) };
     fs::create_dir_all(&dir)?;
     let ctl = dir.join("ctl");
     let _ = fs::remove_file(&ctl);
@@ -150,7 +157,7 @@ const VHOST_LISTENER: u64 = 1 << 32;
 const VHOST_CONTROL: u64 = 2 << 32;
 const VHOST_TX_KICK: u64 = 3 << 32;
 
-fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
+fn run_vhost_user(paths: &[PathBuf], poll_us: u64) -> Result<()> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     let listeners: Vec<VhostUserListener> = paths
         .iter()
@@ -160,19 +167,24 @@ fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
         epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, VHOST_LISTENER | i as u64))?;
     }
     let mut ports: Vec<Option<VhostUserPort>> = listeners.iter().map(|_| None).collect();
-    let mut frames: Vec<Vec<u8>> = Vec::with_capacity(vhost_user::BATCH);
+    // Ports with frames left in their ring (or polling it), served in
+    // turn without waiting for a kick.
+    let mut pending = vec![false; ports.len()];
+    let mut batch = Batch::default();
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
-        let n = wait(&epoll, &mut events)?;
+        let timeout = if pending.contains(&true) { EpollTimeout::ZERO } else { EpollTimeout::NONE };
+        let n = wait(&epoll, &mut events, timeout)?;
         for ev in &events[..n] {
             let (kind, i) = (ev.data() & !0xffff_ffff, (ev.data() & 0xffff_ffff) as usize);
             match kind {
                 VHOST_LISTENER => {
-                    let Some(port) = listeners[i].accept()? else { continue };
+                    let Some(mut port) = listeners[i].accept()? else { continue };
                     // One frontend per socket; a second one is turned away.
                     if ports[i].is_none() {
                         let edge = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
                         epoll.add(port.control_fd(), EpollEvent::new(edge, VHOST_CONTROL | i as u64))?;
+                        port.set_poll(Duration::from_micros(poll_us));
                         ports[i] = Some(port);
                     }
                 }
@@ -193,32 +205,59 @@ fn run_vhost_user(paths: &[PathBuf]) -> Result<()> {
                         }
                     }
                 }
-                VHOST_TX_KICK => {
-                    while let Some(port) = ports[i].as_mut() {
-                        frames.clear();
-                        let Ok(got) = port.receive(vhost_user::BATCH, |f| frames.push(f.to_vec())) else {
-                            ports[i] = None;
-                            break;
-                        };
-                        if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
-                            && send_all_vhost_user(peer, &frames).is_err()
-                        {
-                            ports[i ^ 1] = None;
-                        }
-                        if !got.more {
-                            break;
-                        }
-                    }
-                }
+                VHOST_TX_KICK => pending[i] = ports[i].is_some(),
                 _ => {}
+            }
+        }
+        for (i, pending) in pending.iter_mut().enumerate() {
+            if *pending {
+                *pending = forward_vhost_user(&mut ports, i, &mut batch, paths);
             }
         }
     }
 }
 
+/// The frames of one batch, copied out of a guest's ring, end to end.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// One batch from port `i` to its peer; true if port `i` has more.
+fn forward_vhost_user(ports: &mut [Option<VhostUserPort>], i: usize, batch: &mut Batch, paths: &[PathBuf]) -> bool {
+    let Some(port) = ports[i].as_mut() else { return false };
+    batch.data.clear();
+    batch.ends.clear();
+    let got = match port.receive(vhost_user::BATCH, |f| {
+        batch.data.extend_from_slice(f);
+        batch.ends.push(batch.data.len());
+    }) {
+        Ok(got) => got,
+        Err(e) => {
+            eprintln!("vhost-user {}: closed: {e}", paths[i].display());
+            ports[i] = None;
+            return false;
+        }
+    };
+    let mut frames: [&[u8]; vhost_user::BATCH] = [&[]; vhost_user::BATCH];
+    let mut start = 0;
+    for (slot, &end) in frames.iter_mut().zip(&batch.ends) {
+        *slot = &batch.data[start..end];
+        start = end;
+    }
+    if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
+        && let Err(e) = send_all_vhost_user(peer, &frames[..batch.ends.len()])
+    {
+        eprintln!("vhost-user {}: closed: {e}", paths[i ^ 1].display());
+        ports[i ^ 1] = None;
+    }
+    got.more
+}
+
 /// Waits for events; an interrupted wait has none.
-fn wait(epoll: &Epoll, events: &mut [EpollEvent]) -> nix::Result<usize> {
-    epoll.wait(events, EpollTimeout::NONE).or_else(|e| match e {
+fn wait(epoll: &Epoll, events: &mut [EpollEvent], timeout: EpollTimeout) -> nix::Result<usize> {
+    epoll.wait(events, timeout).or_else(|e| match e {
         nix::errno::Errno::EINTR => Ok(0),
         e => Err(e),
     })
@@ -226,10 +265,10 @@ fn wait(epoll: &Epoll, events: &mut [EpollEvent]) -> nix::Result<usize> {
 
 /// Sends every frame, waiting while the guest's receive ring is full; a
 /// guest that adds no buffers for a second loses the rest.
-fn send_all_vhost_user(peer: &mut VhostUserPort, frames: &[Vec<u8>]) -> Result<(), vhost_user::PortError> {
+fn send_all_vhost_user(peer: &mut VhostUserPort, frames: &[&[u8]]) -> Result<(), vhost_user::PortError> {
     let mut left = frames;
     while !left.is_empty() {
-        let sent = peer.send(left.iter().map(Vec::as_slice))?;
+        let sent = peer.send(left.iter().copied())?;
         left = &left[sent.frames..];
         if !sent.would_block {
             break;
@@ -249,7 +288,7 @@ fn run_epoll(dir: &Path, listener: UnixListener, fanout: Fanout, buffer: usize) 
     let mut rx = RecvBatch::new(buffer);
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
-        let n = wait(&epoll, &mut events)?;
+        let n = wait(&epoll, &mut events, EpollTimeout::NONE)?;
         for ev in &events[..n] {
             if ev.data() == LISTENER {
                 let (stream, _) = listener.accept()?;

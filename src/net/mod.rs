@@ -78,8 +78,10 @@ pub struct Config {
     /// Sockets for QEMU's `-netdev stream` and `-netdev dgram` (absolute).
     pub streams: Vec<PathBuf>,
     pub dgrams: Vec<PathBuf>,
-    /// Sockets to serve vhost-user frontends on (absolute).
+    /// Sockets to serve vhost-user frontends on (absolute), and how long
+    /// their ports poll after a frame (`--vhost-user-poll-us`).
     pub vhost_users: Vec<PathBuf>,
+    pub vhost_user_poll: Duration,
     /// VXLAN ports to attach at start-up (`--vxlan SPEC`), in order.
     pub vxlans: Vec<VxlanSpec>,
     /// Every port a transparent trunk (`--trunk`).
@@ -628,7 +630,15 @@ impl Server {
         for path in &config.vhost_users {
             self.data
                 .add_transport(|id, registry| {
-                    Ok(Box::new(transport::vhost_user::VhostUser::open(id, path, mode, group, registry, epoll)?))
+                    let poll = config.vhost_user_poll;
+                    Ok(Box::new(transport::vhost_user::VhostUser::open(
+                        id,
+                        path,
+                        (mode, group),
+                        poll,
+                        registry,
+                        epoll,
+                    )?))
                 })
                 .map_err(|e| Fatal::new(1, format!("--vhost-user {}: {}", path.display(), log::error_text(&e))))?;
         }

@@ -47,6 +47,10 @@ struct Args {
     /// vhost-user loopback.
     #[arg(long, default_value_t = 32)]
     bursts: u32,
+    /// The vhost-user floor polls a ring for up to N microseconds after its
+    /// last frame before waiting for a kick (its `--vhost-user-poll-us`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    vhost_user_poll_us: u64,
     /// Run only the workloads whose label contains this text.
     #[arg(long)]
     only: Option<String>,
@@ -138,6 +142,7 @@ fn run(
     pin: bool,
     huge: Option<&vhost::Hugepages>,
     bursts: u32,
+    poll_us: u64,
 ) -> Result<Measurement> {
     if workload == Workload::VhostLoopback {
         let huge = huge.context("hugepages were not reserved")?.dir();
@@ -147,7 +152,7 @@ fn run(
                 vhost::loopback(huge, &ovs.sockets(), ovs.pid(), duration, bursts)
             }
             _ => {
-                let backend = vhost::VhostBackend::start(kind)?;
+                let backend = vhost::VhostBackend::start(kind, poll_us)?;
                 vhost::loopback(huge, &backend.sockets(), backend.pid(), duration, bursts)
             }
         };
@@ -316,8 +321,9 @@ fn main() -> Result<()> {
                 }
             } else {
                 for &kind in workload.targets() {
-                    let m = run(workload, kind, duration, args.pin, huge.as_ref(), args.bursts)
-                        .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
+                    let m =
+                        run(workload, kind, duration, args.pin, huge.as_ref(), args.bursts, args.vhost_user_poll_us)
+                            .with_context(|| format!("{} on {}", workload.label(), kind.name()))?;
                     records.push(Record { workload, target: kind, rep: Some(rep), m });
                 }
             }

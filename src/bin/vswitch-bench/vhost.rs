@@ -224,7 +224,7 @@ pub struct VhostBackend {
 }
 
 impl VhostBackend {
-    pub fn start(kind: Kind) -> Result<VhostBackend> {
+    pub fn start(kind: Kind, poll_us: u64) -> Result<VhostBackend> {
         let dir = tempfile::Builder::new().prefix("vswitch-bench-vhost").tempdir()?;
         let program = match kind {
             Kind::Vswitch => "vswitch",
@@ -239,6 +239,7 @@ impl VhostBackend {
         for sock in &sockets {
             cmd.arg("--vhost-user").arg(sock);
         }
+        cmd.arg("--vhost-user-poll-us").arg(poll_us.to_string());
         let child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().with_context(|| format!("starting {program}"))?;
         let backend = VhostBackend { dir, child };

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollFlags};
 use nix::unistd::Gid;
@@ -78,6 +79,8 @@ pub struct VhostUser {
     /// last asked: what `arrivals` has to look at, so a receive costs
     /// nothing per idle frontend.
     unsettled: Vec<usize>,
+    /// How long a port keeps looking for frames after the last one.
+    poll: Duration,
 }
 
 impl VhostUser {
@@ -86,13 +89,13 @@ impl VhostUser {
     pub fn open(
         id: TransportId,
         path: &Path,
-        mode: u32,
-        group: Option<Gid>,
+        (mode, group): (u32, Option<Gid>),
+        poll: Duration,
         registry: &mut Registry,
         epoll: &Epoll,
     ) -> io::Result<VhostUser> {
         let listener = StreamListener::open(path, mode, group, (registry, epoll), (id, LISTENER))?;
-        Ok(VhostUser { id, listener, frontends: Slab::new(), unsettled: Vec::new() })
+        Ok(VhostUser { id, listener, frontends: Slab::new(), unsettled: Vec::new(), poll })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
@@ -106,7 +109,8 @@ impl VhostUser {
 
     fn add_frontend(&mut self, stream: UnixStream) {
         match VhostUserPort::new(stream) {
-            Ok(port) => {
+            Ok(mut port) => {
+                port.set_poll(self.poll);
                 let unwatched = || Kick { desc: DescId::MAX, watched: None };
                 let slot = self.frontends.insert(Frontend {
                     port,
