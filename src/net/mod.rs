@@ -630,12 +630,12 @@ impl Server {
         for path in &config.vhost_users {
             self.data
                 .add_transport(|id, registry| {
-                    let poll = config.vhost_user_poll;
+                    let tuning = (config.vhost_user_poll, max_frame);
                     Ok(Box::new(transport::vhost_user::VhostUser::open(
                         id,
                         path,
                         (mode, group),
-                        poll,
+                        tuning,
                         registry,
                         epoll,
                     )?))

@@ -48,7 +48,9 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 mod ring;
 use ring::Ring;
 
-/// Largest frame moved, as on the socket ports.
+/// Largest frame moved unless the port is told otherwise
+/// ([`VhostUserPort::set_max_frame`]): a tagged frame of a 1500-byte MTU,
+/// as on the socket ports.
 pub const MAX_FRAME: usize = 1518;
 /// Frames handled per queue per wake-up before the others get their turn.
 pub const BATCH: usize = 64;
@@ -461,7 +463,7 @@ impl Drop for VhostUserListener {
 /// Counters of what a port dropped without closing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PortDrops {
-    /// Frames from the guest longer than [`MAX_FRAME`].
+    /// Frames from the guest longer than the port's largest frame.
     pub oversize: u64,
 }
 
@@ -483,8 +485,10 @@ pub struct VhostUserPort {
     control: UnixStream,
     kicks: [Option<Arc<File>>; QUEUES],
     kick_generation: u64,
-    /// A frame on its way out of or into guest memory.
-    frame: Box<[u8; MAX_FRAME + 64]>,
+    /// A frame on its way out of or into guest memory: room for the
+    /// largest one and its header.
+    frame: Box<[u8]>,
+    max_frame: usize,
     /// Heads of the chains a frame sent takes, kept between frames.
     heads: Vec<u16>,
     poll: Poll,
@@ -536,7 +540,8 @@ impl VhostUserPort {
             control,
             kicks: [None, None],
             kick_generation: 0,
-            frame: Box::new([0; MAX_FRAME + 64]),
+            frame: frame_buffer(MAX_FRAME),
+            max_frame: MAX_FRAME,
             heads: Vec::new(),
             poll: Poll::default(),
             tx_pending: false,
@@ -644,7 +649,8 @@ impl VhostUserPort {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
         self.tx_pending = false;
-        let Self { device, frame, drops, poll, .. } = self;
+        let Self { device, frame, drops, poll, max_frame, .. } = self;
+        let max_frame = *max_frame;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         if !device.running(TX) {
             return Ok(Received { frames: 0, more: false });
@@ -678,7 +684,7 @@ impl VhostUserPort {
                         return Ok(true);
                     }
                     let end = len + desc.len as usize;
-                    if end > header + MAX_FRAME {
+                    if end > header + max_frame {
                         oversize = true;
                         return Ok(false);
                     }
@@ -727,7 +733,7 @@ impl VhostUserPort {
         {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
-        let Self { device, frame: scratch, heads, .. } = self;
+        let Self { device, frame: scratch, heads, max_frame, .. } = self;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         let mut sent = Sent { frames: 0, would_block: false };
         if !device.running(RX) {
@@ -742,7 +748,7 @@ impl VhostUserPort {
         let vring = &mut vrings[RX];
         let queue_error = |error| PortError::Queue { queue: RX, error };
         let mut ring = Ring::new(memory, &vring.queue).map_err(queue_error)?;
-        let mut filler = Filler { header, mergeable, scratch: &mut scratch[..], heads };
+        let mut filler = Filler { header, mergeable, scratch: &mut scratch[..header + *max_frame], heads };
         let mut avail = ring.avail_idx().map_err(queue_error)?;
         for frame in frames {
             if filler.write(&mut ring, &mut avail, frame).map_err(queue_error)? {
@@ -781,6 +787,20 @@ impl VhostUserPort {
     pub fn set_poll(&mut self, window: Duration) {
         self.poll = Poll { window, last: None };
     }
+
+    /// Carries frames of up to `max` bytes (the switch's `--mtu`) instead
+    /// of [`MAX_FRAME`]: longer ones from the guest are dropped and
+    /// counted, longer ones to it are not written.
+    pub fn set_max_frame(&mut self, max: usize) {
+        self.max_frame = max;
+        self.frame = frame_buffer(max);
+    }
+}
+
+/// Room for a frame of up to `max` bytes behind the longest virtio-net
+/// header.
+fn frame_buffer(max: usize) -> Box<[u8]> {
+    vec![0; max + 64].into_boxed_slice()
 }
 
 /// The poll window of a port and when it last received a frame.
@@ -835,8 +855,11 @@ impl Filler<'_> {
     /// few buffers for it (then nothing was taken). `avail` is the guest's
     /// available index as last read.
     fn write(&mut self, ring: &mut Ring, avail: &mut u16, frame: &[u8]) -> Result<bool, virtio_queue::Error> {
-        let frame = &frame[..frame.len().min(MAX_FRAME)];
         let total = self.header + frame.len();
+        // Longer than the port carries: gone, as on a link of that MTU.
+        if total > self.scratch.len() {
+            return Ok(true);
+        }
         let start = ring.next_avail;
         self.heads.clear();
         let mut room = 0;

@@ -81,6 +81,8 @@ pub struct VhostUser {
     unsettled: Vec<usize>,
     /// How long a port keeps looking for frames after the last one.
     poll: Duration,
+    /// The longest frame the switch carries (`--mtu`).
+    max_frame: usize,
 }
 
 impl VhostUser {
@@ -90,12 +92,12 @@ impl VhostUser {
         id: TransportId,
         path: &Path,
         (mode, group): (u32, Option<Gid>),
-        poll: Duration,
+        (poll, max_frame): (Duration, usize),
         registry: &mut Registry,
         epoll: &Epoll,
     ) -> io::Result<VhostUser> {
         let listener = StreamListener::open(path, mode, group, (registry, epoll), (id, LISTENER))?;
-        Ok(VhostUser { id, listener, frontends: Slab::new(), unsettled: Vec::new(), poll })
+        Ok(VhostUser { id, listener, frontends: Slab::new(), unsettled: Vec::new(), poll, max_frame })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
@@ -111,6 +113,7 @@ impl VhostUser {
         match VhostUserPort::new(stream) {
             Ok(mut port) => {
                 port.set_poll(self.poll);
+                port.set_max_frame(self.max_frame);
                 let unwatched = || Kick { desc: DescId::MAX, watched: None };
                 let slot = self.frontends.insert(Frontend {
                     port,
