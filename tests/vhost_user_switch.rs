@@ -20,8 +20,8 @@ use common::station::exchange;
 use common::{BROADCAST, Client, EVENT_TIMEOUT, Station, Switch, TEST_ETHERTYPE, Target, frame, station_mac};
 use tempfile::TempDir;
 use vswitch::fuzzing::frontend::{
-    EVENT_IDX, Frontend, INDIRECT_DESC, MEM_SIZE, MRG_RXBUF, QUEUE_SIZE, TX, USER_BASE, VERSION_1, VRING_DESC_F_NEXT,
-    buffer, request,
+    BUFFERS, EVENT_IDX, Frontend, INDIRECT_DESC, MEM_SIZE, MRG_RXBUF, QUEUE_SIZE, TX, USER_BASE, VERSION_1,
+    VRING_DESC_F_NEXT, buffer, request,
 };
 
 const FEATURES: u64 = VERSION_1 | MRG_RXBUF | EVENT_IDX | INDIRECT_DESC;
@@ -282,6 +282,17 @@ fn lying_frontends_lose_their_port_and_nobody_else_notices() {
         drop(bad);
         lab.wait_vhost_ports(1);
     }
+
+    // The frontend shrinks its memory under a frame the switch is about to
+    // read: that port goes, the switch does not die of SIGBUS.
+    let shrinking = Guest::attach(&lab);
+    lab.wait_vhost_ports(2);
+    shrinking.front.borrow_mut().stage(&frame(MAC_VDE, MAC_OTHER_GUEST, TEST_ETHERTYPE, 46));
+    shrinking.front.borrow().memfd.set_len(BUFFERS).expect("shrink the guest memory below the buffers");
+    shrinking.front.borrow().kick(TX);
+    lab.wait_vhost_ports(1);
+    exchange(&guest, MAC_GUEST, &vde, MAC_VDE);
+    drop(shrinking);
 
     // Half a message, then nothing: the switch waits for the rest without
     // stalling anyone, and a hang-up ends it.

@@ -240,8 +240,14 @@ impl Frontend {
     }
 
     /// Queues `frame` for transmission behind a zeroed virtio-net header,
-    /// in the buffer of the next descriptor slot.
+    /// in the buffer of the next descriptor slot, and kicks.
     pub fn transmit(&mut self, frame: &[u8]) {
+        self.stage(frame);
+        self.kick(TX);
+    }
+
+    /// Queues `frame` as [`Frontend::transmit`] does, without the kick.
+    pub fn stage(&mut self, frame: &[u8]) {
         let slot = self.avail_idx[TX] % QUEUE_SIZE;
         let addr = buffer(TX, slot);
         let mut bytes = vec![0u8; self.header_len];
@@ -249,7 +255,6 @@ impl Frontend {
         self.memory.write_slice(&bytes, GuestAddress(addr)).expect("buffer inside guest memory");
         self.write_desc(TX, slot, addr, bytes.len() as u32, 0, 0);
         self.make_available(TX, slot);
-        self.kick(TX);
     }
 
     /// Makes `n` receive buffers of `len` bytes available.

@@ -43,10 +43,12 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::{BackendReqHandler, GpuBackend, VhostUserBackendReqHandlerMut};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestMemoryRegion as _, GuestRegionMmap};
 
 mod ring;
 use ring::Ring;
+
+use super::sigbus::Guard;
 
 /// Largest frame moved unless the port is told otherwise
 /// ([`VhostUserPort::set_max_frame`]): a tagged frame of a 1500-byte MTU,
@@ -89,6 +91,8 @@ pub enum PortError {
     Queue { queue: usize, error: virtio_queue::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("guest memory truncated under the switch")]
+    MemoryGone,
 }
 
 fn invalid(reason: &'static str) -> vhost::vhost_user::Error {
@@ -129,6 +133,8 @@ struct Mapping {
 struct Device {
     acked: u64,
     protocol_acked: bool,
+    /// Before `memory`, so that they go before the mappings they guard.
+    guards: Vec<Guard>,
     memory: Option<GuestMemoryMmap>,
     mappings: Vec<Mapping>,
     vrings: [Vring; QUEUES],
@@ -187,6 +193,16 @@ fn nonblocking(file: File) -> vhost::vhost_user::Result<File> {
     fcntl(&file, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
         .map_err(|_| invalid("bad descriptor"))?;
     Ok(file)
+}
+
+/// The page size of a mapping of `file`: a hugetlbfs file's huge pages, or
+/// 0 for the system's.
+fn page_size_of(file: &File) -> usize {
+    use nix::sys::statfs::{HUGETLBFS_MAGIC, fstatfs};
+    match fstatfs(file) {
+        Ok(fs) if fs.filesystem_type() == HUGETLBFS_MAGIC => usize::try_from(fs.block_size()).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 fn memory_region(region: &VhostUserMemoryRegion, file: File) -> vhost::vhost_user::Result<GuestRegionMmap> {
@@ -252,7 +268,9 @@ impl VhostUserBackendReqHandlerMut for Device {
         }
         let mut mapped = Vec::with_capacity(regions.len());
         let mut mappings = Vec::with_capacity(regions.len());
+        let mut granules = Vec::with_capacity(regions.len());
         for (region, file) in regions.iter().zip(files) {
+            granules.push(page_size_of(&file));
             mapped.push(memory_region(region, file)?);
             mappings.push(Mapping {
                 user_addr: region.user_addr,
@@ -260,9 +278,18 @@ impl VhostUserBackendReqHandlerMut for Device {
                 size: region.memory_size,
             });
         }
+        // The mappings stay where they are when the regions move.
+        let guards = mapped
+            .iter()
+            .zip(granules)
+            .map(|(region, granule)| Guard::new(region.as_ptr(), region.len() as usize, granule))
+            .collect::<io::Result<Vec<Guard>>>()
+            .map_err(|_| invalid("too many guest memory regions in the switch"))?;
         // Overlapping guest ranges are refused here.
         let memory = GuestMemoryMmap::from_regions(mapped).map_err(|_| invalid("overlapping memory regions"))?;
+        self.guards.clear();
         self.memory = Some(memory);
+        self.guards = guards;
         self.mappings = mappings;
         Ok(None)
     }
@@ -529,6 +556,7 @@ impl VhostUserPort {
         let device = Arc::new(Mutex::new(Device {
             acked: 0,
             protocol_acked: false,
+            guards: Vec::new(),
             memory: None,
             mappings: Vec::new(),
             vrings: [Vring::new(), Vring::new()],
@@ -718,6 +746,9 @@ impl VhostUserPort {
         if notify {
             signal(vring.call.as_ref());
         }
+        if device.guards.iter().any(Guard::faulted) {
+            return Err(PortError::MemoryGone);
+        }
         drop(device);
         self.tx_pending = more;
         Ok(Received { frames: done, more })
@@ -773,6 +804,9 @@ impl VhostUserPort {
         ring.save(&mut vring.queue);
         if notify {
             signal(vring.call.as_ref());
+        }
+        if device.guards.iter().any(Guard::faulted) {
+            return Err(PortError::MemoryGone);
         }
         drop(device);
         self.rx_waiting = sent.would_block;
