@@ -41,7 +41,7 @@ const LONG_OPTIONS: &[(&str, bool)] = &[
 /// their full name only, so that every abbreviation vde_switch accepts
 /// still means what it means there (`--s` is `--sock`), and they stay out
 /// of the usage text, which is vde_switch's.
-const OWN_LONG_OPTIONS: &[&str] = &["stream", "dgram", "vhost-user", "vhost-user-poll-us"];
+const OWN_LONG_OPTIONS: &[&str] = &["stream", "dgram", "vhost-user"];
 const SHORT_OPTIONS: &str = "hvnxFsmgdpfMDt";
 
 pub const USAGE: &str = "Usage: vswitch [OPTIONS]
@@ -151,11 +151,6 @@ pub struct Options {
     /// `-netdev vhost-user`, DPDK's `net_virtio_user`).
     #[arg(long = "vhost-user")]
     pub vhost_user: Vec<PathBuf>,
-    /// Microseconds a vhost-user port keeps looking for frames after the
-    /// last one before it waits for a kick (busy polling; 0, the default,
-    /// never polls).
-    #[arg(long = "vhost-user-poll-us", default_value_t = 0)]
-    pub vhost_user_poll_us: u32,
     #[arg(long)]
     pub vxlan: Vec<String>,
     #[arg(long)]
@@ -270,9 +265,8 @@ mod tests {
         let o = p(&["--stream", "/a", "-stream", "/b", "--dgram=/c"]).unwrap();
         assert_eq!(o.stream, [PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(o.dgram, [PathBuf::from("/c")]);
-        let o = p(&["--vhost-user", "/a", "-vhost-user=/b", "--vhost-user-poll-us", "50"]).unwrap();
+        let o = p(&["--vhost-user", "/a", "-vhost-user=/b"]).unwrap();
         assert_eq!(o.vhost_user, [PathBuf::from("/a"), PathBuf::from("/b")]);
-        assert_eq!(o.vhost_user_poll_us, 50);
         assert_eq!(p(&["--s", "/x"]).unwrap().sock, Some(PathBuf::from("/x")));
         assert!(p(&["--str", "/x"]).is_err());
     }

@@ -115,7 +115,6 @@ fn config(o: Options) -> Result<Config, (u8, String)> {
         streams: o.stream.iter().map(|p| absolute(&cwd, p)).collect(),
         dgrams: o.dgram.iter().map(|p| absolute(&cwd, p)).collect(),
         vhost_users: o.vhost_user.iter().map(|p| absolute(&cwd, p)).collect(),
-        vhost_user_poll: std::time::Duration::from_micros(u64::from(o.vhost_user_poll_us)),
         vxlans,
         trunk: o.trunk,
         mtu,

@@ -78,10 +78,8 @@ pub struct Config {
     /// Sockets for QEMU's `-netdev stream` and `-netdev dgram` (absolute).
     pub streams: Vec<PathBuf>,
     pub dgrams: Vec<PathBuf>,
-    /// Sockets to serve vhost-user frontends on (absolute), and how long
-    /// their ports poll after a frame (`--vhost-user-poll-us`).
+    /// Sockets to serve vhost-user frontends on (absolute).
     pub vhost_users: Vec<PathBuf>,
-    pub vhost_user_poll: Duration,
     /// VXLAN ports to attach at start-up (`--vxlan SPEC`), in order.
     pub vxlans: Vec<VxlanSpec>,
     /// Every port a transparent trunk (`--trunk`).
@@ -630,12 +628,11 @@ impl Server {
         for path in &config.vhost_users {
             self.data
                 .add_transport(|id, registry| {
-                    let tuning = (config.vhost_user_poll, max_frame);
                     Ok(Box::new(transport::vhost_user::VhostUser::open(
                         id,
                         path,
                         (mode, group),
-                        tuning,
+                        max_frame,
                         registry,
                         epoll,
                     )?))

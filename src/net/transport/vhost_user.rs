@@ -18,7 +18,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollFlags};
 use nix::unistd::Gid;
@@ -79,8 +78,6 @@ pub struct VhostUser {
     /// last asked: what `arrivals` has to look at, so a receive costs
     /// nothing per idle frontend.
     unsettled: Vec<usize>,
-    /// How long a port keeps looking for frames after the last one.
-    poll: Duration,
     /// The longest frame the switch carries (`--mtu`).
     max_frame: usize,
 }
@@ -92,12 +89,12 @@ impl VhostUser {
         id: TransportId,
         path: &Path,
         (mode, group): (u32, Option<Gid>),
-        (poll, max_frame): (Duration, usize),
+        max_frame: usize,
         registry: &mut Registry,
         epoll: &Epoll,
     ) -> io::Result<VhostUser> {
         let listener = StreamListener::open(path, mode, group, (registry, epoll), (id, LISTENER))?;
-        Ok(VhostUser { id, listener, frontends: Slab::new(), unsettled: Vec::new(), poll, max_frame })
+        Ok(VhostUser { id, listener, frontends: Slab::new(), unsettled: Vec::new(), max_frame })
     }
 
     fn accept(&mut self) -> io::Result<usize> {
@@ -112,7 +109,6 @@ impl VhostUser {
     fn add_frontend(&mut self, stream: UnixStream) {
         match VhostUserPort::new(stream) {
             Ok(mut port) => {
-                port.set_poll(self.poll);
                 port.set_max_frame(self.max_frame);
                 let unwatched = || Kick { desc: DescId::MAX, watched: None };
                 let slot = self.frontends.insert(Frontend {
