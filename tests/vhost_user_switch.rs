@@ -122,12 +122,19 @@ const MAC_GUEST: Mac = station_mac(1);
 const MAC_VDE: Mac = station_mac(2);
 const MAC_OTHER_GUEST: Mac = station_mac(3);
 
-#[test]
-fn a_guest_and_a_vde_client_exchange_frames_and_the_port_shows_up() {
-    let lab = Lab::start();
+/// A switch started with `args`, a guest and a VDE client that have
+/// exchanged frames through it.
+fn guest_and_vde(args: &[&str]) -> (Lab, Guest, Client) {
+    let lab = Lab::start_with(args);
     let guest = Guest::attach(&lab);
     let vde = Client::connect(&lab.switch.ctl_dir(), None, "vde");
     exchange(&guest, MAC_GUEST, &vde, MAC_VDE);
+    (lab, guest, vde)
+}
+
+#[test]
+fn a_guest_and_a_vde_client_exchange_frames_and_the_port_shows_up() {
+    let (lab, guest, vde) = guest_and_vde(&[]);
     exchange(&vde, MAC_VDE, &guest, MAC_GUEST);
 
     let listing = lab.switch.mgmt().cmd_ok("port/print");
@@ -151,10 +158,7 @@ fn a_guest_and_a_vde_client_exchange_frames_and_the_port_shows_up() {
 #[test]
 fn frames_up_to_the_switch_mtu_cross() {
     for (args, largest) in [(&["--mtu", "9000"][..], 9018), (&[][..], 1518)] {
-        let lab = Lab::start_with(args);
-        let guest = Guest::attach(&lab);
-        let vde = Client::connect(&lab.switch.ctl_dir(), None, "vde");
-        exchange(&guest, MAC_GUEST, &vde, MAC_VDE);
+        let (_lab, guest, vde) = guest_and_vde(args);
         let out = frame(MAC_VDE, MAC_GUEST, TEST_ETHERTYPE, largest - 14);
         guest.send(&out);
         vde.expect_frame(&out);
@@ -224,10 +228,7 @@ fn closed_by_switch(front: &Frontend) -> bool {
 
 #[test]
 fn lying_frontends_lose_their_port_and_nobody_else_notices() {
-    let lab = Lab::start();
-    let guest = Guest::attach(&lab);
-    let vde = Client::connect(&lab.switch.ctl_dir(), None, "vde");
-    exchange(&guest, MAC_GUEST, &vde, MAC_VDE);
+    let (lab, guest, vde) = guest_and_vde(&[]);
 
     type Lie = fn(&mut Frontend);
     let control_lies: [(&str, Lie); 8] = [
