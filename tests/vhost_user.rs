@@ -14,7 +14,7 @@ use vswitch::fuzzing::frontend::{
     EVENT_IDX, Frontend, INDIRECT_DESC, MEM_SIZE, MRG_RXBUF, QUEUE_SIZE, RX, TX, USER_BASE, VERSION_1,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, buffer, request,
 };
-use vswitch::net::vhost_user::{BATCH, Control, PortError, Received, VhostUserListener, VhostUserPort};
+use vswitch::net::vhost_user::{BATCH, Control, MAX_FRAME, PortError, Received, VhostUserListener, VhostUserPort};
 
 const FEATURES: u64 = VERSION_1 | MRG_RXBUF | EVENT_IDX | INDIRECT_DESC;
 
@@ -84,7 +84,6 @@ fn frames_of_every_size_arrive_intact_both_ways() {
         let frames: Vec<Vec<u8>> = chunk.iter().map(|&len| frame(len, len as u8)).collect();
         round_trip(&mut link, &frames);
     }
-    assert_eq!(link.port.drops.oversize, 0);
 }
 
 #[test]
@@ -284,15 +283,18 @@ fn hang_up_is_reported() {
     assert!(matches!(link.port.handle_control(), Err(PortError::HungUp)));
 }
 
-/// A data-plane lie: whatever the port does with it, no frame comes out
-/// of it and the healthy link beside it goes on.
+/// A data-plane lie: whatever the port does with it, no frame the switch
+/// would carry comes out of it (a chain too long to be one is handed on
+/// cut past the largest frame, for the engine to count as oversize), and
+/// the healthy link beside it goes on.
 fn dropped_or_refused(lie: impl FnOnce(&mut Frontend)) {
     let mut good = link(FEATURES, true);
     let mut bad = link(FEATURES, true);
     healthy(&mut bad, 4);
     lie(&mut bad.front);
     if let Ok(frames) = receive_all(&mut bad.port) {
-        assert!(frames.is_empty(), "a bad descriptor produced frames: {}", frames.len());
+        let carried = frames.iter().filter(|f| f.len() <= MAX_FRAME).count();
+        assert_eq!(carried, 0, "a bad descriptor produced frames: {frames:?}");
     }
     healthy(&mut good, 5);
 }

@@ -158,7 +158,7 @@ fn a_guest_and_a_vde_client_exchange_frames_and_the_port_shows_up() {
 #[test]
 fn frames_up_to_the_switch_mtu_cross() {
     for (args, largest) in [(&["--mtu", "9000"][..], 9018), (&[][..], 1518)] {
-        let (_lab, guest, vde) = guest_and_vde(args);
+        let (lab, guest, vde) = guest_and_vde(args);
         let out = frame(MAC_VDE, MAC_GUEST, TEST_ETHERTYPE, largest - 14);
         guest.send(&out);
         vde.expect_frame(&out);
@@ -170,6 +170,10 @@ fn frames_up_to_the_switch_mtu_cross() {
         // one was dealt with.
         exchange(&guest, MAC_GUEST, &vde, MAC_VDE);
         assert_eq!(vde.recv_timeout(Duration::ZERO), None, "a frame over {largest} bytes got through");
+        let mut mgmt = lab.switch.mgmt();
+        let port = mgmt.find_endpoint(|e| e.contains("vhost.sock")).expect("the guest's port");
+        let drops = mgmt.cmd_ok(&format!("port/drops {port}"));
+        assert!(drops.contains(" oversize=1 "), "the long frame is counted on the guest's port: {drops}");
     }
 }
 

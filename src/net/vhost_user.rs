@@ -487,13 +487,6 @@ impl Drop for VhostUserListener {
     }
 }
 
-/// Counters of what a port dropped without closing.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PortDrops {
-    /// Frames from the guest longer than the port's largest frame.
-    pub oversize: u64,
-}
-
 /// What sending a batch to the guest did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
@@ -523,7 +516,6 @@ pub struct VhostUserPort {
     tx_pending: bool,
     /// The last send ran out of buffers and asked for a receive kick.
     rx_waiting: bool,
-    pub drops: PortDrops,
 }
 
 /// What receiving a batch from the guest did.
@@ -574,7 +566,6 @@ impl VhostUserPort {
             poll: Poll::default(),
             tx_pending: false,
             rx_waiting: false,
-            drops: PortDrops::default(),
         })
     }
 
@@ -677,7 +668,7 @@ impl VhostUserPort {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
         self.tx_pending = false;
-        let Self { device, frame, drops, poll, max_frame, .. } = self;
+        let Self { device, frame, poll, max_frame, .. } = self;
         let max_frame = *max_frame;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         if !device.running(TX) {
@@ -706,24 +697,21 @@ impl VhostUserPort {
                 // range checked against guest memory); the device-writable
                 // part of a chain is not the frame's.
                 let mut len = 0;
-                let mut oversize = false;
                 ring.walk(head, |desc| {
                     if desc.writable() {
                         return Ok(true);
                     }
                     let end = len + desc.len as usize;
-                    if end > header + max_frame {
-                        oversize = true;
-                        return Ok(false);
-                    }
-                    ring.read(desc.addr, &mut frame[len..end])?;
-                    len = end;
-                    Ok(true)
+                    // A byte past the largest frame shows the frame is too
+                    // long: it goes on cut there, and the engine counts it
+                    // as `oversize`, as a datagram cut at the buffer's end.
+                    let cut = end.min(header + max_frame + 1);
+                    ring.read(desc.addr, &mut frame[len..cut])?;
+                    len = cut;
+                    Ok(cut == end)
                 })
                 .map_err(queue_error)?;
-                if oversize {
-                    drops.oversize += 1;
-                } else if len >= header {
+                if len >= header {
                     each(&frame[header..len]);
                 }
                 ring.put_used(head, 0).map_err(queue_error)?;
@@ -823,8 +811,9 @@ impl VhostUserPort {
     }
 
     /// Carries frames of up to `max` bytes (the switch's `--mtu`) instead
-    /// of [`MAX_FRAME`]: longer ones from the guest are dropped and
-    /// counted, longer ones to it are not written.
+    /// of [`MAX_FRAME`]: longer ones from the guest are handed on cut a
+    /// byte past `max` (for the caller to count and drop), longer ones to
+    /// it are not written.
     pub fn set_max_frame(&mut self, max: usize) {
         self.max_frame = max;
         self.frame = frame_buffer(max);
