@@ -144,6 +144,12 @@ struct Device {
 }
 
 impl Device {
+    /// Fails if the frontend truncated guest memory under the last accesses
+    /// (the SIGBUS guard turned the vanished pages into zeros).
+    fn memory_intact(&self) -> Result<(), PortError> {
+        if self.guards.iter().any(Guard::faulted) { Err(PortError::MemoryGone) } else { Ok(()) }
+    }
+
     fn translate(&self, user_addr: u64) -> Option<u64> {
         self.mappings
             .iter()
@@ -734,9 +740,7 @@ impl VhostUserPort {
         if notify {
             signal(vring.call.as_ref());
         }
-        if device.guards.iter().any(Guard::faulted) {
-            return Err(PortError::MemoryGone);
-        }
+        device.memory_intact()?;
         drop(device);
         self.tx_pending = more;
         Ok(Received { frames: done, more })
@@ -793,9 +797,7 @@ impl VhostUserPort {
         if notify {
             signal(vring.call.as_ref());
         }
-        if device.guards.iter().any(Guard::faulted) {
-            return Err(PortError::MemoryGone);
-        }
+        device.memory_intact()?;
         drop(device);
         self.rx_waiting = sent.would_block;
         Ok(sent)

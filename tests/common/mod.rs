@@ -223,7 +223,7 @@ impl Switch {
         read_pid(&self.dir.path().join("sw.pid"))
     }
 
-    pub fn stderr_log(&self) -> String {
+    fn stderr_log(&self) -> String {
         fs::read_to_string(self.dir.path().join("sw.stderr")).unwrap_or_default()
     }
 

@@ -66,8 +66,15 @@ struct Frontend {
     /// The last receive stopped at its limit with frames left in the ring:
     /// no kick will say so.
     more: bool,
-    /// The kicks changed since they were last watched.
-    kicks_changed: bool,
+}
+
+impl Frontend {
+    /// What the epoll set holds for `kick`: its duplicate once watched.
+    /// The registry asks only for watched descriptors, and deletes none
+    /// that is not, so before that the control connection stands in.
+    fn kick_fd<'a>(&'a self, kick: &'a Kick) -> BorrowedFd<'a> {
+        kick.watched.as_ref().map_or_else(|| self.port.control_fd(), AsFd::as_fd)
+    }
 }
 
 pub struct VhostUser {
@@ -118,7 +125,6 @@ impl VhostUser {
                     room: unwatched(),
                     key: None,
                     more: false,
-                    kicks_changed: false,
                 });
                 self.unsettled.push(slot);
             }
@@ -133,8 +139,9 @@ impl VhostUser {
         let mut n = 0;
         let room = rx.size();
         let received = frontend.port.receive(max, |frame| {
-            // The port never hands over more than the largest tagged frame,
-            // which the batch always has room for.
+            // The port hands over at most a byte past the largest frame
+            // (a frame too long, for the engine to count), which the batch
+            // always has room for.
             let len = frame.len().min(room);
             rx.buf_mut(n)[..len].copy_from_slice(&frame[..len]);
             rx.set_frame(n, 0, len);
@@ -161,7 +168,6 @@ impl VhostUser {
         match frontend.port.handle_control() {
             Ok(Control::Unchanged) => Ok(0),
             Ok(Control::KicksChanged) => {
-                frontend.kicks_changed = true;
                 self.unsettled.push(slot);
                 Ok(0)
             }
@@ -169,24 +175,20 @@ impl VhostUser {
         }
     }
 
-    /// Watches the kicks a frontend handed over since they were last
-    /// watched, in the descriptors' places.
+    /// Watches the kicks frontend `slot` has now, in its descriptors'
+    /// places, instead of those it had.
     fn watch_kicks(&mut self, slot: usize, registry: &mut Registry, epoll: &Epoll) {
-        let Some(frontend) = self.frontends.get_mut(slot) else { return };
-        if std::mem::take(&mut frontend.kicks_changed) {
-            let Frontend { port, frames, room, .. } = frontend;
-            for (kick, fd) in [(frames, port.tx_kick()), (room, port.rx_kick())] {
-                if let Some(old) = kick.watched.take() {
-                    registry.unwatch(epoll, kick.desc, old.as_fd());
-                }
-                let Some(fd) = fd else { continue };
-                let watched = fd
-                    .try_clone_to_owned()
-                    .and_then(|copy| registry.watch(epoll, kick.desc, copy.as_fd()).map(|()| copy));
-                match watched {
-                    Ok(copy) => kick.watched = Some(copy),
-                    Err(e) => log::log(&format!("{MODULE} kick of frontend {slot}: {}", log::error_text(&e))),
-                }
+        let Some(Frontend { port, frames, room, .. }) = self.frontends.get_mut(slot) else { return };
+        for (kick, fd) in [(frames, port.tx_kick()), (room, port.rx_kick())] {
+            if let Some(old) = kick.watched.take() {
+                registry.unwatch(epoll, kick.desc, old.as_fd());
+            }
+            let Some(fd) = fd else { continue };
+            let watched =
+                fd.try_clone_to_owned().and_then(|copy| registry.watch(epoll, kick.desc, copy.as_fd()).map(|()| copy));
+            match watched {
+                Ok(copy) => kick.watched = Some(copy),
+                Err(e) => log::log(&format!("{MODULE} kick of frontend {slot}: {}", log::error_text(&e))),
             }
         }
     }
@@ -237,13 +239,11 @@ impl Transport for VhostUser {
         }
         let (slot, role) = split(tag);
         let frontend = &self.frontends[slot];
-        let kick = match role {
-            FRAMES => &frontend.frames,
-            ROOM => &frontend.room,
-            _ => return frontend.port.control_fd(),
-        };
-        // Only watched descriptors are asked for.
-        kick.watched.as_ref().map_or_else(|| frontend.port.control_fd(), AsFd::as_fd)
+        match role {
+            FRAMES => frontend.kick_fd(&frontend.frames),
+            ROOM => frontend.kick_fd(&frontend.room),
+            _ => frontend.port.control_fd(),
+        }
     }
 
     fn failure(&mut self, tag: u32, failed: Option<&io::Error>) -> Verdict {
@@ -270,19 +270,21 @@ impl Transport for VhostUser {
         if let Some(desc) = frontend.control {
             registry.remove(epoll, desc, frontend.port.control_fd());
         }
-        for kick in [frontend.frames, frontend.room] {
-            match &kick.watched {
-                Some(fd) => registry.remove(epoll, kick.desc, fd.as_fd()),
-                None => registry.remove(epoll, kick.desc, frontend.port.control_fd()),
-            }
+        for kick in [&frontend.frames, &frontend.room] {
+            registry.remove(epoll, kick.desc, frontend.kick_fd(kick));
         }
     }
 
     fn arrivals(&mut self, registry: &mut Registry, epoll: &Epoll) -> Vec<Arrival> {
         let mut arrivals = Vec::new();
         for slot in std::mem::take(&mut self.unsettled) {
-            self.watch_kicks(slot, registry, epoll);
-            let Some(frontend) = self.frontends.get_mut(slot).filter(|f| f.control.is_none()) else { continue };
+            // A frontend is unsettled once when accepted, and again each
+            // time its kicks change (which only an attached one's can).
+            let Some(frontend) = self.frontends.get_mut(slot) else { continue };
+            if frontend.control.is_some() {
+                self.watch_kicks(slot, registry, epoll);
+                continue;
+            }
             let control = match registry.add_edge(epoll, frontend.port.control_fd(), self.id, tag(slot, CONTROL)) {
                 Ok(desc) => desc,
                 Err(e) => {
