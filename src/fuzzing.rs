@@ -228,7 +228,7 @@ pub fn rc_file(data: &[u8]) {
 pub fn vhost_user(data: &[u8]) {
     use std::os::fd::AsRawFd;
 
-    use crate::net::vhost_user::{BATCH, MAX_FRAME, VhostUserPort};
+    use crate::net::vhost_user::{BATCH, EachFrame, MAX_FRAME, VhostUserPort};
     use vm_memory::{Bytes as _, GuestAddress};
 
     let mut input = Bytes(data);
@@ -258,7 +258,7 @@ pub fn vhost_user(data: &[u8]) {
                 true
             }
             // A frame too long to carry comes out cut a byte past the limit.
-            2 => port.receive(BATCH, |f| assert!(f.len() <= MAX_FRAME + 1)).is_ok(),
+            2 => port.receive(BATCH, &mut EachFrame::new(MAX_FRAME, |f| assert!(f.len() <= MAX_FRAME + 1))).is_ok(),
             3 => {
                 let n = usize::from(input.u8().unwrap_or(0) % 8);
                 let len = 14 + usize::from(input.u8().unwrap_or(0)) * 6;

@@ -14,7 +14,9 @@ use vswitch::fuzzing::frontend::{
     EVENT_IDX, Frontend, INDIRECT_DESC, MEM_SIZE, MRG_RXBUF, QUEUE_SIZE, RX, TX, USER_BASE, VERSION_1,
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, buffer, request,
 };
-use vswitch::net::vhost_user::{BATCH, Control, MAX_FRAME, PortError, Received, VhostUserListener, VhostUserPort};
+use vswitch::net::vhost_user::{
+    BATCH, Control, EachFrame, MAX_FRAME, PortError, Received, VhostUserListener, VhostUserPort,
+};
 
 const FEATURES: u64 = VERSION_1 | MRG_RXBUF | EVENT_IDX | INDIRECT_DESC;
 
@@ -52,7 +54,7 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 fn receive_all(port: &mut VhostUserPort) -> Result<Vec<Vec<u8>>, PortError> {
     let mut frames = Vec::new();
     loop {
-        let got = port.receive(BATCH, |f| frames.push(f.to_vec()))?;
+        let got = port.receive(BATCH, &mut EachFrame::new(MAX_FRAME, |f| frames.push(f.to_vec())))?;
         if !got.more {
             return Ok(frames);
         }
@@ -128,7 +130,9 @@ fn a_full_receive_ring_blocks_until_the_guest_adds_buffers() {
 fn a_polling_port_looks_again_until_its_window_passes() {
     let mut link = link(FEATURES, true);
     let mut frames = Vec::new();
-    let mut receive = |port: &mut VhostUserPort| port.receive(BATCH, |f| frames.push(f.to_vec())).expect("receive");
+    let mut receive = |port: &mut VhostUserPort| {
+        port.receive(BATCH, &mut EachFrame::new(MAX_FRAME, |f| frames.push(f.to_vec()))).expect("receive")
+    };
     // Not polling: an empty ring arms the kick and the caller waits for it.
     link.front.transmit(&frame(60, 1));
     assert_eq!(receive(&mut link.port), Received { frames: 1, more: false });
@@ -363,4 +367,50 @@ fn kick_and_call_descriptors_are_made_non_blocking() {
     // from blocking on a call eventfd the frontend filled up.
     let flags = nix::fcntl::fcntl(link.front.calls[TX].as_fd(), nix::fcntl::FcntlArg::F_GETFL).expect("flags");
     assert_ne!(flags & nix::fcntl::OFlag::O_NONBLOCK.bits(), 0);
+}
+
+#[test]
+fn a_header_and_frame_cut_anywhere_over_descriptors_arrive_as_the_frame() {
+    let mut link = link(FEATURES, true);
+    let sent = frame(60, 3);
+    // A header of non-zero bytes, so a byte of it taken for the frame shows.
+    let mut packet = vec![0xee; 12];
+    packet.extend_from_slice(&sent);
+    let addr = buffer(TX, 0);
+    link.front.memory.write_slice(&packet, GuestAddress(addr)).expect("buffer inside guest memory");
+    let total = packet.len() as u64;
+    for a in 0..=14 {
+        for b in a..=16 {
+            // Three descriptors over bytes [0, a), [a, b) and [b, total).
+            link.front.write_desc(TX, 0, addr, a as u32, VRING_DESC_F_NEXT, 1);
+            link.front.write_desc(TX, 1, addr + a, (b - a) as u32, VRING_DESC_F_NEXT, 2);
+            link.front.write_desc(TX, 2, addr + b, (total - b) as u32, 0, 0);
+            link.front.make_available(TX, 0);
+            assert_eq!(
+                receive_all(&mut link.port).expect("a good chain"),
+                std::slice::from_ref(&sent),
+                "cut at {a} and {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn receive_buffers_smaller_than_the_header_take_it_in_pieces() {
+    let mut link = link(FEATURES, true);
+    link.front.post_receive_buffers(11, 7);
+    let sent = frame(60, 9);
+    assert_eq!(link.port.send([sent.as_slice()]).expect("send").frames, 1);
+    // 12 + 60 bytes in buffers of 7: ten full and one of 2, the header
+    // across the first two.
+    let used = link.front.used(RX);
+    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2]);
+    let mut bytes = Vec::new();
+    for (head, len) in used {
+        let mut b = vec![0u8; len as usize];
+        link.front.memory.read_slice(&mut b, GuestAddress(buffer(RX, head))).expect("in guest memory");
+        bytes.extend(b);
+    }
+    assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 11);
+    assert_eq!(&bytes[12..], sent.as_slice());
 }

@@ -46,7 +46,7 @@ use tokio::net::UnixDatagram;
 
 use vswitch::engine::{DEFAULT_MTU, FRAME_OVERHEAD};
 use vswitch::net::sys::{BATCH, RecvBatch, connect_raw, send_batch};
-use vswitch::net::vhost_user::{self, Control, VhostUserListener, VhostUserPort};
+use vswitch::net::vhost_user::{self, Control, IntoBatch, VhostUserListener, VhostUserPort};
 use vswitch::wire::{Request, reply_for_path};
 
 const LISTENER: u64 = u64::MAX;
@@ -170,7 +170,7 @@ fn run_vhost_user(paths: &[PathBuf], poll_us: u64) -> Result<()> {
     // Ports with frames left in their ring (or polling it), served in
     // turn without waiting for a kick.
     let mut pending = vec![false; ports.len()];
-    let mut batch = Batch::default();
+    let mut batch = RecvBatch::new(vhost_user::MAX_FRAME + 1);
     let mut events = vec![EpollEvent::empty(); 64];
     loop {
         let timeout = if pending.contains(&true) { EpollTimeout::ZERO } else { EpollTimeout::NONE };
@@ -217,22 +217,13 @@ fn run_vhost_user(paths: &[PathBuf], poll_us: u64) -> Result<()> {
     }
 }
 
-/// The frames of one batch, copied out of a guest's ring, end to end.
-#[derive(Default)]
-struct Batch {
-    data: Vec<u8>,
-    ends: Vec<usize>,
-}
-
 /// One batch from port `i` to its peer; true if port `i` has more.
-fn forward_vhost_user(ports: &mut [Option<VhostUserPort>], i: usize, batch: &mut Batch, paths: &[PathBuf]) -> bool {
+fn forward_vhost_user(ports: &mut [Option<VhostUserPort>], i: usize, rx: &mut RecvBatch, paths: &[PathBuf]) -> bool {
     let Some(port) = ports[i].as_mut() else { return false };
-    batch.data.clear();
-    batch.ends.clear();
-    let got = match port.receive(vhost_user::BATCH, |f| {
-        batch.data.extend_from_slice(f);
-        batch.ends.push(batch.data.len());
-    }) {
+    let mut into = IntoBatch { rx, filled: 0 };
+    let got = port.receive(vhost_user::BATCH, &mut into);
+    let n = into.filled;
+    let got = match got {
         Ok(got) => got,
         Err(e) => {
             eprintln!("vhost-user {}: closed: {e}", paths[i].display());
@@ -241,13 +232,11 @@ fn forward_vhost_user(ports: &mut [Option<VhostUserPort>], i: usize, batch: &mut
         }
     };
     let mut frames: [&[u8]; vhost_user::BATCH] = [&[]; vhost_user::BATCH];
-    let mut start = 0;
-    for (slot, &end) in frames.iter_mut().zip(&batch.ends) {
-        *slot = &batch.data[start..end];
-        start = end;
+    for (f, slot) in frames[..n].iter_mut().enumerate() {
+        *slot = rx.frame(f);
     }
     if let Some(peer) = ports.get_mut(i ^ 1).and_then(Option::as_mut)
-        && let Err(e) = send_all_vhost_user(peer, &frames[..batch.ends.len()])
+        && let Err(e) = send_all_vhost_user(peer, &frames[..n])
     {
         eprintln!("vhost-user {}: closed: {e}", paths[i ^ 1].display());
         ports[i ^ 1] = None;

@@ -63,6 +63,17 @@ fn bucket_of(k: u64, buckets: u32) -> u32 {
     (k & u64::from(buckets - 1)) as u32
 }
 
+/// One frame's stations: its source and destination MAC in a VLAN, the
+/// port it came in on, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Conversation {
+    src: Mac,
+    dst: Mac,
+    vlan: VlanId,
+    port: PortId,
+    now: u64,
+}
+
 pub struct MacTable {
     buckets: u32,
     pub gc_interval: u64,
@@ -74,6 +85,11 @@ pub struct MacTable {
     next_seq: u64,
     last_gc: u64,
     gc_due: bool,
+    /// The last frame's conversation and where its destination was, while
+    /// nothing in the table has changed since: a batch from one guest is
+    /// mostly one conversation, and learning and looking it up again would
+    /// change and find nothing new.
+    last: Option<(Conversation, Option<PortId>)>,
 }
 
 impl MacTable {
@@ -90,6 +106,7 @@ impl MacTable {
             next_seq: 0,
             last_gc: 0,
             gc_due: false,
+            last: None,
         }
     }
 
@@ -127,6 +144,7 @@ impl MacTable {
             return;
         }
         self.gc_due = false;
+        self.last = None;
         let mut doomed = Vec::new();
         while let Some((_, e)) = self.entries.peek_lru() {
             if e.last_seen + self.expire >= now {
@@ -149,13 +167,20 @@ impl MacTable {
 
     /// Records that `mac` was seen on `port` in `vlan`.
     pub fn learn(&mut self, mac: Mac, vlan: VlanId, port: PortId, now: u64, events: &mut Vec<Event>) {
+        self.settle(mac, vlan, port, now, events);
+    }
+
+    /// [`learn`](Self::learn); false if the station stays on another port
+    /// (a move refused for persistence).
+    fn settle(&mut self, mac: Mac, vlan: VlanId, port: PortId, now: u64, events: &mut Vec<Event>) -> bool {
+        self.last = None;
         self.collect_if_due(now, events);
         let k = key(mac, vlan);
         if let Some(e) = self.entries.peek_mut(&k) {
             if e.port != port {
                 events.push(Event::MacMoved { mac, from: e.port, to: port });
                 if now.saturating_sub(e.last_seen) <= self.min_persistence {
-                    return;
+                    return false;
                 }
                 e.port = port;
             }
@@ -166,7 +191,7 @@ impl MacTable {
                 e.last_seen = now;
                 self.entries.promote(&k);
             }
-            return;
+            return true;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -179,6 +204,34 @@ impl MacTable {
         }
         self.entries.push(k, entry);
         events.push(Event::HashAdd { mac, vlan, port });
+        true
+    }
+
+    /// Learns a frame's source `src` (unless multicast) behind `port` in
+    /// `vlan` and returns the port its destination `dst` is known on (a
+    /// multicast one never is).
+    pub fn learn_and_look_up(
+        &mut self,
+        src: Mac,
+        dst: Mac,
+        vlan: VlanId,
+        port: PortId,
+        now: u64,
+        events: &mut Vec<Event>,
+    ) -> Option<PortId> {
+        let conversation = Conversation { src, dst, vlan, port, now };
+        if !self.gc_due
+            && let Some((last, found)) = self.last
+            && last == conversation
+        {
+            return found;
+        }
+        // Kept only once the source sits on this port: a move refused for
+        // persistence is reported again by every frame.
+        let settled = src.is_multicast() || self.settle(src, vlan, port, now, events);
+        let found = if dst.is_multicast() { None } else { self.lookup(dst, vlan, now, events) };
+        self.last = settled.then_some((conversation, found));
+        found
     }
 
     /// The port `mac` was learned on in `vlan`, if any.
@@ -191,6 +244,7 @@ impl MacTable {
     pub fn retain(&mut self, mut keep: impl FnMut(&Station) -> bool, events: &mut Vec<Event>) {
         let doomed: Vec<(u64, Entry)> =
             self.entries.iter().filter(|(k, e)| !keep(&self.station(**k, e, 0))).map(|(k, e)| (*k, *e)).collect();
+        self.last = None;
         for (k, _) in &doomed {
             self.entries.pop(k);
         }
@@ -326,5 +380,43 @@ mod tests {
         t.learn(mac(2), 0, 2, 0, &mut ev);
         let rows: Vec<u8> = t.stations(0).iter().map(|s| s.mac.0[5]).collect();
         assert_eq!(rows, vec![2, 1]);
+    }
+
+    #[test]
+    fn a_repeated_conversation_sees_every_change_to_the_table() {
+        let mut t = MacTable::new(128, 16);
+        let mut ev = Vec::new();
+        let (a, b) = (mac(1), mac(2));
+        assert_eq!(t.learn_and_look_up(a, b, 0, 1, 10, &mut ev), None);
+        assert_eq!(t.learn_and_look_up(b, a, 0, 2, 10, &mut ev), Some(1));
+        assert_eq!(t.learn_and_look_up(a, b, 0, 1, 10, &mut ev), Some(2));
+        // The destination moves: the same conversation finds it there.
+        t.learn(b, 0, 3, 20, &mut ev);
+        assert_eq!(t.learn_and_look_up(a, b, 0, 1, 20, &mut ev), Some(3));
+        // Forgotten: the same conversation floods.
+        t.retain(|s| s.mac != b, &mut ev);
+        assert_eq!(t.learn_and_look_up(a, b, 0, 1, 20, &mut ev), None);
+        // Expired by a sweep: it is learned again, and announced.
+        t.learn(b, 0, 3, 20, &mut ev);
+        assert_eq!(t.learn_and_look_up(a, b, 0, 1, 20, &mut ev), Some(3));
+        t.tick(200);
+        ev.clear();
+        assert_eq!(t.learn_and_look_up(a, b, 0, 1, 200, &mut ev), None);
+        assert!(ev.contains(&Event::HashDel { mac: b, vlan: 0, port: 3 }), "{ev:?}");
+        assert!(ev.contains(&Event::HashAdd { mac: a, vlan: 0, port: 1 }), "{ev:?}");
+    }
+
+    #[test]
+    fn a_refused_move_is_reported_by_every_frame() {
+        let mut t = MacTable::new(128, 16);
+        let mut ev = Vec::new();
+        t.learn(mac(1), 0, 1, 10, &mut ev);
+        ev.clear();
+        for _ in 0..3 {
+            assert_eq!(t.learn_and_look_up(mac(1), mac(2), 0, 2, 11, &mut ev), None);
+        }
+        let moves = ev.iter().filter(|e| matches!(e, Event::MacMoved { .. })).count();
+        assert_eq!(moves, 3);
+        assert_eq!(t.lookup(mac(1), 0, 11, &mut ev), Some(1));
     }
 }

@@ -536,12 +536,7 @@ impl Switch {
     /// destination is never known). Inlined like `forward`, which it serves.
     #[inline(always)]
     fn learn_and_look_up(&mut self, src: PortId, frame: &Frame, vlan: VlanId, now: u64) -> Option<PortId> {
-        let src_mac = frame.src();
-        if !src_mac.is_multicast() {
-            self.macs.learn(src_mac, vlan, src, now, &mut self.events);
-        }
-        let dst_mac = frame.dst();
-        if dst_mac.is_multicast() { None } else { self.macs.lookup(dst_mac, vlan, now, &mut self.events) }
+        self.macs.learn_and_look_up(frame.src(), frame.dst(), vlan, src, now, &mut self.events)
     }
 
     fn flood_hub<const MIRRORS: bool>(&mut self, src: PortId, len: u64, out: &mut Vec<Delivery>) {

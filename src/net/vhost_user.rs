@@ -49,6 +49,7 @@ mod ring;
 use ring::Ring;
 
 use super::sigbus::Guard;
+use super::sys::RecvBatch;
 
 /// Largest frame moved unless the port is told otherwise
 /// ([`VhostUserPort::set_max_frame`]): a tagged frame of a 1500-byte MTU,
@@ -511,12 +512,9 @@ pub struct VhostUserPort {
     control: UnixStream,
     kicks: [Option<Arc<File>>; QUEUES],
     kick_generation: u64,
-    /// A frame on its way out of or into guest memory: room for the
-    /// largest one and its header.
-    frame: Box<[u8]>,
     max_frame: usize,
-    /// Heads of the chains a frame sent takes, kept between frames.
-    heads: Vec<u16>,
+    /// The chains and buffers a frame sent takes, kept between frames.
+    placement: Placement,
     poll: Poll,
     /// The last receive left frames in the ring, with the kick off.
     tx_pending: bool,
@@ -566,9 +564,8 @@ impl VhostUserPort {
             control,
             kicks: [None, None],
             kick_generation: 0,
-            frame: frame_buffer(MAX_FRAME),
             max_frame: MAX_FRAME,
-            heads: Vec::new(),
+            placement: Placement::default(),
             poll: Poll::default(),
             tx_pending: false,
             rx_waiting: false,
@@ -663,18 +660,19 @@ impl VhostUserPort {
     }
 
     /// Receives up to `max` (at most [`BATCH`]) frames the guest
-    /// transmitted, handing each to `each`. `more` says frames are left in
-    /// the ring, or that the port is polling (see [`set_poll`](Self::set_poll)):
-    /// either way the guest does not kick, and the caller comes back (after
-    /// its other ports) without waiting for the transmit kick.
-    pub fn receive(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> Result<Received, PortError> {
+    /// transmitted, each copied from guest memory straight into the buffer
+    /// `sink` gives for it. `more` says frames are left in the ring, or
+    /// that the port is polling (see [`set_poll`](Self::set_poll)): either
+    /// way the guest does not kick, and the caller comes back (after its
+    /// other ports) without waiting for the transmit kick.
+    pub fn receive(&mut self, max: usize, sink: &mut impl FrameSink) -> Result<Received, PortError> {
         if !self.tx_pending
             && let Some(kick) = &self.kicks[TX]
         {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
         self.tx_pending = false;
-        let Self { device, frame, poll, max_frame, .. } = self;
+        let Self { device, poll, max_frame, .. } = self;
         let max_frame = *max_frame;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         if !device.running(TX) {
@@ -687,7 +685,7 @@ impl VhostUserPort {
         let queue_error = |error| PortError::Queue { queue: TX, error };
         let mut ring = Ring::new(memory, &vring.queue).map_err(queue_error)?;
         let max = max.min(BATCH);
-        let mut done = 0;
+        let (mut done, mut handed) = (0, 0);
         let more = loop {
             ring.disable_kick().map_err(queue_error)?;
             let mut avail = ring.avail_idx().map_err(queue_error)?;
@@ -699,26 +697,32 @@ impl VhostUserPort {
                     }
                 }
                 let head = ring.pop().map_err(queue_error)?;
-                // The frame is copied out descriptor by descriptor (each
-                // range checked against guest memory); the device-writable
-                // part of a chain is not the frame's.
-                let mut len = 0;
+                let buffer = sink.buffer(handed);
+                // A byte past the largest frame shows the frame is too
+                // long: it goes on cut there, and the engine counts it as
+                // `oversize`, as a datagram cut at the buffer's end.
+                let limit = buffer.len().min(max_frame + 1);
+                let (mut seen, mut len) = (0, 0);
+                // Copied descriptor by descriptor (each range checked
+                // against guest memory), the header left behind; the
+                // device-writable part of a chain is not the frame's.
                 ring.walk(head, |desc| {
                     if desc.writable() {
                         return Ok(true);
                     }
-                    let end = len + desc.len as usize;
-                    // A byte past the largest frame shows the frame is too
-                    // long: it goes on cut there, and the engine counts it
-                    // as `oversize`, as a datagram cut at the buffer's end.
-                    let cut = end.min(header + max_frame + 1);
-                    ring.read(desc.addr, &mut frame[len..cut])?;
-                    len = cut;
-                    Ok(cut == end)
+                    let skip = header.saturating_sub(seen).min(desc.len as usize);
+                    seen += desc.len as usize;
+                    let take = (desc.len as usize - skip).min(limit - len);
+                    let addr = desc.addr.checked_add(skip as u64).ok_or(virtio_queue::Error::AddressOverflow)?;
+                    ring.read(addr, &mut buffer[len..len + take])?;
+                    len += take;
+                    Ok(len < limit)
                 })
                 .map_err(queue_error)?;
-                if len >= header {
-                    each(&frame[header..len]);
+                // Shorter than its header: not a frame.
+                if seen >= header {
+                    sink.filled(handed, len);
+                    handed += 1;
                 }
                 ring.put_used(head, 0).map_err(queue_error)?;
                 done += 1;
@@ -743,7 +747,7 @@ impl VhostUserPort {
         device.memory_intact()?;
         drop(device);
         self.tx_pending = more;
-        Ok(Received { frames: done, more })
+        Ok(Received { frames: handed, more })
     }
 
     /// Writes `frames` into the guest's receive ring, each behind a
@@ -756,7 +760,7 @@ impl VhostUserPort {
         {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
-        let Self { device, frame: scratch, heads, max_frame, .. } = self;
+        let Self { device, placement, max_frame, .. } = self;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         let mut sent = Sent { frames: 0, would_block: false };
         if !device.running(RX) {
@@ -771,7 +775,7 @@ impl VhostUserPort {
         let vring = &mut vrings[RX];
         let queue_error = |error| PortError::Queue { queue: RX, error };
         let mut ring = Ring::new(memory, &vring.queue).map_err(queue_error)?;
-        let mut filler = Filler { header, mergeable, scratch: &mut scratch[..header + *max_frame], heads };
+        let mut filler = Filler { header, mergeable, max_frame: *max_frame, placement };
         let mut avail = ring.avail_idx().map_err(queue_error)?;
         for frame in frames {
             if filler.write(&mut ring, &mut avail, frame).map_err(queue_error)? {
@@ -818,14 +822,42 @@ impl VhostUserPort {
     /// it are not written.
     pub fn set_max_frame(&mut self, max: usize) {
         self.max_frame = max;
-        self.frame = frame_buffer(max);
     }
 }
 
-/// Room for a frame of up to `max` bytes behind the longest virtio-net
-/// header.
-fn frame_buffer(max: usize) -> Box<[u8]> {
-    vec![0; max + 64].into_boxed_slice()
+/// Where [`VhostUserPort::receive`] puts the frames of a batch: each is
+/// copied from guest memory straight into the buffer given for it.
+pub trait FrameSink {
+    /// The buffer for the `index`th frame of the batch. A frame longer
+    /// than it is cut to fit.
+    fn buffer(&mut self, index: usize) -> &mut [u8];
+    /// The `index`th frame is the first `len` bytes of its buffer.
+    fn filled(&mut self, index: usize, len: usize);
+}
+
+/// A [`FrameSink`] that hands each frame to a closure, through one buffer
+/// of its own: for callers that do not keep a batch.
+pub struct EachFrame<F> {
+    buffer: Box<[u8]>,
+    each: F,
+}
+
+impl<F: FnMut(&[u8])> EachFrame<F> {
+    /// Room for frames of up to `max` bytes and the byte past them that
+    /// shows one is too long.
+    pub fn new(max: usize, each: F) -> EachFrame<F> {
+        EachFrame { buffer: vec![0; max + 1].into_boxed_slice(), each }
+    }
+}
+
+impl<F: FnMut(&[u8])> FrameSink for EachFrame<F> {
+    fn buffer(&mut self, _: usize) -> &mut [u8] {
+        &mut self.buffer
+    }
+
+    fn filled(&mut self, _: usize, len: usize) {
+        (self.each)(&self.buffer[..len]);
+    }
 }
 
 /// The poll window of a port and when it last received a frame.
@@ -864,15 +896,43 @@ fn signal(call: Option<&File>) {
     }
 }
 
+/// A receive batch as a [`FrameSink`]: frames go straight from guest
+/// memory into its buffers (a batch's buffers hold a frame a byte past the
+/// largest, one too long for the engine to count).
+pub struct IntoBatch<'a> {
+    pub rx: &'a mut RecvBatch,
+    /// Frames written so far, also when the receive then failed.
+    pub filled: usize,
+}
+
+impl FrameSink for IntoBatch<'_> {
+    fn buffer(&mut self, index: usize) -> &mut [u8] {
+        self.rx.buf_mut(index)
+    }
+
+    fn filled(&mut self, index: usize, len: usize) {
+        self.rx.set_frame(index, 0, len);
+        self.filled = index + 1;
+    }
+}
+
+/// The receive chains one frame takes, and the device-writable buffers of
+/// each, as found while making sure there is room for it.
+#[derive(Default)]
+struct Placement {
+    /// A chain's head and where its buffers end in `buffers`.
+    chains: Vec<(u16, usize)>,
+    /// Guest address and length of each buffer.
+    buffers: Vec<(u64, u32)>,
+}
+
 /// How frames go into the receive ring: the header the guest expects in
-/// front of each and buffers reused from frame to frame.
+/// front of each, written with the frame straight into guest memory.
 struct Filler<'a> {
     header: usize,
     mergeable: bool,
-    /// Header and frame, laid out as the guest receives them.
-    scratch: &'a mut [u8],
-    /// Heads of the chains one frame takes.
-    heads: &'a mut Vec<u16>,
+    max_frame: usize,
+    placement: &'a mut Placement,
 }
 
 impl Filler<'_> {
@@ -880,13 +940,15 @@ impl Filler<'_> {
     /// few buffers for it (then nothing was taken). `avail` is the guest's
     /// available index as last read.
     fn write(&mut self, ring: &mut Ring, avail: &mut u16, frame: &[u8]) -> Result<bool, virtio_queue::Error> {
-        let total = self.header + frame.len();
         // Longer than the port carries: gone, as on a link of that MTU.
-        if total > self.scratch.len() {
+        if frame.len() > self.max_frame {
             return Ok(true);
         }
+        let total = self.header + frame.len();
         let start = ring.next_avail;
-        self.heads.clear();
+        let Placement { chains, buffers } = &mut *self.placement;
+        chains.clear();
+        buffers.clear();
         let mut room = 0;
         while room < total {
             if ring.next_avail == *avail {
@@ -899,39 +961,59 @@ impl Filler<'_> {
             let head = ring.pop()?;
             ring.walk(head, |desc| {
                 if desc.writable() {
+                    buffers.push((desc.addr, desc.len));
                     room += desc.len as usize;
                 }
                 Ok(room < total)
             })?;
-            self.heads.push(head);
+            chains.push((head, buffers.len()));
             // Without mergeable buffers a frame gets one chain, cut to fit
             // if the guest posted a smaller one.
             if !self.mergeable {
                 break;
             }
         }
-        let bytes = &mut self.scratch[..total];
-        bytes[..self.header].fill(0);
+        let mut header = [0u8; 12];
         // The header's last field counts the buffers a merged frame uses.
         if self.header == 12 {
-            bytes[10..12].copy_from_slice(&(self.heads.len() as u16).to_le_bytes());
+            header[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
         }
-        bytes[self.header..].copy_from_slice(frame);
-        let mut offset = 0;
-        for &head in self.heads.iter() {
-            let start = offset;
-            ring.walk(head, |desc| {
-                if !desc.writable() {
-                    return Ok(true);
-                }
-                let end = total.min(offset + desc.len as usize);
-                ring.write(desc.addr, &bytes[offset..end])?;
-                offset = end;
-                Ok(offset < total)
-            })?;
-            ring.put_used(head, (offset - start) as u32)?;
+        let packet = Packet { header: &header[..self.header], frame };
+        let (mut offset, mut first) = (0, 0);
+        for &(head, end) in chains.iter() {
+            let chain_start = offset;
+            for &(addr, len) in &buffers[first..end] {
+                let len = (len as usize).min(total - offset);
+                packet.write(ring, addr, offset..offset + len)?;
+                offset += len;
+            }
+            first = end;
+            ring.put_used(head, (offset - chain_start) as u32)?;
         }
         Ok(true)
+    }
+}
+
+/// A frame behind its virtio-net header, as the guest receives it.
+struct Packet<'a> {
+    header: &'a [u8],
+    frame: &'a [u8],
+}
+
+impl Packet<'_> {
+    /// Copies the packet's bytes `range` to guest memory at `addr`.
+    fn write(&self, ring: &Ring, mut addr: u64, range: std::ops::Range<usize>) -> Result<(), virtio_queue::Error> {
+        let mut from = range.start;
+        if from < self.header.len() {
+            let part = &self.header[from..range.end.min(self.header.len())];
+            ring.write(addr, part)?;
+            addr = addr.checked_add(part.len() as u64).ok_or(virtio_queue::Error::AddressOverflow)?;
+            from += part.len();
+        }
+        if from < range.end {
+            ring.write(addr, &self.frame[from - self.header.len()..range.end - self.header.len()])?;
+        }
+        Ok(())
     }
 }
 
@@ -957,7 +1039,7 @@ mod tests {
         let frame: Vec<u8> = (0..60).collect();
         front.transmit(&frame);
         let mut got = Vec::new();
-        port.receive(BATCH, |f| got.push(f.to_vec())).expect("receive");
+        port.receive(BATCH, &mut EachFrame::new(MAX_FRAME, |f| got.push(f.to_vec()))).expect("receive");
         assert_eq!(got, [frame]);
     }
 }

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::engine::EndpointKey;
 use crate::net::log;
-use crate::net::vhost_user::{Control, PortError, VhostUserPort};
+use crate::net::vhost_user::{Control, IntoBatch, PortError, VhostUserPort};
 
 pub const MODULE: &str = "vhost-user";
 
@@ -136,17 +136,9 @@ impl VhostUser {
     fn receive(&mut self, slot: usize, rx: &mut Batch, max: usize) -> io::Result<usize> {
         let Some(frontend) = self.frontends.get_mut(slot) else { return Ok(0) };
         let Some(key) = frontend.key else { return Ok(0) };
-        let mut n = 0;
-        let room = rx.size();
-        let received = frontend.port.receive(max, |frame| {
-            // The port hands over at most a byte past the largest frame
-            // (a frame too long, for the engine to count), which the batch
-            // always has room for.
-            let len = frame.len().min(room);
-            rx.buf_mut(n)[..len].copy_from_slice(&frame[..len]);
-            rx.set_frame(n, 0, len);
-            n += 1;
-        });
+        let mut into = IntoBatch { rx, filled: 0 };
+        let received = frontend.port.receive(max, &mut into);
+        let n = into.filled;
         rx.set_sources(0..n, key.0);
         match received {
             Ok(received) => {
