@@ -63,13 +63,12 @@ fn bucket_of(k: u64, buckets: u32) -> u32 {
     (k & u64::from(buckets - 1)) as u32
 }
 
-/// One frame's stations: its source and destination MAC in a VLAN, the
-/// port it came in on, and when.
+/// One frame's stations: the keys of its source and destination (MAC and
+/// VLAN), the port it came in on, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Conversation {
-    src: Mac,
-    dst: Mac,
-    vlan: VlanId,
+    src: u64,
+    dst: u64,
     port: PortId,
     now: u64,
 }
@@ -172,6 +171,7 @@ impl MacTable {
 
     /// [`learn`](Self::learn); false if the station stays on another port
     /// (a move refused for persistence).
+    #[inline(always)]
     fn settle(&mut self, mac: Mac, vlan: VlanId, port: PortId, now: u64, events: &mut Vec<Event>) -> bool {
         self.last = None;
         self.collect_if_due(now, events);
@@ -210,6 +210,7 @@ impl MacTable {
     /// Learns a frame's source `src` (unless multicast) behind `port` in
     /// `vlan` and returns the port its destination `dst` is known on (a
     /// multicast one never is).
+    #[inline]
     pub fn learn_and_look_up(
         &mut self,
         src: Mac,
@@ -219,7 +220,7 @@ impl MacTable {
         now: u64,
         events: &mut Vec<Event>,
     ) -> Option<PortId> {
-        let conversation = Conversation { src, dst, vlan, port, now };
+        let conversation = Conversation { src: key(src, vlan), dst: key(dst, vlan), port, now };
         if !self.gc_due
             && let Some((last, found)) = self.last
             && last == conversation
