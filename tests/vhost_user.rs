@@ -97,16 +97,23 @@ fn a_frame_spreads_over_small_mergeable_buffers() {
     assert_eq!(sent.frames, 1);
     // 12 + 1518 bytes in buffers of 512: three of them, the header's
     // buffer count saying so.
-    let used = link.front.used(RX);
-    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [512, 512, 506]);
-    let mut bytes = Vec::new();
-    for (head, len) in used {
-        let mut b = vec![0u8; len as usize];
-        link.front.memory.read_slice(&mut b, GuestAddress(buffer(RX, head))).expect("in guest memory");
-        bytes.extend(b);
-    }
+    let (lengths, bytes) = merged(&mut link.front);
+    assert_eq!(lengths, [512, 512, 506]);
     assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 3);
     assert_eq!(&bytes[12..], big.as_slice());
+}
+
+/// The receive buffers the port used since the last look: their lengths,
+/// and their bytes joined (headers included).
+fn merged(front: &mut Frontend) -> (Vec<u32>, Vec<u8>) {
+    let used = front.used(RX);
+    let mut bytes = Vec::new();
+    for &(head, len) in &used {
+        let mut b = vec![0u8; len as usize];
+        front.memory.read_slice(&mut b, GuestAddress(buffer(RX, head))).expect("in guest memory");
+        bytes.extend(b);
+    }
+    (used.iter().map(|u| u.1).collect(), bytes)
 }
 
 #[test]
@@ -403,14 +410,8 @@ fn receive_buffers_smaller_than_the_header_take_it_in_pieces() {
     assert_eq!(link.port.send([sent.as_slice()]).expect("send").frames, 1);
     // 12 + 60 bytes in buffers of 7: ten full and one of 2, the header
     // across the first two.
-    let used = link.front.used(RX);
-    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2]);
-    let mut bytes = Vec::new();
-    for (head, len) in used {
-        let mut b = vec![0u8; len as usize];
-        link.front.memory.read_slice(&mut b, GuestAddress(buffer(RX, head))).expect("in guest memory");
-        bytes.extend(b);
-    }
+    let (lengths, bytes) = merged(&mut link.front);
+    assert_eq!(lengths, [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 2]);
     assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 11);
     assert_eq!(&bytes[12..], sent.as_slice());
 }
