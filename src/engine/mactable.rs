@@ -166,18 +166,18 @@ impl MacTable {
 
     /// Records that `mac` was seen on `port` in `vlan`.
     pub fn learn(&mut self, mac: Mac, vlan: VlanId, port: PortId, now: u64, events: &mut Vec<Event>) {
-        self.settle(mac, vlan, port, now, events);
+        self.settle(key(mac, vlan), port, now, events);
     }
 
-    /// [`learn`](Self::learn); false if the station stays on another port
-    /// (a move refused for persistence).
+    /// [`learn`](Self::learn) of the station whose key is `k`; false if it
+    /// stays on another port (a move refused for persistence).
     #[inline(always)]
-    fn settle(&mut self, mac: Mac, vlan: VlanId, port: PortId, now: u64, events: &mut Vec<Event>) -> bool {
+    fn settle(&mut self, k: u64, port: PortId, now: u64, events: &mut Vec<Event>) -> bool {
         self.last = None;
         self.collect_if_due(now, events);
-        let k = key(mac, vlan);
         if let Some(e) = self.entries.peek_mut(&k) {
             if e.port != port {
+                let (mac, _) = unkey(k);
                 events.push(Event::MacMoved { mac, from: e.port, to: port });
                 if now.saturating_sub(e.last_seen) <= self.min_persistence {
                     return false;
@@ -203,6 +203,7 @@ impl MacTable {
             events.push(Event::HashDel { mac, vlan, port: old.port });
         }
         self.entries.push(k, entry);
+        let (mac, vlan) = unkey(k);
         events.push(Event::HashAdd { mac, vlan, port });
         true
     }
@@ -229,16 +230,21 @@ impl MacTable {
         }
         // Kept only once the source sits on this port: a move refused for
         // persistence is reported again by every frame.
-        let settled = src.is_multicast() || self.settle(src, vlan, port, now, events);
-        let found = if dst.is_multicast() { None } else { self.lookup(dst, vlan, now, events) };
+        let settled = src.is_multicast() || self.settle(conversation.src, port, now, events);
+        let found = if dst.is_multicast() { None } else { self.port_of(conversation.dst, now, events) };
         self.last = settled.then_some((conversation, found));
         found
     }
 
     /// The port `mac` was learned on in `vlan`, if any.
     pub fn lookup(&mut self, mac: Mac, vlan: VlanId, now: u64, events: &mut Vec<Event>) -> Option<PortId> {
+        self.port_of(key(mac, vlan), now, events)
+    }
+
+    /// [`lookup`](Self::lookup) of the station whose key is `k`.
+    fn port_of(&mut self, k: u64, now: u64, events: &mut Vec<Event>) -> Option<PortId> {
         self.collect_if_due(now, events);
-        self.entries.peek(&key(mac, vlan)).map(|e| e.port)
+        self.entries.peek(&k).map(|e| e.port)
     }
 
     /// Forgets every station for which `keep` is false.
