@@ -12,9 +12,9 @@ use nix::unistd::{Gid, Uid};
 use super::data::DataPlane;
 use super::transport::tap::{self, Tap};
 use super::transport::vxlan::{self, Spec, Vxlan};
-use super::transport::{TAP, VXLAN};
+use super::transport::{DescId, Registry, TAP, Transport, TransportId, VXLAN};
 use super::{Server, log};
-use crate::engine::{Attach, Credentials, PortRequest, Switch};
+use crate::engine::{Attach, AttachError, Credentials, EndpointKey, PortRequest, Switch};
 use crate::mgmt::{Out, Uplinks};
 
 impl Server {
@@ -32,31 +32,59 @@ impl Server {
 
     fn attach_tap(&mut self, name: &str) -> Result<(), String> {
         let fd = tap::open(name)?;
-        let (key, _) = self
-            .switch
-            .attach(Attach {
-                request: PortRequest::Any,
-                // vde_switch shows the tap's descriptor as the endpoint ID.
-                id: fd.as_raw_fd() as u32,
-                module: tap::MODULE,
-                description: name.as_bytes().to_vec(),
-                // Nobody owns the port (`Current User: NONE`); the kernel
-                // identity sharing checks compare with is the switch's own.
-                user: None,
-                credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
-            })
-            .map_err(|e| format!("Cannot attach tap interface {name}: {e}"))?;
+        // vde_switch shows the tap's descriptor as the endpoint ID.
+        let id = fd.as_raw_fd() as u32;
+        let description = name.as_bytes().to_vec();
         let epoll = &self.epoll;
-        let added = self.data.with_transport(TAP, |tap: &mut Tap, registry| tap.add(registry, epoll, key, fd));
-        match added.unwrap_or_else(|| Err(io::Error::other("no tap transport"))) {
-            Ok((local, desc)) => {
-                self.data.attach(key, TAP, local, desc, desc);
-                Ok(())
-            }
-            Err(e) => {
-                self.switch.detach(key);
-                Err(format!("epoll add tap interface {name}: {}", log::error_text(&e)))
-            }
+        let add = |tap: &mut Tap, registry: &mut Registry, key| tap.add(registry, epoll, key, fd);
+        let attached = attach_host_port(&mut self.switch, &mut self.data, (TAP, tap::MODULE), id, description, add);
+        match attached {
+            Ok(_) => Ok(()),
+            Err(Failed::Attach(e)) => Err(format!("Cannot attach tap interface {name}: {e}")),
+            Err(Failed::Watch(e)) => Err(format!("epoll add tap interface {name}: {}", log::error_text(&e))),
+        }
+    }
+}
+
+/// Which step of attaching a host port failed.
+enum Failed {
+    /// No switch port for it.
+    Attach(AttachError),
+    /// The data plane could not watch it (the switch port is free again).
+    Watch(io::Error),
+}
+
+/// Attaches a port the switch opened on its own host on the next free
+/// switch port, and hands it to its transport (`add`). Nobody owns such a
+/// port (`Current User: NONE`); the kernel identity sharing checks compare
+/// with is the switch's own.
+fn attach_host_port<T: Transport + 'static>(
+    switch: &mut Switch,
+    data: &mut DataPlane,
+    (transport, module): (TransportId, &'static str),
+    id: u32,
+    description: Vec<u8>,
+    add: impl FnOnce(&mut T, &mut Registry, EndpointKey) -> io::Result<(u32, DescId)>,
+) -> Result<u32, Failed> {
+    let (key, port) = switch
+        .attach(Attach {
+            request: PortRequest::Any,
+            id,
+            module,
+            description,
+            user: None,
+            credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
+        })
+        .map_err(Failed::Attach)?;
+    let added = data.with_transport(transport, |t: &mut T, registry| add(t, registry, key));
+    match added.unwrap_or_else(|| Err(io::Error::other(format!("no {module} transport")))) {
+        Ok((local, desc)) => {
+            data.attach(key, transport, local, desc, desc);
+            Ok(port)
+        }
+        Err(e) => {
+            switch.detach(key);
+            Err(Failed::Watch(e))
         }
     }
 }
@@ -100,28 +128,15 @@ impl Uplinks for VxlanPorts<'_> {
 /// Opens a VXLAN port and attaches it on the next free switch port.
 fn attach(switch: &mut Switch, data: &mut DataPlane, epoll: &Epoll, spec: &Spec) -> Result<u32, String> {
     let opened = data.with_transport(VXLAN, |v: &mut Vxlan, _| v.open(spec)).ok_or("vxlan: no vxlan transport")??;
-    let (key, port) = switch
-        .attach(Attach {
-            request: PortRequest::Any,
-            // Like a tap's, the endpoint ID is the descriptor.
-            id: opened.id,
-            module: vxlan::MODULE,
-            description: spec.to_string().into_bytes(),
-            user: None,
-            credentials: Credentials { uid: Uid::effective().as_raw(), gids: vec![Gid::effective().as_raw()] },
-        })
-        .map_err(|e| format!("vxlan: cannot attach {spec}: {e}"))?;
-    let added = data.with_transport(VXLAN, |v: &mut Vxlan, registry| v.add(registry, epoll, key, opened));
-    match added.unwrap_or_else(|| Err(io::Error::other("no vxlan transport"))) {
-        Ok((local, desc)) => {
-            data.attach(key, VXLAN, local, desc, desc);
-            Ok(port)
-        }
-        Err(e) => {
-            switch.detach(key);
-            Err(format!("vxlan: epoll add {spec}: {}", log::error_text(&e)))
-        }
-    }
+    // Like a tap's, the endpoint ID is the descriptor.
+    let id = opened.id;
+    let description = spec.to_string().into_bytes();
+    let add = |v: &mut Vxlan, registry: &mut Registry, key| v.add(registry, epoll, key, opened);
+    let attached = attach_host_port(switch, data, (VXLAN, vxlan::MODULE), id, description, add);
+    attached.map_err(|failed| match failed {
+        Failed::Attach(e) => format!("vxlan: cannot attach {spec}: {e}"),
+        Failed::Watch(e) => format!("vxlan: epoll add {spec}: {}", log::error_text(&e)),
+    })
 }
 
 impl Server {
