@@ -16,7 +16,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use nix::sys::epoll::{Epoll, EpollFlags};
@@ -105,31 +104,17 @@ impl VhostUser {
     }
 
     fn accept(&mut self) -> io::Result<usize> {
-        let mut accepted = Vec::new();
-        let result = self.listener.accept(|stream| accepted.push(stream));
-        for stream in accepted {
-            self.add_frontend(stream);
-        }
-        result
-    }
-
-    fn add_frontend(&mut self, stream: UnixStream) {
-        match VhostUserPort::new(stream) {
+        let VhostUser { listener, frontends, unsettled, max_frame, .. } = self;
+        listener.accept(|stream| match VhostUserPort::new(stream) {
             Ok(mut port) => {
-                port.set_max_frame(self.max_frame);
+                port.set_max_frame(*max_frame);
                 let unwatched = || Kick { desc: DescId::MAX, watched: None };
-                let slot = self.frontends.insert(Frontend {
-                    port,
-                    control: None,
-                    frames: unwatched(),
-                    room: unwatched(),
-                    key: None,
-                    more: false,
-                });
-                self.unsettled.push(slot);
+                let frontend =
+                    Frontend { port, control: None, frames: unwatched(), room: unwatched(), key: None, more: false };
+                unsettled.push(frontends.insert(frontend));
             }
-            Err(e) => log::log(&format!("{MODULE} {}: {}", self.listener.path.display(), log::error_text(&e))),
-        }
+            Err(e) => log::log(&format!("{MODULE} {}: {}", listener.path.display(), log::error_text(&e))),
+        })
     }
 
     /// Frames the guest transmitted, into `rx`.
