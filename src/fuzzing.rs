@@ -263,7 +263,7 @@ pub fn vhost_user(data: &[u8]) {
                 let n = usize::from(input.u8().unwrap_or(0) % 8);
                 let len = 14 + usize::from(input.u8().unwrap_or(0)) * 6;
                 let frame = vec![0x5a; len];
-                port.send(std::iter::repeat_n(frame.as_slice(), n)).is_ok()
+                port.send(&vec![frame.as_slice(); n]).is_ok()
             }
             4 => {
                 let len = usize::from(input.u8().unwrap_or(0)) * 7;

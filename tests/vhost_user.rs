@@ -68,7 +68,7 @@ fn round_trip(link: &mut Link, frames: &[Vec<u8>]) {
     }
     assert_eq!(&receive_all(&mut link.port).expect("a good port receives"), frames);
     link.front.post_receive_buffers(frames.len() as u16, 2048);
-    let sent = link.port.send(frames.iter().map(Vec::as_slice)).expect("a good port sends");
+    let sent = link.port.send(&frames.iter().map(Vec::as_slice).collect::<Vec<_>>()).expect("a good port sends");
     assert_eq!((sent.frames, sent.would_block), (frames.len(), false));
     assert_eq!(&link.front.received(), frames);
 }
@@ -93,7 +93,7 @@ fn a_frame_spreads_over_small_mergeable_buffers() {
     let mut link = link(FEATURES, true);
     link.front.post_receive_buffers(4, 512);
     let big = frame(1518, 7);
-    let sent = link.port.send([big.as_slice()]).expect("send");
+    let sent = link.port.send(&[big.as_slice()]).expect("send");
     assert_eq!(sent.frames, 1);
     // 12 + 1518 bytes in buffers of 512: three of them, the header's
     // buffer count saying so.
@@ -121,14 +121,14 @@ fn a_full_receive_ring_blocks_until_the_guest_adds_buffers() {
     let mut link = link(FEATURES, true);
     let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(100, i)).collect();
     link.front.post_receive_buffers(2, 2048);
-    let sent = link.port.send(frames.iter().map(Vec::as_slice)).expect("send");
+    let sent = link.port.send(&frames.iter().map(Vec::as_slice).collect::<Vec<_>>()).expect("send");
     assert_eq!((sent.frames, sent.would_block), (2, true));
     assert_eq!(link.front.received(), frames[..2]);
     link.front.post_receive_buffers(3, 2048);
     // The guest's refill raised the receive kick the port asked for.
     let kick = link.port.rx_kick().expect("receive kick");
     assert_eq!(poll(&mut [PollFd::new(kick, PollFlags::POLLIN)], PollTimeout::ZERO), Ok(1));
-    let sent = link.port.send(frames[2..].iter().map(Vec::as_slice)).expect("send");
+    let sent = link.port.send(&frames[2..].iter().map(Vec::as_slice).collect::<Vec<_>>()).expect("send");
     assert_eq!((sent.frames, sent.would_block), (3, false));
     assert_eq!(link.front.received(), frames[2..]);
 }
@@ -407,7 +407,7 @@ fn receive_buffers_smaller_than_the_header_take_it_in_pieces() {
     let mut link = link(FEATURES, true);
     link.front.post_receive_buffers(11, 7);
     let sent = frame(60, 9);
-    assert_eq!(link.port.send([sent.as_slice()]).expect("send").frames, 1);
+    assert_eq!(link.port.send(&[sent.as_slice()]).expect("send").frames, 1);
     // 12 + 60 bytes in buffers of 7: ten full and one of 2, the header
     // across the first two.
     let (lengths, bytes) = merged(&mut link.front);

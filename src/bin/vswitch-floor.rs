@@ -257,7 +257,7 @@ fn wait(epoll: &Epoll, events: &mut [EpollEvent], timeout: EpollTimeout) -> nix:
 fn send_all_vhost_user(peer: &mut VhostUserPort, frames: &[&[u8]]) -> Result<(), vhost_user::PortError> {
     let mut left = frames;
     while !left.is_empty() {
-        let sent = peer.send(left.iter().copied())?;
+        let sent = peer.send(left)?;
         left = &left[sent.frames..];
         if !sent.would_block {
             break;

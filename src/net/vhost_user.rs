@@ -513,8 +513,8 @@ pub struct VhostUserPort {
     kicks: [Option<Arc<File>>; QUEUES],
     kick_generation: u64,
     max_frame: usize,
-    /// The chains and buffers a frame sent takes, kept between frames.
-    placement: Placement,
+    /// The chains of the batch being received or sent.
+    chains: Chains,
     poll: Poll,
     /// The last receive left frames in the ring, with the kick off.
     tx_pending: bool,
@@ -565,7 +565,7 @@ impl VhostUserPort {
             kicks: [None, None],
             kick_generation: 0,
             max_frame: MAX_FRAME,
-            placement: Placement::default(),
+            chains: Chains::default(),
             poll: Poll::default(),
             tx_pending: false,
             rx_waiting: false,
@@ -672,7 +672,7 @@ impl VhostUserPort {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
         self.tx_pending = false;
-        let Self { device, poll, max_frame, .. } = self;
+        let Self { device, poll, max_frame, chains, .. } = self;
         let max_frame = *max_frame;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         if !device.running(TX) {
@@ -685,10 +685,16 @@ impl VhostUserPort {
         let queue_error = |error| PortError::Queue { queue: TX, error };
         let mut ring = Ring::new(memory, &vring.queue).map_err(queue_error)?;
         let max = max.min(BATCH);
+        // No frame needs more of a chain than its header, the largest frame
+        // and the byte past it that shows a frame too long.
+        let needed = header + max_frame + 1;
         let (mut done, mut handed) = (0, 0);
         let more = loop {
             ring.disable_kick().map_err(queue_error)?;
             let mut avail = ring.avail_idx().map_err(queue_error)?;
+            // Every chain ready now is gathered, its buffers prefetched,
+            // before any is copied (see `Ring::prefetch`).
+            chains.clear();
             while done < max {
                 if ring.next_avail == avail {
                     avail = ring.avail_idx().map_err(queue_error)?;
@@ -697,35 +703,48 @@ impl VhostUserPort {
                     }
                 }
                 let head = ring.pop().map_err(queue_error)?;
+                let mut seen = 0;
+                ring.walk(head, |desc| {
+                    // The device-writable part of a chain is not the frame's.
+                    if !desc.writable() && desc.len > 0 {
+                        ring.prefetch(desc.addr, desc.len, false);
+                        chains.buffers.push((desc.addr, desc.len));
+                        seen += desc.len as usize;
+                    }
+                    Ok(seen < needed)
+                })
+                .map_err(queue_error)?;
+                chains.heads.push((head, chains.buffers.len()));
+                done += 1;
+            }
+            ring.prefetch_used(chains.heads.len());
+            for chain in 0..chains.heads.len() {
+                let (head, buffers) = chains.chain(chain);
                 let buffer = sink.buffer(handed);
                 // A byte past the largest frame shows the frame is too
                 // long: it goes on cut there, and the engine counts it as
                 // `oversize`, as a datagram cut at the buffer's end.
                 let limit = buffer.len().min(max_frame + 1);
                 let (mut seen, mut len) = (0, 0);
-                // Copied descriptor by descriptor (each range checked
-                // against guest memory), the header left behind; the
-                // device-writable part of a chain is not the frame's.
-                ring.walk(head, |desc| {
-                    if desc.writable() {
-                        return Ok(true);
-                    }
-                    let skip = header.saturating_sub(seen).min(desc.len as usize);
-                    seen += desc.len as usize;
-                    let take = (desc.len as usize - skip).min(limit - len);
-                    let addr = desc.addr.checked_add(skip as u64).ok_or(virtio_queue::Error::AddressOverflow)?;
-                    ring.read(addr, &mut buffer[len..len + take])?;
+                // Copied buffer by buffer (each range checked against guest
+                // memory), the header left behind.
+                for &(addr, size) in buffers {
+                    let skip = header.saturating_sub(seen).min(size as usize);
+                    seen += size as usize;
+                    let take = (size as usize - skip).min(limit - len);
+                    let addr = addr.checked_add(skip as u64).ok_or(virtio_queue::Error::AddressOverflow);
+                    ring.read(addr.map_err(queue_error)?, &mut buffer[len..len + take]).map_err(queue_error)?;
                     len += take;
-                    Ok(len < limit)
-                })
-                .map_err(queue_error)?;
+                    if len == limit {
+                        break;
+                    }
+                }
                 // Shorter than its header: not a frame.
                 if seen >= header {
                     sink.filled(handed, len);
                     handed += 1;
                 }
                 ring.put_used(head, 0).map_err(queue_error)?;
-                done += 1;
             }
             if done >= max {
                 break true;
@@ -754,45 +773,52 @@ impl VhostUserPort {
     /// virtio-net header, spreading a frame over several buffers when the
     /// guest accepted mergeable buffers. Stops when the ring is out of
     /// buffers; the guest's next receive kick says there are more.
-    pub fn send<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> Result<Sent, PortError> {
+    pub fn send(&mut self, frames: &[&[u8]]) -> Result<Sent, PortError> {
         if self.rx_waiting
             && let Some(kick) = &self.kicks[RX]
         {
             let _ = (&**kick).read(&mut [0u8; 8]);
         }
-        let Self { device, placement, max_frame, .. } = self;
+        let Self { device, chains, max_frame, .. } = self;
         let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
         let mut sent = Sent { frames: 0, would_block: false };
         if !device.running(RX) {
             // Nobody is listening yet: what a down link does to a frame.
-            sent.frames = frames.into_iter().count();
+            sent.frames = frames.len();
             return Ok(sent);
         }
-        let header = device.header_len();
-        let mergeable = device.acked & VIRTIO_NET_F_MRG_RXBUF != 0;
+        let filler = Filler { header: device.header_len(), mergeable: device.acked & VIRTIO_NET_F_MRG_RXBUF != 0 };
         let Device { memory, vrings, .. } = &mut *device;
         let memory = memory.as_ref().expect("a running ring has memory");
         let vring = &mut vrings[RX];
         let queue_error = |error| PortError::Queue { queue: RX, error };
         let mut ring = Ring::new(memory, &vring.queue).map_err(queue_error)?;
-        let mut filler = Filler { header, mergeable, max_frame: *max_frame, placement };
         let mut avail = ring.avail_idx().map_err(queue_error)?;
+        // Buffers are found for every frame that has room, and prefetched,
+        // before any is written (see `Ring::prefetch`).
+        chains.clear();
         for frame in frames {
-            if filler.write(&mut ring, &mut avail, frame).map_err(queue_error)? {
-                sent.frames += 1;
+            // Longer than the port carries: gone, as on a link of that MTU.
+            if frame.len() > *max_frame {
+                chains.frames.push(chains.heads.len());
+                continue;
+            }
+            if filler.place(&mut ring, &mut avail, chains, frame.len()).map_err(queue_error)? {
                 continue;
             }
             // Ask for a kick when buffers come, then look once more in
             // case they came before the request was seen.
             if ring.enable_kick().map_err(queue_error)?
-                && filler.write(&mut ring, &mut avail, frame).map_err(queue_error)?
+                && filler.place(&mut ring, &mut avail, chains, frame.len()).map_err(queue_error)?
             {
-                sent.frames += 1;
                 continue;
             }
             sent.would_block = true;
             break;
         }
+        sent.frames = chains.frames.len();
+        ring.prefetch_used(chains.heads.len());
+        filler.fill(&mut ring, chains, &frames[..sent.frames]).map_err(queue_error)?;
         if !sent.would_block {
             ring.disable_kick().map_err(queue_error)?;
         }
@@ -916,81 +942,114 @@ impl FrameSink for IntoBatch<'_> {
     }
 }
 
-/// The receive chains one frame takes, and the device-writable buffers of
-/// each, as found while making sure there is room for it.
+/// The chains of a batch and the buffers of each, gathered (and
+/// prefetched) before a byte of the batch is copied; kept by the port so
+/// their room is allocated once.
 #[derive(Default)]
-struct Placement {
+struct Chains {
     /// A chain's head and where its buffers end in `buffers`.
-    chains: Vec<(u16, usize)>,
+    heads: Vec<(u16, usize)>,
     /// Guest address and length of each buffer.
     buffers: Vec<(u64, u32)>,
+    /// When sending, where each frame's chains end in `heads` (a merged
+    /// frame takes several, a frame too long for the port none).
+    frames: Vec<usize>,
+}
+
+impl Chains {
+    fn clear(&mut self) {
+        self.heads.clear();
+        self.buffers.clear();
+        self.frames.clear();
+    }
+
+    /// The head of the `index`th chain and its buffers.
+    fn chain(&self, index: usize) -> (u16, &[(u64, u32)]) {
+        let start = index.checked_sub(1).map_or(0, |before| self.heads[before].1);
+        let (head, end) = self.heads[index];
+        (head, &self.buffers[start..end])
+    }
 }
 
 /// How frames go into the receive ring: the header the guest expects in
 /// front of each, written with the frame straight into guest memory.
-struct Filler<'a> {
+struct Filler {
     header: usize,
     mergeable: bool,
-    max_frame: usize,
-    placement: &'a mut Placement,
 }
 
-impl Filler<'_> {
-    /// Writes one frame into the receive ring; `false` if the ring has too
-    /// few buffers for it (then nothing was taken). `avail` is the guest's
-    /// available index as last read.
-    fn write(&mut self, ring: &mut Ring, avail: &mut u16, frame: &[u8]) -> Result<bool, virtio_queue::Error> {
-        // Longer than the port carries: gone, as on a link of that MTU.
-        if frame.len() > self.max_frame {
-            return Ok(true);
-        }
-        let total = self.header + frame.len();
-        let start = ring.next_avail;
-        let Placement { chains, buffers } = &mut *self.placement;
-        chains.clear();
-        buffers.clear();
+impl Filler {
+    /// Takes the chains a frame of `len` bytes needs from the receive ring
+    /// and prefetches their buffers for writing; `false` if the ring has
+    /// too few buffers for it (then nothing was taken). `avail` is the
+    /// guest's available index as last read.
+    fn place(
+        &self,
+        ring: &mut Ring,
+        avail: &mut u16,
+        chains: &mut Chains,
+        len: usize,
+    ) -> Result<bool, virtio_queue::Error> {
+        let total = self.header + len;
+        let taken = (ring.next_avail, chains.heads.len(), chains.buffers.len());
         let mut room = 0;
         while room < total {
             if ring.next_avail == *avail {
                 *avail = ring.avail_idx()?;
                 if ring.next_avail == *avail {
-                    ring.next_avail = start;
+                    ring.next_avail = taken.0;
+                    chains.heads.truncate(taken.1);
+                    chains.buffers.truncate(taken.2);
                     return Ok(false);
                 }
             }
             let head = ring.pop()?;
             ring.walk(head, |desc| {
-                if desc.writable() {
-                    buffers.push((desc.addr, desc.len));
+                if desc.writable() && desc.len > 0 {
+                    ring.prefetch(desc.addr, desc.len.min((total - room) as u32), true);
+                    chains.buffers.push((desc.addr, desc.len));
                     room += desc.len as usize;
                 }
                 Ok(room < total)
             })?;
-            chains.push((head, buffers.len()));
+            chains.heads.push((head, chains.buffers.len()));
             // Without mergeable buffers a frame gets one chain, cut to fit
             // if the guest posted a smaller one.
             if !self.mergeable {
                 break;
             }
         }
-        let mut header = [0u8; 12];
-        // The header's last field counts the buffers a merged frame uses.
-        if self.header == 12 {
-            header[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
-        }
-        let packet = Packet { header: &header[..self.header], frame };
-        let (mut offset, mut first) = (0, 0);
-        for &(head, end) in chains.iter() {
-            let chain_start = offset;
-            for &(addr, len) in &buffers[first..end] {
-                let len = (len as usize).min(total - offset);
-                packet.write(ring, addr, offset..offset + len)?;
-                offset += len;
-            }
-            first = end;
-            ring.put_used(head, (offset - chain_start) as u32)?;
-        }
+        chains.frames.push(chains.heads.len());
         Ok(true)
+    }
+
+    /// Writes each of `frames` into the chains [`place`](Filler::place)
+    /// took for it and gives the chains back to the guest.
+    fn fill(&self, ring: &mut Ring, chains: &Chains, frames: &[&[u8]]) -> Result<(), virtio_queue::Error> {
+        let mut first = 0;
+        for (frame, &end) in frames.iter().zip(&chains.frames) {
+            let taken = first..end;
+            first = end;
+            let mut header = [0u8; 12];
+            // The header's last field counts the buffers a merged frame uses.
+            if self.header == 12 {
+                header[10..12].copy_from_slice(&(taken.len() as u16).to_le_bytes());
+            }
+            let packet = Packet { header: &header[..self.header], frame };
+            let total = self.header + frame.len();
+            let mut offset = 0;
+            for chain in taken {
+                let (head, buffers) = chains.chain(chain);
+                let chain_start = offset;
+                for &(addr, len) in buffers {
+                    let len = (len as usize).min(total - offset);
+                    packet.write(ring, addr, offset..offset + len)?;
+                    offset += len;
+                }
+                ring.put_used(head, (offset - chain_start) as u32)?;
+            }
+        }
+        Ok(())
     }
 }
 

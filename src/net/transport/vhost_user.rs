@@ -197,7 +197,7 @@ impl Transport for VhostUser {
         let Some(frontend) = self.frontends.get_mut(endpoint as usize) else {
             return Sent { frames: frames.len(), offset: 0, error: None };
         };
-        match frontend.port.send(frames.iter().copied()) {
+        match frontend.port.send(frames) {
             Ok(sent) => Sent {
                 frames: sent.frames,
                 offset: 0,

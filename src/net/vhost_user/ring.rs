@@ -7,7 +7,8 @@
 //! OVS-DPDK's 140–210 ns). Here the descriptor table, the available ring
 //! and the used ring are each one `VolatileSlice`, looked up once per
 //! batch, and a buffer is one region lookup. Every access still goes
-//! through `vm-memory`'s bounds-checked slices (no raw pointers), and the
+//! through `vm-memory`'s bounds-checked slices (the only raw pointers are
+//! the addresses given to prefetch hints, which read nothing), and the
 //! checks `virtio-queue` made on the guest's indices stay: the available
 //! index at most a ring ahead, descriptor indices inside their table, a
 //! chain no longer than its table (so a loop ends), an indirect table a
@@ -22,12 +23,29 @@ use vm_memory::{
     Bytes as _, GuestAddress, GuestMemoryBackend as _, GuestMemoryMmap, GuestMemoryRegion as _, VolatileSlice,
 };
 
+use crate::net::sys;
+
 const DESC_SIZE: usize = 16;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
 const VRING_DESC_F_INDIRECT: u16 = 4;
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// How much of a buffer [`Ring::prefetch`] asks for: a small frame and its
+/// header, wherever they start in a line.
+const PREFETCH_BYTES: usize = 128;
+
+/// Asks the CPU to start loading the first and last cache line of `slice`
+/// (at most two lines apart: see [`PREFETCH_BYTES`]).
+fn prefetch(slice: &VolatileSlice, write: bool) {
+    let guard = slice.ptr_guard();
+    let first = guard.as_ptr();
+    let last = first.wrapping_add(slice.len().saturating_sub(1));
+    let hint = if write { sys::prefetch_for_write } else { sys::prefetch };
+    hint(first);
+    hint(last);
+}
 
 /// One descriptor, as the guest wrote it (little-endian on the wire).
 #[derive(Clone, Copy)]
@@ -179,6 +197,31 @@ impl<'a> Ring<'a> {
             return Err(Error::InvalidDescriptorIndex);
         }
         Ok(head)
+    }
+
+    /// Starts loading the first lines of the `len` bytes at `addr`, for
+    /// reading or for writing. When the frontend runs on another core,
+    /// every line of its buffers comes from that core's cache, a transfer
+    /// of 50 to 250 ns depending on where the host put the two cores.
+    /// Copied chain after chain, the transfers queue one behind the other;
+    /// asked for while a batch's chains are gathered, before the first
+    /// copy, they overlap.
+    pub fn prefetch(&self, addr: u64, len: u32, write: bool) {
+        if let Some(slice) = self.buffer(addr, (len as usize).clamp(1, PREFETCH_BYTES)) {
+            prefetch(&slice, write);
+        }
+    }
+
+    /// [`prefetch`](Ring::prefetch) for the used entries of the next
+    /// `chains` chains given back, which the frontend last read.
+    pub fn prefetch_used(&self, chains: usize) {
+        let first = 4 + 8 * self.slot(self.next_used);
+        let end = (first + 8 * chains).min(self.used.len());
+        for offset in (first..end).step_by(64) {
+            if let Ok(entries) = self.used.subslice(offset, 8) {
+                prefetch(&entries, true);
+            }
+        }
     }
 
     /// Hands `each` the descriptors of the chain at `head` in order,
