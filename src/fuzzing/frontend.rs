@@ -34,6 +34,7 @@ pub const VERSION_1: u64 = 1 << 32;
 pub const MRG_RXBUF: u64 = 1 << 15;
 pub const EVENT_IDX: u64 = 1 << 29;
 pub const INDIRECT_DESC: u64 = 1 << 28;
+pub const IN_ORDER: u64 = 1 << 35;
 
 /// Guest memory: 2 MiB at guest address 0 (rings, then 2 × 256 buffers of
 /// 2 KiB), which the frontend claims to have mapped at `USER_BASE` in its

@@ -70,11 +70,13 @@ const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_NET_F_MRG_RXBUF
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_RING_F_EVENT_IDX
+    | VIRTIO_F_IN_ORDER
     | VHOST_USER_F_PROTOCOL_FEATURES;
 
 /// The fixed part of a vhost-user message: request, flags, payload size.
