@@ -634,34 +634,39 @@ pub fn peer_shut_down(fd: BorrowedFd) -> bool {
     ready > 0 && poll_fd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
 
-/// Asks the CPU to start loading the cache line at `addr`. A hint with no
+/// Asks the CPU to start loading the cache lines at `first` and `last`
+/// (the same line or two), for writing when `write` says so: fetched for
+/// ownership, the write then needs no second trip to the core that had
+/// the line (a plain prefetch on CPUs without `PREFETCHW`). A hint with no
 /// effect on what the program computes: any address will do.
 #[inline]
-pub fn prefetch(addr: *const u8) {
+pub fn prefetch(first: *const u8, last: *const u8, write: bool) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing into the program, writes nothing
-    // and never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr.cast());
+    {
+        if write && has_prefetchw() {
+            // SAFETY: a prefetch reads nothing into the program, writes
+            // nothing and never faults, whatever the address; the CPU has
+            // the instruction.
+            unsafe {
+                std::arch::asm!(
+                    "prefetchw [{}]",
+                    "prefetchw [{}]",
+                    in(reg) first,
+                    in(reg) last,
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        } else {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: as above.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(first.cast());
+                _mm_prefetch::<_MM_HINT_T0>(last.cast());
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
-}
-
-/// [`prefetch`] for a line about to be written: fetched for ownership, so
-/// the write needs no second trip to the core that had it. A plain
-/// prefetch where the CPU has no `PREFETCHW`.
-#[inline]
-pub fn prefetch_for_write(addr: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    if has_prefetchw() {
-        // SAFETY: as for `prefetch`; the CPU has the instruction.
-        unsafe {
-            std::arch::asm!("prefetchw [{}]", in(reg) addr, options(nostack, preserves_flags, readonly));
-        }
-        return;
-    }
-    prefetch(addr);
+    let _ = (first, last, write);
 }
 
 /// Whether the CPU has `PREFETCHW` (CPUID leaf 0x8000_0001, ECX bit 8).

@@ -41,10 +41,7 @@ const PREFETCH_BYTES: usize = 128;
 fn prefetch(slice: &VolatileSlice, write: bool) {
     let guard = slice.ptr_guard();
     let first = guard.as_ptr();
-    let last = first.wrapping_add(slice.len().saturating_sub(1));
-    let hint = if write { sys::prefetch_for_write } else { sys::prefetch };
-    hint(first);
-    hint(last);
+    sys::prefetch(first, first.wrapping_add(slice.len().saturating_sub(1)), write);
 }
 
 /// One descriptor, as the guest wrote it (little-endian on the wire).
@@ -93,20 +90,27 @@ enum Table<'a> {
 }
 
 impl Table<'_> {
+    #[inline]
     fn read(&self, index: u16) -> Result<Desc, Error> {
-        let mut raw = [0u8; DESC_SIZE];
         let offset = usize::from(index) * DESC_SIZE;
+        // Two aligned words where the table is aligned (the ring's always
+        // is); the rest takes the slower path.
+        if let Table::Slice(s) = self
+            && let Ok(lo) = s.load::<u64>(offset, Ordering::Relaxed)
+            && let Ok(hi) = s.load::<u64>(offset + 8, Ordering::Relaxed)
+        {
+            return Ok(Desc::from_words(lo, hi));
+        }
+        self.read_bytes(offset)
+    }
+
+    /// [`read`](Table::read) byte by byte: an indirect table that is not
+    /// aligned, or one that spans regions.
+    #[cold]
+    fn read_bytes(&self, offset: usize) -> Result<Desc, Error> {
+        let mut raw = [0u8; DESC_SIZE];
         match self {
-            Table::Slice(s) => {
-                // Two aligned words where the table is aligned (the ring's
-                // always is), bytes where an indirect table is not.
-                if let Ok(lo) = s.load::<u64>(offset, Ordering::Relaxed)
-                    && let Ok(hi) = s.load::<u64>(offset + 8, Ordering::Relaxed)
-                {
-                    return Ok(Desc::from_words(lo, hi));
-                }
-                s.read_slice(&mut raw, offset).map_err(volatile)?
-            }
+            Table::Slice(s) => s.read_slice(&mut raw, offset).map_err(volatile)?,
             Table::Guest(memory, base) => {
                 let addr = base.0.checked_add(offset as u64).ok_or(Error::AddressOverflow)?;
                 memory.read_slice(&mut raw, GuestAddress(addr)).map_err(Error::GuestMemory)?;
@@ -207,7 +211,16 @@ impl<'a> Ring<'a> {
     /// asked for while a batch's chains are gathered, before the first
     /// copy, they overlap.
     pub fn prefetch(&self, addr: u64, len: u32, write: bool) {
-        if let Some(slice) = self.buffer(addr, (len as usize).clamp(1, PREFETCH_BYTES)) {
+        let len = (len as usize).clamp(1, PREFETCH_BYTES);
+        // A hint needs no bounds check, only the host address: taken from
+        // the last buffer's region when it starts there (almost always).
+        if let Some((start, region)) = self.region.get()
+            && let Some(offset) = addr.checked_sub(start).and_then(|o| usize::try_from(o).ok())
+            && offset < region.len()
+        {
+            let first = region.ptr_guard().as_ptr().wrapping_add(offset);
+            sys::prefetch(first, first.wrapping_add(len - 1), write);
+        } else if let Some(slice) = self.buffer(addr, len) {
             prefetch(&slice, write);
         }
     }
@@ -266,6 +279,7 @@ impl<'a> Ring<'a> {
     }
 
     /// The `len` bytes at `addr`, if they lie inside one region.
+    #[inline]
     fn buffer(&self, addr: u64, len: usize) -> Option<VolatileSlice<'a>> {
         if let Some((start, region)) = self.region.get()
             && let Some(offset) = addr.checked_sub(start).and_then(|o| usize::try_from(o).ok())
@@ -273,6 +287,13 @@ impl<'a> Ring<'a> {
         {
             return Some(slice);
         }
+        self.buffer_in_another_region(addr, len)
+    }
+
+    /// [`buffer`](Ring::buffer) when the last buffer's region does not hold
+    /// this one.
+    #[cold]
+    fn buffer_in_another_region(&self, addr: u64, len: usize) -> Option<VolatileSlice<'a>> {
         let region = self.memory.find_region(GuestAddress(addr))?;
         let (start, whole) = (region.start_addr().0, region.as_volatile_slice().ok()?);
         self.region.set(Some((start, whole)));
