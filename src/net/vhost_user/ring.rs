@@ -214,8 +214,7 @@ impl<'a> Ring<'a> {
         let len = (len as usize).clamp(1, PREFETCH_BYTES);
         // A hint needs no bounds check, only the host address: taken from
         // the last buffer's region when it starts there (almost always).
-        if let Some((start, region)) = self.region.get()
-            && let Some(offset) = addr.checked_sub(start).and_then(|o| usize::try_from(o).ok())
+        if let Some((region, offset)) = self.in_last_region(addr)
             && offset < region.len()
         {
             let first = region.ptr_guard().as_ptr().wrapping_add(offset);
@@ -278,11 +277,18 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// The region the last buffer was in and `addr`'s offset from its
+    /// start, if `addr` is not below it; the caller checks the end.
+    #[inline]
+    fn in_last_region(&self, addr: u64) -> Option<(VolatileSlice<'a>, usize)> {
+        let (start, region) = self.region.get()?;
+        Some((region, usize::try_from(addr.checked_sub(start)?).ok()?))
+    }
+
     /// The `len` bytes at `addr`, if they lie inside one region.
     #[inline]
     fn buffer(&self, addr: u64, len: usize) -> Option<VolatileSlice<'a>> {
-        if let Some((start, region)) = self.region.get()
-            && let Some(offset) = addr.checked_sub(start).and_then(|o| usize::try_from(o).ok())
+        if let Some((region, offset)) = self.in_last_region(addr)
             && let Ok(slice) = region.subslice(offset, len)
         {
             return Some(slice);
